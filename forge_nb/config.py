@@ -331,7 +331,7 @@ def override(cfg:ForgeConfig,      # config to start from
         node[parts[-1]] = yaml.safe_load(val)
     return validate_config(type(cfg), data, "overrides")
 
-# %% ../nbs/00_config.ipynb #5ced1af7
+# %% ../nbs/00_config.ipynb #dcd01223
 def config_schema(cls:type=PipelineConfig) -> dict:
     "JSON schema (draft 2020-12) of a config class, with every field's description."
     return cls.model_json_schema()
@@ -340,7 +340,8 @@ def field_docs(cls:type) -> list[tuple]:
     "(field, type, default, description) for each field of a config class."
     rows = []
     for name, f in cls.model_fields.items():
-        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        a = f.annotation
+        ann = a.__name__ if isinstance(a, type) else str(a).replace("typing.", "").replace("NoneType", "None")
         default = "(required)" if f.is_required() else ("…" if f.default_factory else repr(f.default))
         rows.append((name, ann, default, f.description or ""))
     return rows

@@ -1,0 +1,213 @@
+"""The offline docs site (forge_nb.docs.build_site) opened page by page in headless Debian Chromium, the README
+renderer and the sync checks.
+
+Browser tests need `/usr/bin/chromium` (apt-get install chromium) and the Playwright Python package; they never run
+`playwright install`. The full-site test executes every notebook (about a minute on 2 cores): marked `slow`."""
+import json, os, re, shutil, subprocess, time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from forge_nb.docs import build_site, check_sync, find_pages, readme_text, render_readme, check_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT/"nbs"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+STABLE = ["index.ipynb", "00_config.ipynb", "01_runs.ipynb", "02_distributed.ipynb"]
+
+# ---------------------------------------------------------------- browser check
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists(): pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+def _ids(path: Path, cache: dict) -> set:
+    if path not in cache: cache[path] = set(re.findall(r'\sid="([^"]+)"', path.read_text(encoding="utf-8")))
+    return cache[path]
+
+def check_site_in_browser(browser, site: Path, artifacts: Path | None = None) -> dict:
+    """Open every page of `site` from file://; return {page: [problems]} for pages with problems.
+    Problems: no title or h1, console errors, page errors, failed requests, any request that is not a local file
+    (a CDN), internal links to missing files or missing #anchors."""
+    problems, ids_cache = {}, {}
+    pages = sorted(site.rglob("*.html"))
+    assert pages, f"no pages in {site}"
+    ctx = browser.new_context()
+    for f in pages:
+        rel = f.relative_to(site).as_posix()
+        errs = []
+        page = ctx.new_page()
+        page.on("console", lambda m, errs=errs: errs.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e, errs=errs: errs.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r, errs=errs: errs.append(f"request failed: {r.url} ({r.failure})"))
+        page.on("request", lambda r, errs=errs: None if r.url.startswith(("file://", "data:", "about:")) else errs.append(f"non-local request: {r.url}"))
+        page.goto(f.as_uri(), wait_until="load")
+        if not page.title().strip(): errs.append("empty <title>")
+        h1 = page.locator("main h1").first
+        if not h1.count() or not h1.inner_text().strip(): errs.append("no <h1> in main")
+        if not page.locator("nav.sidebar a").count(): errs.append("no sidebar links")
+        for href in page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))"):
+            if re.match(r"^(https?:|mailto:|#)", href): continue
+            target, _, frag = href.partition("#")
+            tpath = (f.parent/unquote(target)).resolve()
+            if not tpath.is_file(): errs.append(f"broken link {href!r}: {tpath} does not exist"); continue
+            if frag and tpath.suffix == ".html" and unquote(frag) not in _ids(tpath, ids_cache):
+                errs.append(f"broken anchor {href!r}: no id {frag!r} in {tpath.relative_to(site)}")
+        if artifacts is not None:
+            page.screenshot(path=str(artifacts/(rel.replace("/", "__") + ".png")), full_page=False)
+        page.close()
+        if errs: problems[rel] = errs
+    ctx.close()
+    return problems
+
+@pytest.mark.browser
+def test_browser_check_catches_problems(browser, tmp_path):
+    "The check itself fails on a CDN script, a broken link, a missing anchor and a script error."
+    site = tmp_path/"site"; (site/"sub").mkdir(parents=True)
+    shell = '<html><head><title>{t}</title>{head}</head><body><nav class="sidebar"><a href="{up}index.html">home</a></nav><main><h1>{t}</h1>{body}</main></body></html>'
+    (site/"index.html").write_text(shell.format(t="Home", up="", head="", body='<a href="sub/p.html#there">p</a>'))
+    (site/"sub/p.html").write_text(shell.format(t="P", up="../", body='<a href="../missing.html">x</a><a href="../index.html#nowhere">y</a><h2 id="there">t</h2>',
+        head='<script src="https://cdn.jsdelivr.net/npm/x.js"></script><script>undefined_fn()</script>'))
+    problems = check_site_in_browser(browser, site)
+    assert list(problems) == ["sub/p.html"], problems
+    got = "\n".join(problems["sub/p.html"])
+    for needle in ["non-local request: https://cdn.jsdelivr.net", "broken link '../missing.html'",
+                   "broken anchor '../index.html#nowhere'", "undefined_fn"]:
+        assert needle in got, got
+
+def _build_and_check(browser, tmp_path, artifacts_dir, only, name):
+    t = time.monotonic()
+    site = build_site(NBS, tmp_path/"_site", execute=True, timeout=600, only=only)
+    t_build = time.monotonic() - t
+    t = time.monotonic()
+    art = artifacts_dir/f"docs-{name}"; shutil.rmtree(art, ignore_errors=True); art.mkdir()
+    problems = check_site_in_browser(browser, site, art)
+    t_browser = time.monotonic() - t
+    n = len(list(site.rglob("*.html")))
+    print(f"[docs] {name}: {n} pages, build {t_build:.1f} s, browser check {t_browser:.1f} s")
+    (art/"timings.json").write_text(json.dumps({"pages": n, "build_s": round(t_build, 1), "browser_s": round(t_browser, 1)}))
+    assert not problems, json.dumps(problems, indent=1)
+    return site
+
+@pytest.mark.browser
+def test_site_stable_subset_in_browser(browser, tmp_path, artifacts_dir):
+    "The ground-layer pages (no heavy notebooks): rendered with outputs and API reference, every link resolves."
+    site = _build_and_check(browser, tmp_path, artifacts_dir, [o for o in STABLE if (NBS/o).exists()], "stable")
+    cfg = (site/"config.html").read_text()
+    # show_doc entries: a pydantic config with its field table, a function with its docments table
+    assert 'id="PipelineConfig"' in cfg and "<th>field</th>" in cfg and "<td><code>runs_dir</code></td>" in cfg
+    assert 'id="override"' in cfg
+    assert "<script" not in cfg and "cdn" not in cfg.lower()
+    # executed outputs are there (the notebooks are committed without outputs)
+    assert "output_area" in cfg
+    # the sidebar lists exactly the rendered pages
+    for p in ["index.html", "config.html", "runs.html", "distributed.html"]:
+        assert f'href="{p}"' in cfg
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_full_site_in_browser(browser, tmp_path, artifacts_dir):
+    "Every notebook in nbs/ executed and rendered; every page opens without errors, CDN requests or broken links."
+    expected = {p.href for p in find_pages(NBS)}     # before the build: notebooks may be added meanwhile
+    site = _build_and_check(browser, tmp_path, artifacts_dir, None, "full")
+    assert expected <= {f.relative_to(site).as_posix() for f in site.rglob("*.html")}
+
+# ---------------------------------------------------------------- failing builds
+
+def _nb(path: Path, *codes: str) -> Path:
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": f"# {path.stem}"}]
+    cells += [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": c} for c in codes]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
+                                "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+def test_build_failure_names_notebook_and_cell(tmp_path, capsys):
+    from forge_nb.docs import main
+    nbs = tmp_path/"nbs"
+    _nb(nbs/"index.ipynb", "x = 1")
+    _nb(nbs/"sub/05_broken.ipynb", "a = 1", "#| eval: false\nnot run = syntax error", "raise ValueError('bad input in the demo')")
+    out = tmp_path/"_site"
+    assert main(["build", "--nbs", str(nbs), "--out", str(out), "--timeout", "120"]) == 1
+    err = capsys.readouterr().err
+    assert "sub/05_broken.ipynb: cell 3 failed: ValueError: bad input in the demo" in err, err
+    assert "raise ValueError" in err and not out.exists()      # no half-built site
+
+def test_build_timeout(tmp_path):
+    from forge_nb.docs import DocsBuildError
+    nbs = tmp_path/"nbs"
+    _nb(nbs/"01_slow.ipynb", "import time", "time.sleep(60)")
+    t = time.monotonic()
+    with pytest.raises(DocsBuildError, match=r"01_slow.ipynb: cell 2: the notebook ran over its limit of 4 s"):
+        build_site(nbs, tmp_path/"_site", timeout=4, verbose=False)
+    assert time.monotonic() - t < 30
+
+# ---------------------------------------------------------------- README
+
+def _index_nb(tmp_path) -> Path:
+    if (NBS/"index.ipynb").exists(): return NBS/"index.ipynb"
+    p = tmp_path/"index.ipynb"
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": "# forge_nb\n> tagline"},
+             {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": "#| hide\nimport x"},
+             {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": "#| eval: false\nrun()"}]
+    p.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return p
+
+def test_readme_deterministic(tmp_path):
+    nb = _index_nb(tmp_path)
+    a = render_readme(nb, tmp_path/"a.md").read_text()
+    b = render_readme(nb, tmp_path/"b.md").read_text()
+    assert a == b == readme_text(nb)
+    assert a.startswith("# ") and "<!-- Generated from nbs/index.ipynb" in a
+    assert "#|" not in a, "nbdev directives leaked into the README"
+    src = json.loads(nb.read_text())
+    for c in src["cells"]:
+        s = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+        if c["cell_type"] == "code" and re.match(r"\s*#\|\s*hide", s): assert s.split("\n", 1)[1].strip() not in a
+    assert check_readme(nb, tmp_path/"a.md")
+    (tmp_path/"a.md").write_text(a.replace("#", "##", 1))
+    assert not check_readme(nb, tmp_path/"a.md")
+
+# ---------------------------------------------------------------- sync checks
+
+def _copy_project(dst: Path) -> Path:
+    shutil.copytree(ROOT/"forge_nb", dst/"forge_nb", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(NBS, dst/"nbs", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copy2(ROOT/"pyproject.toml", dst/"pyproject.toml")
+    return dst
+
+def test_check_sync_finds_orphans(tmp_path):
+    root = _copy_project(tmp_path)
+    base = set(check_sync(root, git=False))          # the tree as it is (other work may be in flight)
+    (root/"forge_nb/handmade.py").write_text("def helper(): return 1\n")
+    (root/"forge_nb/old_stage.py").write_text("# AUTOGENERATED! DO NOT EDIT! File to edit: ../nbs/33_old_stage.ipynb.\n\nx = 1\n")
+    (root/"nbs/02_distributed.ipynb").unlink()        # a deleted notebook leaves its module behind
+    new = [p for p in check_sync(root, git=False) if p not in base]
+    assert any(p.startswith("forge_nb/handmade.py: hand-written module") for p in new), new
+    assert any(p.startswith("forge_nb/old_stage.py: stale module") and "33_old_stage" in p for p in new), new
+    assert any(p.startswith("forge_nb/distributed.py: stale module") for p in new), new
+    assert len(new) == 3, new
+
+def test_check_sync_untracked(tmp_path):
+    if not shutil.which("git"): pytest.skip("git missing")
+    root = _copy_project(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(git + ["init", "-q"], cwd=root, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=root, check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], cwd=root, check=True)
+    base = set(check_sync(root))
+    (root/"forge_nb/notes.txt").write_text("scratch\n")
+    new = [p for p in check_sync(root) if p not in base]
+    assert new == ["forge_nb/notes.txt: untracked file in the package (git add it with its notebook, or delete it)"], new
+
+def test_check_sync_repo_is_clean():
+    "The repository itself: no hand-written or stale modules (untracked files are the commit's business)."
+    assert check_sync(ROOT, git=False) == []
