@@ -42,7 +42,7 @@ def dist_env(environ:dict|None=None) -> DistEnv:
     port = int(first("MASTER_PORT", default=29500))
     return DistEnv(rank, world, local, local_world, addr, port)
 
-# %% ../nbs/02_distributed.ipynb #16238c7e
+# %% ../nbs/02_distributed.ipynb #5d831cb9
 def init_distributed(backend:str|None=None,   # `gloo`, `nccl`, or None: NCCL when CUDA is available, else gloo
                      timeout_s:int=600,        # rendezvous and collective timeout
                     ) -> DistEnv:
@@ -62,5 +62,8 @@ def shutdown_distributed():
     "Destroy the process group if one is running."
     try:
         import torch.distributed as dist
-        if dist.is_initialized(): dist.destroy_process_group()
+        if dist.is_initialized():
+            # every rank reaches this point before any tears gloo down (a rank leaving early aborts the others)
+            try: dist.barrier()
+            finally: dist.destroy_process_group()
     except ImportError: pass

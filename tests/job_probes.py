@@ -1,0 +1,83 @@
+"""Small functions that launcher tests run INSIDE jobs (local and SLURM): what the job sees, a gloo all-reduce and DDP
+steps, and a resumable computation that checkpoints to the run directory every step. They are pickled by value
+(`cloudpickle.register_pickle_by_value`) so a job process needs only forge_nb, not this test folder."""
+import hashlib, json, os, socket, sys, time
+from pathlib import Path
+
+import cloudpickle
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def env_probe(secret_name: str = "HF_TOKEN") -> dict:
+    "What the job sees: SLURM's GPU variables, the torch variables the launcher exported, a secret's hash (never its value)."
+    keys = ["SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES",
+            "SLURM_GPUS_PER_NODE", "SLURM_TRES_PER_NODE", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+    out = {k: os.environ.get(k) for k in keys}
+    val = os.environ.get(secret_name)
+    out["secret_sha"] = hashlib.sha256(val.encode()).hexdigest() if val else None
+    out["host"] = socket.gethostname()
+    print(f"env_probe: secret {secret_name} present={val is not None}", flush=True)
+    return out
+
+
+def ddp_probe(steps: int = 5) -> dict:
+    "A gloo all-reduce, then `steps` DDP steps of a tiny model; returns every rank's parameters (gathered)."
+    import torch, torch.distributed as dist
+    from forge_nb.distributed import init_distributed, shutdown_distributed
+    env = init_distributed(backend="gloo", timeout_s=120)
+    t = torch.tensor([float(env.rank + 1)])
+    dist.all_reduce(t)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1000 + env.rank)           # every rank its own data
+    for _ in range(steps):
+        x = torch.randn(16, 8, generator=g); y = x.sum(1, keepdim=True)
+        loss = ((ddp(x) - y) ** 2).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(env.world_size)]
+    dist.all_gather(gathered, flat)
+    hosts = [None] * env.world_size
+    dist.all_gather_object(hosts, socket.gethostname() + ":" + os.environ.get("SLURMD_NODENAME", ""))
+    dist.barrier()              # nobody tears the group down while a peer still talks (gloo aborts the process otherwise)
+    shutdown_distributed()
+    return dict(rank=env.rank, world_size=env.world_size, allreduce=float(t.item()), hosts=hosts,
+                params=[g.tolist() for g in gathered], master=f"{env.master_addr}:{env.master_port}")
+
+
+def count_steps(state_dir: str, n_steps: int, sleep_s: float = 0.0) -> dict:
+    "A resumable computation: one step per `sleep_s`, state saved atomically every step, resumed from it on restart."
+    from forge_nb.runs import atomic_write_json
+    d = Path(state_dir); d.mkdir(parents=True, exist_ok=True)
+    state_path = d / "state.json"
+    st = json.loads(state_path.read_text()) if state_path.exists() else {"step": 0, "x": 1}
+    with open(d / "starts.log", "a") as f: f.write(f"{st['step']}\n")
+    print(f"count_steps: starting at step {st['step']}", flush=True)
+    while st["step"] < n_steps:
+        st["x"] = (st["x"] * 6364136223846793005 + st["step"] + 1) % (2 ** 61 - 1)
+        st["step"] += 1
+        atomic_write_json(state_path, st)
+        time.sleep(sleep_s)
+    starts = [int(l) for l in (d / "starts.log").read_text().split()]
+    return {"x": st["x"], "steps": st["step"], "starts": starts}
+
+
+def fail_probe(message: str = "bad batch"):
+    "A stage that fails."
+    raise ValueError(message)
+
+
+def sleep_probe(seconds: float) -> float:
+    "A stage that takes a while (to be cancelled)."
+    time.sleep(seconds)
+    return seconds
+
+
+def write_marker(path: str, value: str) -> str:
+    "A stage that leaves a file, to show it ran (and when)."
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(f"{value} {time.time()}\n")
+    return value
