@@ -1,0 +1,367 @@
+"""The data module on real text: Python's standard library (sources, docs) and files the tests write.
+Covers every source type, every mixing strategy, both packing modes, the token store, resume, rank sharding and bad input."""
+import json, math, shutil, sysconfig, warnings
+from pathlib import Path
+import numpy as np
+import pytest
+
+from forge_nb.config import PipelineConfig, DataConfig, SourceConfig, MixStageConfig, TokenizerConfig, ConfigError, validate_config
+from forge_nb.data.sources import iter_documents, SourceStats, DataError
+from forge_nb.data.tokenizer import train_tokenizer, load_tokenizer, encode_documents, token_dtype
+from forge_nb.data.mixing import plan_mix, mix_order, prefix_share_error, mix_weights, unimax_weights
+from forge_nb.data.packing import pack_bfd, pack_concat, packing_report
+from forge_nb.data.store import run_data_stage, TokenStore
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+QUIET = lambda *a: None
+
+def stdlib_blocks(lines_per_doc: int, max_docs: int, skip: int = 0):
+    "Real text: consecutive blocks of `lines_per_doc` non-empty lines of the standard library's modules."
+    out, buf = [], []
+    for f in sorted(STDLIB.glob("*.py"))[skip:]:
+        for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip(): continue
+            buf.append(line)
+            if len(buf) == lines_per_doc:
+                out.append("\n".join(buf)); buf = []
+                if len(out) >= max_docs: return out
+    return out
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    "Three real-text sources whose mean document lengths differ ~10× each: single lines, 10-line and 100-line blocks."
+    d = tmp_path_factory.mktemp("corpus")
+    srcs = {"lines": stdlib_blocks(1, 40_000), "blocks": stdlib_blocks(10, 6_000, skip=20), "files": stdlib_blocks(100, 800, skip=40)}
+    for name, docs in srcs.items():
+        (d/f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    return d, srcs
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus, tmp_path_factory):
+    d, srcs = corpus
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer(srcs["blocks"][:2000] + srcs["lines"][:5000], out, vocab_size=1024)
+    return out
+
+def sources(d, names=("lines", "blocks", "files")):
+    return [SourceConfig(name=n, path=str(d/f"{n}.jsonl")) for n in names]
+
+# ---------------------------------------------------------------- sources
+
+def test_every_source_type(tmp_path):
+    import pyarrow as pa, pyarrow.parquet as pq
+    from datasets import Dataset
+    texts = stdlib_blocks(5, 50)
+    (tmp_path/"a.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    pq.write_table(pa.table({"body": texts}), tmp_path/"a.parquet")
+    import csv
+    with open(tmp_path/"a.csv", "w", newline="") as f:
+        w = csv.writer(f); w.writerow(["id", "body"]); w.writerows([[i, t] for i, t in enumerate(texts)])
+    (tmp_path/"txt"/"sub").mkdir(parents=True)
+    for i, t in enumerate(texts): (tmp_path/"txt"/("sub" if i % 2 else "")/f"{i:03d}.txt").write_text(t)
+    Dataset.from_dict({"body": texts}).save_to_disk(str(tmp_path/"hf"))
+    for kind, path in [("jsonl", "a.jsonl"), ("parquet", "a.parquet"), ("csv", "a.csv"), ("hf_disk", "hf")]:
+        for k in (kind, "auto"):
+            got = list(iter_documents(SourceConfig(name="s", path=str(tmp_path/path), text_field="body", kind=k)))
+            assert got == texts, (kind, k)
+    folder = list(iter_documents(SourceConfig(name="s", path=str(tmp_path/"txt"))))
+    assert sorted(folder) == sorted(texts)
+    glob = list(iter_documents(SourceConfig(name="s", path=str(tmp_path/"txt"/"**"/"*.txt"))))
+    assert sorted(glob) == sorted(texts)
+    # real files every machine with Python has
+    assert len(list(iter_documents(SourceConfig(name="json", path=str(STDLIB/"json"))))) >= 4
+
+def test_filters_and_dedup(tmp_path):
+    texts = stdlib_blocks(3, 200)
+    (tmp_path/"d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts + texts[:50]))
+    st = SourceStats()
+    docs = list(iter_documents(SourceConfig(name="d", path=str(tmp_path/"d.jsonl"), min_chars=40, max_chars=200), st))
+    assert all(40 <= len(t) <= 200 for t in docs)
+    assert st.duplicates > 0 and st.too_short + st.too_long > 0
+    assert st.docs + st.duplicates + st.too_short + st.too_long == 250
+    st2 = SourceStats()
+    assert len(list(iter_documents(SourceConfig(name="d", path=str(tmp_path/"d.jsonl"), dedup=False), st2))) == 250
+
+def test_bad_input_names_file_line_and_field(tmp_path):
+    f = tmp_path/"bad.jsonl"
+    f.write_text('{"text": "a fine document"}\n{"text": "broken\n{"content": "no text field"}\n{"text": 3}\n{"text": "another"}\n')
+    with pytest.raises(DataError, match=rf"{f}:2: malformed JSON"): list(iter_documents(SourceConfig(name="b", path=str(f))))
+    st = SourceStats()
+    assert list(iter_documents(SourceConfig(name="b", path=str(f), on_bad_record="skip"), st)) == ["a fine document", "another"]
+    assert st.bad_records == 3
+    f.write_text('{"text": "ok"}\n{"content": "x"}\n')
+    with pytest.raises(DataError, match=rf"{f}:2: missing text field 'text'"): list(iter_documents(SourceConfig(name="b", path=str(f))))
+    f.write_text("\n\n")
+    with pytest.raises(DataError, match="source 'b' .* is empty"): list(iter_documents(SourceConfig(name="b", path=str(f))))
+    with pytest.raises(DataError, match="does not exist"): list(iter_documents(SourceConfig(name="b", path=str(tmp_path/"nope.jsonl"))))
+    with pytest.raises(DataError, match="no files match"): list(iter_documents(SourceConfig(name="b", path=str(tmp_path/"*.parquet"))))
+    # weights: the config rejects negative ones and a wrong count, naming the field
+    srcs = [{"name": "a", "path": "a"}, {"name": "b", "path": "b"}]
+    with pytest.raises(ConfigError, match="data.weights: expected 2 weights"):
+        validate_config(PipelineConfig, {"data": {"sources": srcs, "strategy": "static", "weights": [1, 2, 3]}})
+    with pytest.raises(ConfigError, match="data.weights: must be finite and >= 0"):
+        validate_config(PipelineConfig, {"data": {"sources": srcs, "strategy": "static", "weights": [1, -1]}})
+
+def test_bad_input_stops_the_data_stage_without_a_half_store(tmp_path):
+    good = tmp_path/"good.jsonl"; good.write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_blocks(4, 300)))
+    bad = tmp_path/"bad.jsonl"; bad.write_text('{"text": "x"}\n{oops\n')
+    cfg = PipelineConfig(name="r", runs_dir=str(tmp_path), stages=["data"], tokenizer={"vocab_size": 300, "train_bytes": 20000},
+                         data=DataConfig(sources=[SourceConfig(name="g", path=str(good)), SourceConfig(name="b", path=str(bad))],
+                                         strategy="static", weights=[1, 1], seq_len=32, val_docs=0))
+    with pytest.raises(DataError, match=rf"{bad}:2: malformed JSON"): run_data_stage(cfg, tmp_path/"r", log=QUIET)
+    assert not (tmp_path/"r"/"data").exists()
+    assert not [p for p in (tmp_path/"r").iterdir() if p.name.startswith(".data.tmp")]
+
+# ---------------------------------------------------------------- tokenizer
+
+def test_tokenizer_loads_offline_with_special_tokens(tokenizer):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|bos|>", "<|eos|>", "<|pad|>")
+    assert len(tok) == 1024
+    text = (STDLIB/"this.py").read_text()
+    assert tok.decode(tok(text).input_ids) == text
+    assert "<|assistant|>" in tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True)
+    ids, lens = encode_documents(tok, [text, "x"], tok.eos_token_id, token_dtype(len(tok)))
+    assert ids.dtype == np.uint16 and lens.tolist() == [len(tok(text).input_ids) + 1, 2]
+    assert token_dtype(70_000) == np.uint32
+
+# ---------------------------------------------------------------- mixing
+
+def real_lengths(corpus, tokenizer):
+    d, srcs = corpus
+    tok = load_tokenizer(tokenizer)
+    return [encode_documents(tok, srcs[n], tok.eos_token_id)[1] for n in ("lines", "blocks", "files")]
+
+def test_mean_lengths_differ_10x(corpus, tokenizer):
+    m = [l.mean() for l in real_lengths(corpus, tokenizer)]
+    assert m[1] / m[0] > 7 and m[2] / m[1] > 7, m
+
+def test_token_shares_track_targets(corpus, tokenizer):
+    d, _ = corpus
+    lengths = real_lengths(corpus, tokenizer)
+    cfg = DataConfig(sources=sources(d), strategy="static", weights=[0.5, 0.3, 0.2], max_epochs=100)
+    plan = plan_mix(cfg, [l.sum() for l in lengths], total_tokens=int(sum(l.sum() for l in lengths) * 1.5))
+    order = mix_order(plan, lengths, seed=0)
+    assert len(order.source) > 10_000
+    e10k = prefix_share_error(order, lengths, plan.weights[0], 10_000)
+    e_end = prefix_share_error(order, lengths, plan.weights[0], len(order.source))
+    assert e10k < 0.5, e10k
+    assert e_end < 0.1, e_end
+    # the document-probability baseline (interleave_datasets semantics) is far off on the same data
+    doc_p = np.array([0.5, 0.3, 0.2]); mean = np.array([l.mean() for l in lengths])
+    assert np.abs(doc_p * mean / (doc_p * mean).sum() - doc_p).max() > 0.2
+
+def test_every_strategy_and_infeasible_plans(corpus, tokenizer):
+    d, _ = corpus
+    lengths = real_lengths(corpus, tokenizer); sizes = [int(l.sum()) for l in lengths]
+    total = sum(sizes)
+    st = plan_mix(DataConfig(sources=sources(d), strategy="static", weights=[2, 1, 1]), sizes, total)
+    assert np.allclose(st.weights[0], [0.5, 0.25, 0.25])
+    ex = plan_mix(DataConfig(sources=sources(d), strategy="external", weights=[0.2, 0.5, 0.3]), sizes, total)
+    assert np.allclose(ex.weights[0], [0.2, 0.5, 0.3])
+    t1 = plan_mix(DataConfig(sources=sources(d), strategy="temperature", temperature=1.0), sizes, total)
+    assert np.allclose(t1.weights[0], np.array(sizes) / total) and np.allclose(t1.epochs, 1)
+    t5 = plan_mix(DataConfig(sources=sources(d), strategy="temperature", temperature=5.0, max_epochs=10), sizes, total)
+    small = int(np.argmin(sizes))
+    assert t5.weights[0, small] > t1.weights[0, small]
+    um = plan_mix(DataConfig(sources=sources(d), strategy="unimax", max_epochs=1.0), sizes, int(total * 0.9))
+    assert um.epochs.max() <= 1 + 1e-9 and abs(um.targets.sum() - int(total * 0.9)) < 1
+    with pytest.raises(DataError, match="exceeds what the epoch caps allow"):
+        plan_mix(DataConfig(sources=sources(d), strategy="unimax", max_epochs=1.0), sizes, total * 2)
+    with pytest.raises(DataError, match=r"source '\w+' would be read [\d.]+ times .* over its cap max_epochs=2"):
+        plan_mix(DataConfig(sources=sources(d), strategy="static", weights=[1, 1, 1], max_epochs=2), sizes, total * 5)
+    table = st.table()
+    assert [r["source"] for r in table] == ["lines", "blocks", "files"] and all("epochs" in r for r in table)
+    assert "| source |" in st.markdown()
+
+def test_per_source_epoch_cap_overrides_mix_cap(corpus, tokenizer):
+    d, _ = corpus
+    sizes = [int(l.sum()) for l in real_lengths(corpus, tokenizer)]
+    srcs = sources(d); srcs[2] = SourceConfig(name="files", path=srcs[2].path, max_epochs=0.5)
+    with pytest.raises(DataError, match="source 'files' .* max_epochs=0.5"):
+        plan_mix(DataConfig(sources=srcs, strategy="static", weights=[1, 1, 1]), sizes, sizes[2] * 2)
+
+# ---------------------------------------------------------------- packing
+
+def test_best_fit_fill_and_no_truncation_of_fitting_docs(corpus, tokenizer):
+    d, _ = corpus
+    lengths = real_lengths(corpus, tokenizer)
+    cfg = DataConfig(sources=sources(d), strategy="static", weights=[0.3, 0.4, 0.3], max_epochs=100)
+    plan = plan_mix(cfg, [l.sum() for l in lengths], total_tokens=1_500_000)
+    order = mix_order(plan, lengths)
+    off = np.cumsum([0] + [len(l) for l in lengths])[:-1]
+    doc_len = np.concatenate(lengths)[off[order.source] + order.doc]
+    for T in (512, 2048):
+        lay = pack_bfd(doc_len, T, window=2048).check(doc_len)
+        rep = packing_report(lay, doc_len, order.source, ["lines", "blocks", "files"])
+        assert lay.fill >= 0.995, (T, lay.fill)
+        assert all(r["split_fitting"] == 0 for r in rep)
+        assert rep[-1]["split_long"] == int((doc_len > T).sum())
+        cat = pack_concat(doc_len, T).check(doc_len)
+        assert cat.fill > 0.999 and packing_report(cat, doc_len, order.source, ["a", "b", "c"])[-1]["split_fitting"] > 0
+
+# ---------------------------------------------------------------- the store
+
+def store_cfg(tmp_path, d, tokenizer=None, **data):
+    base = dict(sources=sources(d), strategy="static", weights=[0.4, 0.4, 0.2], seq_len=128, val_docs=8, max_epochs=20,
+                total_tokens=200_000, shard_tokens=128 * 300)
+    base.update(data)
+    return PipelineConfig(name="s", runs_dir=str(tmp_path), stages=["data"], data=DataConfig(**base),
+                          tokenizer=TokenizerConfig(path=str(tokenizer)) if tokenizer else TokenizerConfig(vocab_size=512, train_bytes=200_000))
+
+@pytest.mark.parametrize("packing", ["bfd", "concat"])
+def test_store_end_to_end(tmp_path, corpus, tokenizer, packing):
+    d, _ = corpus
+    cfg = store_cfg(tmp_path, d, tokenizer, packing=packing,
+                    stages=[MixStageConfig(start_fraction=0.7, weights=[0.1, 0.2, 0.7], name="anneal")])
+    s = run_data_stage(cfg, tmp_path/"s", log=QUIET)
+    store = TokenStore(tmp_path/"s")
+    m = store.manifest
+    assert store.vocab_size == 1024 and store.seq_len == 128 and store.sources == ["lines", "blocks", "files"]
+    assert len(m["train"]["shards"]) > 1 and m["dtype"] == "uint16"
+    assert np.load(store.path/"train"/f"tokens_{m['train']['shards'][0]['name']}.npy", mmap_mode="r").dtype == np.uint16
+    # realized shares per stage are within 0.5 points of the plan, recorded in the manifest and the report
+    real = np.array(m["mix"]["realized_tokens"]); plan_w = np.array([st["weights"] for st in m["mix"]["stages"]])
+    assert np.abs(real / real.sum(1, keepdims=True) - plan_w).max() < 0.005
+    assert (tmp_path/"s"/"data"/"mix_report.md").exists() and (tmp_path/"s"/"data"/"mix_plan.png").exists()
+    for p in m["packing_report"]:
+        if p["source"] != "all": assert "truncated_pct" in p
+    if packing == "bfd": assert min(s["fill"]) > 0.99
+    # every document boundary restarts position_ids; labels are -100 only on padding
+    b = next(store.loader(micro_batch_size=4))
+    assert ((b["labels"] == -100) == (b["attention_mask"] == 0)).all()
+    padded = 0
+    for src in store.val_sources:                      # padding exists (val sequences end padded) and is masked, ids stay < vocab
+        for vb in store.val_loader(src, micro_batch_size=16):
+            assert ((vb["labels"] == -100) == (vb["attention_mask"] == 0)).all()
+            assert vb["labels"].max() < store.vocab_size and vb["input_ids"].max() < store.vocab_size
+            padded += int((vb["labels"] == -100).sum())
+    assert padded > 0
+    last = store.loader(micro_batch_size=1); last.step = store.num_sequences() - 1
+    lb = next(last); assert lb["labels"].min() >= -100 and lb["labels"].max() < store.vocab_size
+    ids = b["input_ids"].numpy(); pos = b["position_ids"].numpy(); eos = m["tokenizer"]["eos_id"]
+    after_eos = np.zeros_like(ids, bool); after_eos[:, 1:] = ids[:, :-1] == eos
+    assert (pos[after_eos & (b["attention_mask"].numpy() == 1)] == 0).all()
+    # the tokenizer in the store loads offline; val data and bytes per token per source
+    from transformers import AutoTokenizer
+    assert len(AutoTokenizer.from_pretrained(str(store.tokenizer_path), local_files_only=True)) == 1024
+    assert set(store.val_bytes_per_token) == {"lines", "blocks", "files"}
+    assert all(1 < v < 8 for v in store.val_bytes_per_token.values())
+    vb = list(store.val_loader("files", micro_batch_size=3))
+    assert sum(x["input_ids"].shape[0] for x in vb) == store.num_sequences("files")
+
+def test_store_reuse_and_rebuild(tmp_path, corpus, tokenizer):
+    d, _ = corpus
+    src = tmp_path/"lines.jsonl"; shutil.copy(d/"lines.jsonl", src)
+    cfg = store_cfg(tmp_path, d, tokenizer)
+    cfg.data.sources[0] = SourceConfig(name="lines", path=str(src))
+    assert run_data_stage(cfg, tmp_path/"s", log=QUIET)["reused"] is False
+    first = json.loads((tmp_path/"s"/"data"/"manifest.json").read_text())
+    assert run_data_stage(cfg, tmp_path/"s", log=QUIET)["reused"] is True
+    with open(src, "a") as f: f.write(json.dumps({"text": "a new line of text appended later"}) + "\n")
+    assert run_data_stage(cfg, tmp_path/"s", log=QUIET)["reused"] is False
+    assert json.loads((tmp_path/"s"/"data"/"manifest.json").read_text())["config_hash"] != first["config_hash"]
+    assert first["inputs"]["lines"][0]["blake2b"]
+
+def test_trained_tokenizer_store_and_every_strategy(tmp_path, corpus):
+    d, _ = corpus
+    for strat, extra in [("temperature", {"temperature": 2.0}), ("unimax", {"max_epochs": 3}), ("external", {"weights": [0.2, 0.3, 0.5]})]:
+        cfg = store_cfg(tmp_path, d, None, strategy=strat, **({"weights": None} | extra) if strat != "external" else extra)
+        s = run_data_stage(cfg, tmp_path/strat, log=QUIET)
+        store = TokenStore(tmp_path/strat)
+        assert store.vocab_size == 512 and s["sequences"] == store.num_sequences()
+        real = np.array(store.manifest["mix"]["realized_tokens"][0]); w = np.array(store.manifest["mix"]["stages"][0]["weights"])
+        assert np.abs(real / real.sum() - w).max() < 0.005, (strat, real / real.sum(), w)
+
+def test_infeasible_plan_fails_before_writing(tmp_path, corpus, tokenizer):
+    d, _ = corpus
+    cfg = store_cfg(tmp_path, d, tokenizer, max_epochs=1, total_tokens=50_000_000)
+    with pytest.raises(DataError, match="infeasible mix plan"): run_data_stage(cfg, tmp_path/"s", log=QUIET)
+    assert not (tmp_path/"s"/"data").exists()
+
+# ---------------------------------------------------------------- loader: sharding and exact resume
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, corpus, tokenizer):
+    d, _ = corpus
+    tmp = tmp_path_factory.mktemp("store")
+    cfg = store_cfg(tmp, d, tokenizer, stages=[MixStageConfig(start_fraction=0.5, weights=[0.1, 0.1, 0.8], name="anneal")])
+    run_data_stage(cfg, tmp/"s", log=QUIET)
+    return TokenStore(tmp/"s")
+
+def test_rank_sharding_disjoint_and_complete(store):
+    N = store.num_sequences()
+    for W, B in [(1, 4), (2, 4), (3, 5), (4, 2)]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lds = [store.loader(micro_batch_size=B, rank=r, world_size=W) for r in range(W)]
+        steps = lds[0].steps_per_epoch
+        rows = [np.concatenate([ld.indices(s) for s in range(steps)]) for ld in lds]
+        allr = np.concatenate(rows)
+        assert len(np.unique(allr)) == len(allr), "two ranks got the same sequence"
+        assert len(allr) == N - N % (W * B)
+        assert set(range(N)) - set(allr.tolist()) == set(range(N - N % (W * B), N))   # only the final remainder
+        if N % (W * B): assert any("are not used" in str(w.message) for w in caught)
+
+def test_exact_resume_across_stage_boundary(store):
+    B = 4
+    st = store.manifest["train"]["stages"]
+    boundary = st[1]["first_sequence"] // B
+    ref = store.loader(micro_batch_size=B)
+    batches = [next(ref)["input_ids"].clone() for _ in range(boundary + 5)]
+    ld = store.loader(micro_batch_size=B)
+    for _ in range(boundary - 2): next(ld)
+    state = json.loads(json.dumps(ld.state_dict()))                 # survives a checkpoint as JSON
+    resumed = store.loader(micro_batch_size=B); resumed.load_state_dict(state)
+    for i in range(boundary - 2, boundary + 5): assert (next(resumed)["input_ids"] == batches[i]).all()
+    # start_step gives the same
+    assert (next(store.loader(micro_batch_size=B, start_step=boundary + 1))["input_ids"] == batches[boundary + 1]).all()
+    # beyond one epoch: a seeded permutation, still exactly resumable
+    ld = store.loader(micro_batch_size=B, seed=3); e = ld.steps_per_epoch
+    ld.step = e + 7; st8 = ld.state_dict(); x = next(ld)["input_ids"]
+    ld2 = store.loader(micro_batch_size=B, seed=3); ld2.load_state_dict(st8)
+    assert (next(ld2)["input_ids"] == x).all() and ld.epoch == 1
+
+def test_reshard_exactly_or_refuse(store):
+    two = [store.loader(micro_batch_size=4, rank=r, world_size=2) for r in range(2)]
+    for ld in two:
+        for _ in range(6): next(ld)
+    seen = set(np.concatenate([ld.indices(s) for ld in two for s in range(6)]).tolist())
+    one = store.loader(micro_batch_size=4); one.load_state_dict(two[0].state_dict())       # 48 rows consumed = 12 steps of 4
+    assert one.step == 12 and not (set(one.indices(12).tolist()) & seen)
+    three = store.loader(micro_batch_size=5, rank=0, world_size=3)
+    with pytest.raises(DataError, match="cannot resume exactly with 3 ranks"): three.load_state_dict(two[0].state_dict())
+    other = store.loader(micro_batch_size=4, seed=9)
+    with pytest.raises(DataError, match="seed was 0"): other.load_state_dict(two[0].state_dict())
+
+def test_stage_filter(store):
+    ld = store.loader(micro_batch_size=2, stages=["anneal"])
+    a = store.manifest["train"]["stages"][1]
+    assert ld.indices(0)[0] == a["first_sequence"] and ld.N == a["sequences"]
+    with pytest.raises(DataError, match="unknown stage 'nope'"): store.loader(stages=["nope"])
+
+# ---------------------------------------------------------------- the demo corpus
+
+@pytest.mark.slow
+def test_demo_data_stage(tmp_path):
+    from forge_nb.pipeline import demo_config
+    cfg = demo_config(runs_dir=str(tmp_path), overrides=["tokenizer.train_bytes=500000"])
+    s = run_data_stage(cfg, tmp_path/"demo", log=QUIET)
+    rep = tmp_path/"demo"/"data"/"mix_report.md"
+    assert rep.exists() and "realized_share" in rep.read_text()
+    assert json.loads((tmp_path/"demo"/"data"/"mix_report.json").read_text())["mix"]["sources"] == ["code", "reference", "docstrings"]
+    for name, w in zip(["code", "reference", "docstrings"], cfg.data.weights): assert abs(s["shares"][name] - w) < 0.01
+    assert min(s["fill"]) > 0.995
+    store = TokenStore(tmp_path/"demo")
+    assert store.num_sequences() * store.seq_len >= cfg.pretrain.steps * cfg.pretrain.micro_batch_size * cfg.data.seq_len
+
+def test_parallel_tokenization_is_identical(tmp_path, corpus, tokenizer):
+    from forge_nb.data.store import tokenize_sources
+    d, _ = corpus
+    tok = load_tokenizer(tokenizer)
+    cfg = DataConfig(sources=sources(d), strategy="static", weights=[1, 1, 1])
+    one = tokenize_sources(cfg, tok, tmp_path/"one.bin", workers=1, batch_docs=3000, log=QUIET)
+    two = tokenize_sources(cfg, tok, tmp_path/"two.bin", workers=2, batch_docs=3000, log=QUIET)
+    assert (tmp_path/"one.bin").read_bytes() == (tmp_path/"two.bin").read_bytes()
+    assert all((a == b).all() for a, b in zip(one.lengths, two.lengths)) and one.base == two.base
