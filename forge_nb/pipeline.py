@@ -10,7 +10,7 @@ import ast, json, sys, sysconfig, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['prepare_demo_corpus', 'demo_config', 'follow_jobs', 'run_pipeline']
+__all__ = ['prepare_demo_corpus', 'demo_config', 'follow_jobs', 'bpb_table', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #90b13cce
 from .config import PipelineConfig, DataConfig, SourceConfig, override, validate_config
@@ -44,7 +44,7 @@ def prepare_demo_corpus(folder:str|Path,          # where to write the JSONL sou
         atomic_write_text(dstr, "".join(json.dumps(d) + "\n" for d in _docstrings(stdlib, max_docstrings)))
     return {"code": str(stdlib/"*.py"), "reference": str(docs), "docstrings": str(dstr)}
 
-# %% ../nbs/70_pipeline.ipynb #e83840e3
+# %% ../nbs/70_pipeline.ipynb #f2436201
 def demo_config(runs_dir:str="runs",    # folder of run directories
                 name:str="demo",        # run name
                 overrides:list=(),      # `dotted.path=value` overrides
@@ -54,14 +54,14 @@ def demo_config(runs_dir:str="runs",    # folder of run directories
     cfg = PipelineConfig(
         name=name, runs_dir=runs_dir, stages=["data", "pretrain"],
         data=DataConfig(sources=[SourceConfig(name=k, path=v, kind="text" if k == "code" else "jsonl") for k, v in src.items()],
-                        strategy="static", weights=[0.4, 0.2, 0.4], seq_len=256, val_docs=16, max_epochs=8),
-        tokenizer={"vocab_size": 4096, "train_bytes": 3_000_000},
-        model={"arch": "llama", "depth": 4, "aspect_ratio": 64, "head_dim": 64, "max_seq_len": 256},
-        pretrain={"steps": 300, "micro_batch_size": 16, "eval_every": 100, "save_every": 100, "log_every": 10,
-                  "optim": {"lr": 3e-3, "warmup_steps": 30}})
+                        strategy="static", weights=[0.4, 0.2, 0.4], seq_len=128, val_docs=64, max_epochs=8),
+        tokenizer={"vocab_size": 1024, "train_bytes": 3_000_000},
+        model={"arch": "llama", "depth": 2, "aspect_ratio": 64, "head_dim": 64, "max_seq_len": 128},
+        pretrain={"steps": 800, "micro_batch_size": 32, "eval_every": 200, "eval_batches": 8, "save_every": 200,
+                  "log_every": 20, "optim": {"lr": 5e-3, "warmup_steps": 40}})
     return override(cfg, *overrides) if overrides else cfg
 
-# %% ../nbs/70_pipeline.ipynb #3f153389
+# %% ../nbs/70_pipeline.ipynb #7e630ffe
 def _fmt_record(r:dict) -> str:
     keys = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"]
     parts = [f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}" for k in keys if k in r]
@@ -88,7 +88,17 @@ def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None):
             tail = job.stderr(tail=30) if hasattr(job, "stderr") else ""
             raise RuntimeError(f"stage {job.stage!r} failed (job {job.job_id}): {e}\n--- log tail ---\n{tail}") from None
         print(f"[{job.stage}] done: {json.dumps(res, default=str)[:2000]}", file=out, flush=True)
+        if isinstance(res, dict) and res.get("val_bpb"): print(bpb_table(res), file=out, flush=True)
 
+def bpb_table(summary:dict) -> str:
+    "Validation bits per byte per domain against each domain's unigram baseline, as a text table."
+    rows = [f"{'domain':<14}{'val bpb':>10}{'unigram bpb':>13}{'ratio':>8}"]
+    for s, v in summary["val_bpb"].items():
+        u = (summary.get("unigram_bpb") or {}).get(s)
+        rows.append(f"{s:<14}{v:>10.3f}" + (f"{u:>13.3f}{v / u:>8.2f}" if u else ""))
+    return "\n".join(rows)
+
+# %% ../nbs/70_pipeline.ipynb #eca8b868
 def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  stages:list|None=None,  # subset of stages (default: cfg.stages)
                  wait:bool=True,         # follow the jobs until they finish
