@@ -301,7 +301,9 @@ def test_rank_sharding_disjoint_and_complete(store):
         allr = np.concatenate(rows)
         assert len(np.unique(allr)) == len(allr), "two ranks got the same sequence"
         assert len(allr) == N - N % (W * B)
-        assert set(range(N)) - set(allr.tolist()) == set(range(N - N % (W * B), N))   # only the final remainder
+        missing = set(range(N)) - set(allr.tolist())                # only the final remainder of the epoch's order,
+        assert len(missing) == N % (W * B)                            # which lies in the last curriculum stage
+        assert all(r >= store.manifest["train"]["stages"][-1]["first_sequence"] for r in missing)
         if N % (W * B): assert any("are not used" in str(w.message) for w in caught)
 
 def test_exact_resume_across_stage_boundary(store):
@@ -336,10 +338,71 @@ def test_reshard_exactly_or_refuse(store):
     with pytest.raises(DataError, match="seed was 0"): other.load_state_dict(two[0].state_dict())
 
 def test_stage_filter(store):
-    ld = store.loader(micro_batch_size=2, stages=["anneal"])
-    a = store.manifest["train"]["stages"][1]
-    assert ld.indices(0)[0] == a["first_sequence"] and ld.N == a["sequences"]
+    ld = store.loader(micro_batch_size=1, stages=["anneal"])
+    a = store.manifest["train"]["stages"][1]; lo, n = a["first_sequence"], a["sequences"]
+    assert ld.N == n
+    rows = np.concatenate([ld.indices(s) for s in range(n)])
+    assert (np.sort(rows) == np.arange(lo, lo + n)).all()
+    # the stage alone is shuffled exactly as inside the whole stream (the permutation is per stage)
+    full = store.loader(micro_batch_size=1)
+    assert (np.concatenate([full.indices(s) for s in range(lo, lo + n)]) == rows).all()
+    assert (store.loader(micro_batch_size=1, stages=["anneal"], shuffle=False).indices(0) == [lo]).all()
     with pytest.raises(DataError, match="unknown stage 'nope'"): store.loader(stages=["nope"])
+
+def epoch_rows(ld):
+    "Every row a one-rank loader reads in epoch 0, in order."
+    return np.concatenate([ld.indices(s) for s in range(ld.steps_per_epoch)])
+
+def test_epoch0_shuffled_within_stages(store):
+    B = 8
+    stages = store.manifest["train"]["stages"]
+    assert len(stages) == 2
+    ld = store.loader(micro_batch_size=B, seed=0)
+    order = epoch_rows(ld); used = len(order)
+    # each stage's rows fill exactly the stage's slots (its step range), so the curriculum holds
+    for sg in stages:
+        lo, end = sg["first_sequence"], sg["first_sequence"] + sg["sequences"]; hi = min(end, used)
+        got = order[lo:hi]                                            # (the last stage loses the epoch's remainder)
+        assert ((got >= lo) & (got < end)).all() and len(np.unique(got)) == hi - lo, sg["name"]
+        for s in range(-(-lo // B), hi // B):                         # steps wholly inside the stage read only its rows
+            assert ((ld.indices(s) >= lo) & (ld.indices(s) < end)).all()
+    # batches mix: neighbours in a batch are rarely neighbours in the store (pieces of one document, one source),
+    # and a batch spans its stage rather than a small window; in the store's order it is the opposite
+    def adjacency(ld):
+        bs = np.stack([ld.indices(s) for s in range(ld.steps_per_epoch)])
+        return (np.abs(np.diff(bs, axis=1)) == 1).mean(), np.median(bs.max(1) - bs.min(1))
+    adj, span = adjacency(ld)
+    adj_store, span_store = adjacency(store.loader(micro_batch_size=B, shuffle=False))
+    assert adj < 0.02 and adj_store == 1.0, (adj, adj_store)
+    assert span > min(s["sequences"] for s in stages) / 2 and span_store == B - 1, (span, span_store)
+    # deterministic in the seed, and independent of ranks and batch size (so resharding stays exact)
+    assert (epoch_rows(store.loader(micro_batch_size=B, seed=0)) == order).all()
+    assert (epoch_rows(store.loader(micro_batch_size=B, seed=1)) != order).any()
+    two = [store.loader(micro_batch_size=B // 2, rank=r, world_size=2) for r in range(2)]
+    inter = np.concatenate([np.concatenate([two[0].indices(s), two[1].indices(s)]) for s in range(two[0].steps_per_epoch)])
+    assert (inter == order[:len(inter)]).all()
+    # later epochs: a seeded permutation of the whole stream, different from epoch 0
+    e1 = np.concatenate([ld.indices(ld.steps_per_epoch + s) for s in range(ld.steps_per_epoch)])
+    assert len(np.unique(e1)) == len(e1) and (e1 != order).any()
+    # the batch holds exactly the rows `indices` names (gathered across shards, in that order)
+    rows = store._rows()
+    assert len(store.manifest["train"]["shards"]) > 2
+    spans = []
+    for step in (0, 5, ld.steps_per_epoch - 1):
+        ld.step = step; idx = ld.indices(step); batch = next(ld)
+        spans.append(len(np.unique(np.searchsorted(rows.starts, idx, side="right"))))
+        for i, r in enumerate(idx):
+            ids, pos, used = rows.get(np.array([r]))
+            assert (batch["input_ids"][i].numpy() == ids[0]).all() and (batch["position_ids"][i].numpy() == pos[0]).all()
+            assert int(batch["attention_mask"][i].sum()) == int(used[0])
+    assert max(spans) > 1                                             # some batch gathers rows from several shards
+
+def test_resume_refuses_a_state_saved_in_another_epoch0_order(store):
+    ld = store.loader(micro_batch_size=4); next(ld)
+    old = ld.state_dict(); del old["order"]                          # saved before epoch 0 was shuffled: store order
+    with pytest.raises(DataError, match="epoch 0 was read in 'store' order when saved"): store.loader(micro_batch_size=4).load_state_dict(old)
+    kept = store.loader(micro_batch_size=4, shuffle=False); kept.load_state_dict(old)
+    assert kept.step == 1 and (kept.indices(1) == np.arange(4, 8)).all()
 
 # ---------------------------------------------------------------- the demo corpus
 

@@ -13,7 +13,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['STORE_VERSION', 'input_fingerprint', 'resolve_total_tokens', 'config_hash', 'TokenizedSources', 'tokenize_sources',
            'split_validation', 'write_packed', 'build_store', 'write_mix_report', 'run_data_stage', 'DataPreview',
-           'preview_data', 'TokenLoader', 'ValLoader', 'TokenStore']
+           'preview_data', 'stage_shuffled_order', 'TokenLoader', 'ValLoader', 'TokenStore']
 
 # %% ../../nbs/data/14_store.ipynb #b2062fff
 from ..config import PipelineConfig, DataConfig, TokenizerConfig
@@ -315,7 +315,7 @@ def preview_data(cfg:PipelineConfig,     # the pipeline config (its `data` is pr
     except DataError as e: problem = str(e)
     return DataPreview(samples, lengths, plan, stats, problem, data.seq_len)
 
-# %% ../../nbs/data/14_store.ipynb #811d8b11
+# %% ../../nbs/data/14_store.ipynb #fbf5c035
 def _to_batch(ids:np.ndarray, pos:np.ndarray, used:np.ndarray) -> dict:
     import torch
     T = ids.shape[1]
@@ -341,19 +341,42 @@ class _Rows:
                 s = int(np.searchsorted(self.starts, a, side="right") - 1); e = min(b, int(self.starts[s + 1]))
                 parts.append((s, a - int(self.starts[s]), e - int(self.starts[s]))); a = e
             cat = lambda arrs: np.concatenate([arrs[s][x:y] for s, x, y in parts])
-        else:
+        else:                                                          # shuffled rows: one fancy-indexed read per shard
             sh = np.searchsorted(self.starts, idx, side="right") - 1
-            cat = lambda arrs: np.stack([arrs[s][i - self.starts[s]] for s, i in zip(sh, idx)])
+            shards = np.unique(sh)
+            def cat(arrs):
+                out = np.empty((len(idx),) + arrs[int(sh[0])].shape[1:], arrs[int(sh[0])].dtype) if len(idx) else np.zeros((0,), np.int64)
+                for s in shards:
+                    m = sh == s; out[m] = arrs[s][idx[m] - self.starts[s]]
+                return out
         return cat(self.ids), cat(self.pos), cat(self.used)
 
-# %% ../../nbs/data/14_store.ipynb #5012a801
+# %% ../../nbs/data/14_store.ipynb #d27a27c6
+def stage_shuffled_order(base:np.ndarray,  # rows of the stream, stage after stage
+                         segments:list,     # (stage index in the store, rows) for each stage in `base`, in order
+                         seed:int,          # the loader's seed
+                        ) -> np.ndarray:    # `base` with each stage's rows permuted in place of that stage
+    "Epoch 0's order: every curriculum stage keeps its place in the stream, its rows in a seeded random order."
+    if sum(n for _, n in segments) != len(base):
+        raise DataError(f"stage segments cover {sum(n for _, n in segments)} rows, the stream has {len(base)}")
+    out, a = np.empty(len(base), np.int64), 0
+    for k, n in segments:
+        out[a:a + n] = base[a:a + n][np.random.default_rng([seed, 0, k, 104729]).permutation(n)]; a += n
+    return out
+
+# %% ../../nbs/data/14_store.ipynb #f6dffc08
 class TokenLoader:
     "Infinite, exactly resumable iterator of this rank's micro-batches (dicts of torch tensors)."
     def __init__(self, rows:_Rows, base:np.ndarray, micro_batch_size:int=8, rank:int=0, world_size:int=1,
-                 seed:int=0, start_step:int=0, stages=None):
+                 seed:int=0, start_step:int=0, stages=None,
+                 segments:list|None=None,  # (stage index, rows) per curriculum stage in `base`; None: one stage
+                 shuffle:bool=True,        # shuffle epoch 0 within each stage; False: the store's order
+                ):
         if not 0 <= rank < world_size: raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.rows, self.base, self.B, self.rank, self.W, self.seed, self.stages = rows, base, micro_batch_size, rank, world_size, seed, stages
         self.N = len(base); self.per_step = self.B * self.W
+        self.segments = [(int(k), int(n)) for k, n in segments] if segments is not None else [(0, self.N)]
+        self.shuffle = shuffle
         self.steps_per_epoch = self.N // self.per_step
         if self.steps_per_epoch == 0:
             raise DataError(f"the token store has {self.N} training sequences, fewer than one global batch of "
@@ -366,7 +389,8 @@ class TokenLoader:
 
     def _epoch_order(self, e:int) -> np.ndarray:
         if e != self._epoch:
-            self._order = self.base if e == 0 else self.base[np.random.default_rng([self.seed, e]).permutation(self.N)]
+            if e > 0: self._order = self.base[np.random.default_rng([self.seed, e]).permutation(self.N)]
+            else: self._order = stage_shuffled_order(self.base, self.segments, self.seed) if self.shuffle else np.asarray(self.base, np.int64)
             self._epoch = e
         return self._order
 
@@ -388,12 +412,20 @@ class TokenLoader:
 
     def state_dict(self) -> dict:
         return {"step": self.step, "world_size": self.W, "rank": self.rank, "micro_batch_size": self.B, "seed": self.seed,
-                "num_sequences": self.N, "stages": self.stages, "sequences_consumed": self.step * self.per_step}
+                "num_sequences": self.N, "stages": self.stages, "order": self.order, "sequences_consumed": self.step * self.per_step}
+
+    @property
+    def order(self) -> str:
+        "How epoch 0 is ordered: `stage_shuffled` (default) or `store`."
+        return "stage_shuffled" if self.shuffle else "store"
 
     def load_state_dict(self, d:dict):
         "Continue where a saved loader stopped; with another rank count or batch size, reshard exactly or raise."
         for k, mine in (("num_sequences", self.N), ("seed", self.seed), ("stages", self.stages)):
             if d.get(k) != mine: raise DataError(f"loader state: {k} was {d.get(k)!r} when saved, is {mine!r} now: not the same token store/stream")
+        if d.get("order", "store") != self.order:             # states saved before epoch 0 was shuffled have no "order"
+            raise DataError(f"loader state: epoch 0 was read in {d.get('order', 'store')!r} order when saved, the loader reads it in "
+                            f"{self.order!r} order now: the batches would differ; load it with shuffle={d.get('order', 'store') != 'store'}")
         if d["world_size"] == self.W and d["micro_batch_size"] == self.B: self.step = d["step"]; return self
         old = d["world_size"] * d["micro_batch_size"]
         e, s = divmod(d["step"], self.N // old)
@@ -405,7 +437,7 @@ class TokenLoader:
                         f"batches of {self.per_step} in the first epoch; resume with {d['world_size']} ranks × {d['micro_batch_size']}, "
                         f"or a global batch that divides {consumed}")
 
-# %% ../../nbs/data/14_store.ipynb #afd00140
+# %% ../../nbs/data/14_store.ipynb #dd8c36d8
 class ValLoader:
     "Finite iterable over one source's validation sequences, in order (the last batch may be short)."
     def __init__(self, rows:_Rows, micro_batch_size:int=8):
@@ -447,16 +479,20 @@ class TokenStore:
         if self._train is None: self._train = _Rows(self.path/"train", self.manifest["train"]["shards"])
         return self._train
 
-    def _base(self, stages) -> np.ndarray:
+    def _base(self, stages) -> tuple[np.ndarray, list]:
+        "(rows of the stream, [(stage index, rows)] of its curriculum stages in order)."
         st = self.manifest["train"]["stages"]
-        if stages is None: return np.arange(self.manifest["train"]["sequences"])
         names = [s["name"] for s in st]
-        pick = []
-        for x in stages:
-            if isinstance(x, int) and 0 <= x < len(st): pick.append(st[x])
-            elif x in names: pick.append(st[names.index(x)])
-            else: raise DataError(f"stages: unknown stage {x!r}; this store has {names}")
-        return np.concatenate([np.arange(s["first_sequence"], s["first_sequence"] + s["sequences"]) for s in pick])
+        if stages is None: pick = list(range(len(st)))
+        else:
+            pick = []
+            for x in stages:
+                if isinstance(x, int) and 0 <= x < len(st): pick.append(x)
+                elif x in names: pick.append(names.index(x))
+                else: raise DataError(f"stages: unknown stage {x!r}; this store has {names}")
+        base = np.concatenate([np.arange(st[k]["first_sequence"], st[k]["first_sequence"] + st[k]["sequences"], dtype=np.int64) for k in pick]
+                              + [np.zeros(0, np.int64)])
+        return base, [(k, st[k]["sequences"]) for k in pick]
 
     def num_sequences(self, split:str="train") -> int:
         "Sequences in the training stream (`train`) or in a source's validation split (its name)."
@@ -466,12 +502,14 @@ class TokenStore:
 
     def loader(self, split:str="train", micro_batch_size:int=8, rank:int=0, world_size:int=1, seed:int=0,
                start_step:int=0,   # micro-batches this rank has already drawn (optimizer steps × grad_accum)
-               stages=None,        # restrict to these stages (names or indices); None: the whole stream in order
+               stages=None,        # restrict to these stages (names or indices); None: the whole stream, stage after stage
+               shuffle:bool=True,  # epoch 0: rows shuffled within each stage (seeded); False: the store's own order
               ) -> TokenLoader:
         "This rank's infinite, resumable iterator over the training stream."
         if split != "train": raise DataError(f"loader: split must be 'train' (use val_loader(source) for validation), got {split!r}")
-        return TokenLoader(self._rows(), self._base(stages), micro_batch_size, rank, world_size, seed, start_step,
-                           list(stages) if stages is not None else None)
+        base, segments = self._base(stages)
+        return TokenLoader(self._rows(), base, micro_batch_size, rank, world_size, seed, start_step,
+                           list(stages) if stages is not None else None, segments=segments, shuffle=shuffle)
 
     def val_loader(self, source:str, micro_batch_size:int=8) -> ValLoader:
         "Batches of one source's held-out documents, for per-domain loss and bits per byte."
