@@ -13,8 +13,8 @@ from typing import Any, Callable
 # %% auto #0
 __all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'profile_dirs', 'profile_path', 'resolve_resources', 'parse_slurm_time',
            'parse_gres_gpus', 'parse_scontrol', 'partitions_from_scontrol', 'cluster_partitions', 'validate_resources',
-           'ResourceError', 'DependencyNeverSatisfied', 'StageCall', 'slurm_parameters', 'sbatch_preview',
-           'read_registry', 'register_job', 'update_job_record', 'sacct_states', 'local_state', 'Job',
+           'ResourceError', 'DependencyNeverSatisfied', 'master_port_for', 'StageCall', 'slurm_parameters',
+           'sbatch_preview', 'read_registry', 'register_job', 'update_job_record', 'sacct_states', 'local_state', 'Job',
            'detached_local_executor', 'make_executor', 'submit', 'launch', 'launch_fn', 'launch_pipeline',
            'find_run_dir', 'attach', 'list_jobs', 'cli_launch', 'cli_jobs', 'cli_logs', 'cli_cancel']
 
@@ -177,7 +177,7 @@ class ResourceError(ValueError):
         self.errors = errors
         super().__init__("resources do not fit, nothing was submitted:\n  " + "\n  ".join(errors))
 
-# %% ../nbs/50_launch.ipynb #8f1e31f3
+# %% ../nbs/50_launch.ipynb #011d9b98
 class DependencyNeverSatisfied(RuntimeError):
     "A stage this job depends on did not complete, so this job never ran its stage."
 
@@ -190,15 +190,26 @@ def _master_addr(host:str) -> str:
         return rec[0].get("NodeAddr", host) if rec else host
     except Exception: return host
 
+def master_port_for(job_id:str,       # SLURM (or local) job id; array ids like `12_3` are fine
+                    restart:int=0,     # SLURM_RESTART_COUNT: a requeued job gets a fresh port
+                   ) -> int:
+    "The rendezvous port, derived alike on every rank, in 20000-32767: below Linux's ephemeral range (32768+)."
+    n = int("".join(c for c in str(job_id) if c.isdigit()) or 0)
+    return 20000 + (n * 7919 + restart * 104729) % 12768
+
 def _export_torch_env():
     "RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT from the job's (SLURM or local) environment."
     from submitit.helpers import TorchDistributedEnvironment
     env = TorchDistributedEnvironment()
     env.master_addr = _master_addr(env.master_addr)
+    if not os.environ.get("MASTER_PORT"):
+        # submitit picks a port anywhere in 20000-60000, which overlaps the ephemeral ports of ordinary outgoing
+        # connections; one collision (EADDRINUSE) hangs every other rank until the rendezvous times out.
+        env.master_port = master_port_for(os.environ.get("SLURM_JOB_ID", env.master_port), int(os.environ.get("SLURM_RESTART_COUNT", 0)))
     env.export(set_cuda_visible_devices=False, overwrite=True)
     return env
 
-# %% ../nbs/50_launch.ipynb #0db7e366
+# %% ../nbs/50_launch.ipynb #f66df966
 try: from submitit.helpers import Checkpointable as _Checkpointable
 except ImportError: _Checkpointable = object
 
@@ -253,7 +264,7 @@ class StageCall(_Checkpointable):
     def describe(self) -> str:
         return self.fn if isinstance(self.fn, str) else getattr(self.fn, "__name__", repr(self.fn))
 
-# %% ../nbs/50_launch.ipynb #202fe9d5
+# %% ../nbs/50_launch.ipynb #e21ca1ee
 def slurm_parameters(res:ResourcesConfig,        # resolved resources
                      name:str,                    # job name
                      dependency:str|None=None,    # e.g. `afterok:123:124`
@@ -286,7 +297,7 @@ def sbatch_preview(cfg:PipelineConfig|None=None,      # the pipeline config (for
     command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
     return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(res, f"{cfg.name}-{stage}", dependency))
 
-# %% ../nbs/50_launch.ipynb #bace4580
+# %% ../nbs/50_launch.ipynb #ed2b3836
 @contextlib.contextmanager
 def _locked(path:Path):
     import fcntl
@@ -318,7 +329,7 @@ def update_job_record(run_dir:str|Path, job_id:str, **fields):
             if r["job_id"] == str(job_id): r.update(fields)
         atomic_write_json(p, {"jobs": jobs})
 
-# %% ../nbs/50_launch.ipynb #fcdb42ae
+# %% ../nbs/50_launch.ipynb #060e8383
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 FAILED_STATES = TERMINAL_STATES - {"COMPLETED"}
 
@@ -343,7 +354,7 @@ def sacct_states(job_ids:list) -> dict:
             if len(f) >= 4: out[f[0]] = dict(state=f[1], reason=f[2], exit_code="", nodes=f[3], elapsed="", start="", restarts=0)
     return out
 
-# %% ../nbs/50_launch.ipynb #0ce9d1ec
+# %% ../nbs/50_launch.ipynb #5f86a743
 def _proc_alive(pid:int, must_contain:str="submitit") -> bool:
     "Is `pid` a live (not zombie) process whose command line mentions `must_contain`?"
     try:
@@ -379,7 +390,7 @@ def local_state(rec:dict) -> tuple[str, str]:
         return "CANCELLED", "cancelled by user"
     return "FAILED", "the process ended without a result"
 
-# %% ../nbs/50_launch.ipynb #cda73b19
+# %% ../nbs/50_launch.ipynb #cab3b582
 class Job:
     "A submitted stage: state, logs, metrics, result, cancel. Rebuilt from `jobs.json` by `attach`."
     def __init__(self, record:dict, submitit_job=None):
@@ -520,7 +531,7 @@ def _kill_tree(pid:int, sig=signal.SIGINT, grace_s:float=3.0):
         if _proc_alive(p, ""):
             with contextlib.suppress(ProcessLookupError): os.kill(p, signal.SIGKILL)
 
-# %% ../nbs/50_launch.ipynb #363559ae
+# %% ../nbs/50_launch.ipynb #fdb97827
 def _start_detached_controller(folder, command:str, tasks_per_node:int=1, cuda_devices:str="", timeout_min:float=5.0,
                                signal_delay_s:int=30, stderr_to_stdout:bool=False, setup=()):
     "submitit's `start_controller`, in a new session (`setsid`)."
@@ -547,7 +558,7 @@ def detached_local_executor(folder:Path, max_num_timeout:int=3):
             return sl.LocalJob(folder=self.folder, job_id=str(proc.pid), process=proc, tasks=list(range(p.get("tasks_per_node", 1))))
     return DetachedLocalExecutor(folder=folder, max_num_timeout=max_num_timeout)
 
-# %% ../nbs/50_launch.ipynb #7a1cd724
+# %% ../nbs/50_launch.ipynb #c5d91a91
 def make_executor(res:ResourcesConfig, folder:Path, name:str, dependency:str|None=None):
     "A submitit executor (`LocalExecutor` or `SlurmExecutor`) for a request, writing into `folder`."
     import submitit
@@ -589,7 +600,7 @@ def submit(fn:Callable|str,                      # function, or `"stage:<name>"`
     register_job(run.root, rec)
     return Job(rec, sj)
 
-# %% ../nbs/50_launch.ipynb #bcbb7b09
+# %% ../nbs/50_launch.ipynb #d5bec140
 def launch(cfg:PipelineConfig,                   # the pipeline config
            stage:str="pretrain",                  # stage to run
            resources:ResourcesConfig|None=None,   # resources (None: cfg.resources)
@@ -631,7 +642,7 @@ def launch_pipeline(cfg:PipelineConfig,          # the pipeline config
         jobs.append(launch(cfg, st, resources.get(st), depends_on=jobs[-1:], partitions=partitions))
     return jobs
 
-# %% ../nbs/50_launch.ipynb #06dfa9fc
+# %% ../nbs/50_launch.ipynb #b6374e09
 def find_run_dir(run:str|Path, runs_dir:str|Path="runs") -> Path:
     "The run directory of a run name or path; an error lists the runs that exist."
     for p in (Path(run), Path(runs_dir)/str(run)):
@@ -662,7 +673,7 @@ def list_jobs(runs_dir:str|Path="runs") -> list[dict]:
                              state=info["state"], reason=info.get("reason", ""), submitted=r.get("submitted", "")))
     return rows
 
-# %% ../nbs/50_launch.ipynb #da0ae987
+# %% ../nbs/50_launch.ipynb #2e1196c5
 def cli_launch(config_path:str, cluster:str|None=None, partition:str|None=None, stage:str|None=None, overrides=()) -> int:
     "Submit a config's stage (or all its stages, chained) and print how to follow them."
     cfg = load_config(config_path)
