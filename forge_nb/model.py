@@ -10,7 +10,7 @@ import math
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'model_dims', 'count_params', 'flops_per_token', 'token_budget', 'peak_flops_for', 'estimate_time',
-           'model_summary', 'hf_config', 'build_model']
+           'human_count', 'human_duration', 'model_summary', 'hf_config', 'build_model']
 
 # %% ../nbs/20_model.ipynb #49e5ea79
 from .config import ModelConfig
@@ -110,13 +110,15 @@ def estimate_time(model_cfg:ModelConfig,          # the architecture config
     s = tokens / tokens_per_s
     return dict(tokens=tokens, flops=fpt * tokens, tokens_per_s=tokens_per_s, seconds=s, hours=s / 3600, basis=basis)
 
-# %% ../nbs/20_model.ipynb #b1a6965e
-def _fmt_n(x:float) -> str:
+# %% ../nbs/20_model.ipynb #49b4baad
+def human_count(x:float) -> str:
+    "A count with a k/M/B/T suffix: `human_count(1.2e9)` is `1.2B`."
     for u, v in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= v: return f"{x / v:.3g}{u}"
     return f"{x:.3g}"
 
-def _fmt_s(s:float) -> str:
+def human_duration(s:float) -> str:
+    "Seconds as s, min, h or days, whichever reads best."
     if s < 120: return f"{s:.0f} s"
     if s < 7200: return f"{s / 60:.0f} min"
     if s < 172800: return f"{s / 3600:.1f} h"
@@ -133,17 +135,17 @@ def model_summary(model_cfg:ModelConfig,          # the architecture config
     fpt, budget = flops_per_token(model_cfg, vocab_size, seq_len), token_budget(model_cfg, vocab_size)
     rows = [("architecture", f"{model_cfg.arch}: {d['layers']} layers × {d['hidden']} wide, {d['heads']} heads"
                              f" ({d['kv_heads']} kv) of {d['head_dim']}, MLP {d['intermediate']}, vocab {vocab_size:,}"),
-            ("parameters", f"{_fmt_n(p['total'])} ({_fmt_n(p['non_embedding'])} non-embedding, {_fmt_n(p['embedding'])} embedding"
+            ("parameters", f"{human_count(p['total'])} ({human_count(p['non_embedding'])} non-embedding, {human_count(p['embedding'])} embedding"
                            f"{', tied' if model_cfg.tie_embeddings else ''})"),
-            ("FLOPs per token", f"{_fmt_n(fpt)} (6N + attention at T={seq_len or model_cfg.max_seq_len})"),
-            ("compute-optimal tokens", f"{_fmt_n(budget)} ({model_cfg.tokens_per_param:g} tokens/parameter)")]
+            ("FLOPs per token", f"{human_count(fpt)} (6N + attention at T={seq_len or model_cfg.max_seq_len})"),
+            ("compute-optimal tokens", f"{human_count(budget)} ({model_cfg.tokens_per_param:g} tokens/parameter)")]
     tokens = budget if train_tokens is None else train_tokens
     if train_tokens is not None:
-        rows.append(("planned tokens", f"{_fmt_n(train_tokens)} = {train_tokens / p['total']:.3g} tokens/parameter "
+        rows.append(("planned tokens", f"{human_count(train_tokens)} = {train_tokens / p['total']:.3g} tokens/parameter "
                                        f"({train_tokens / budget:.0%} of the budget)"))
     if hardware:
         e = estimate_time(model_cfg, vocab_size, tokens, seq_len, **hardware)
-        rows.append(("estimated time", f"{_fmt_s(e['seconds'])} ({e['basis']}; {_fmt_n(e['flops'])}FLOP)"))
+        rows.append(("estimated time", f"{human_duration(e['seconds'])} ({e['basis']}; {human_count(e['flops'])}FLOP)"))
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 # %% ../nbs/20_model.ipynb #26930575

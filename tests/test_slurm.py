@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import job_probes
+from tiny_pipeline import tiny_pipeline_config
 from forge_nb.config import PipelineConfig, ResourcesConfig
 from forge_nb import launch as L
 
@@ -175,20 +176,10 @@ def test_site_profile_local(slurm_cluster, tmp_path):
 
 
 def _tiny_pretrain_config(d: Path, **pretrain) -> PipelineConfig:
-    "Two standard-library sources, a 600-token tokenizer, 64-token sequences, a 2-layer Llama (as in test_pretrain)."
-    import sysconfig, pydoc_data.topics as topics
-    lib = Path(sysconfig.get_paths()["stdlib"])
-    ref = d / "ref.jsonl"
-    if not ref.exists():
-        ref.write_text("".join(json.dumps({"text": v}) + "\n" for k, v in sorted(topics.topics.items())[:80]))
-    pc = {"steps": 8, "micro_batch_size": 2, "log_every": 1, "eval_every": 8, "save_every": 8, "eval_batches": 2,
-          "optim": {"lr": 3e-3, "warmup_steps": 3}, **pretrain}
-    return PipelineConfig(name="t", runs_dir=str(d), stages=["data", "pretrain"],
-        data={"sources": [{"name": "code", "path": str(lib / "json" / "*.py"), "kind": "text"}, {"name": "ref", "path": str(ref)}],
-              "strategy": "static", "weights": [0.5, 0.5], "seq_len": 64, "val_docs": 2, "total_tokens": 60_000, "max_epochs": 20},
-        tokenizer={"vocab_size": 600, "train_bytes": 100_000},
-        model={"depth": 2, "aspect_ratio": 64, "head_dim": 32, "max_seq_len": 64}, pretrain=pc,
-        resources=slurm(partition="cpu", env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}))
+    "The tiny pipeline of test_pretrain, 8 steps of micro-batch 2, on the SLURM `cpu` partition."
+    cfg = tiny_pipeline_config(d, **{"steps": 8, "micro_batch_size": 2, "eval_every": 8, "save_every": 8, **pretrain})
+    cfg.resources = slurm(partition="cpu", env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    return cfg
 
 
 @pytest.mark.slow

@@ -16,18 +16,7 @@ import ipywidgets as W
 from ..config import PipelineConfig, ModelConfig, ResourcesConfig, ConfigError, validate_config
 from .charts import line_chart
 
-# %% ../../nbs/widgets/65_sizer.ipynb #9f213222
-def _fmt_n(x:float) -> str:
-    for u, v in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= v: return f"{x / v:.3g}{u}"
-    return f"{x:.3g}"
-
-def _fmt_s(s:float) -> str:
-    if s < 120: return f"{s:.0f} s"
-    if s < 7200: return f"{s / 60:.0f} min"
-    if s < 172800: return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
-
+# %% ../../nbs/widgets/65_sizer.ipynb #66c1d5de
 def _model_module():
     try:
         import forge_nb.model as M
@@ -107,12 +96,12 @@ class ModelSizer(W.VBox):
         self.figures = dict(dims=d, params=p, flops_per_token=fpt, token_budget=budget, estimate=est)
         rows = [("shape", f"{d['layers']} layers × {d['hidden']} wide, {d['heads']} heads ({d['kv_heads']} kv) of "
                           f"{d['head_dim']}, MLP {d['intermediate']}"),
-                ("parameters", f"{_fmt_n(p['total'])} ({_fmt_n(p['non_embedding'])} non-embedding)"),
-                ("FLOPs / token", f"{_fmt_n(fpt)} (training, T={self.seq_len.value})"),
-                ("token budget", f"{_fmt_n(budget)} ({mc.tokens_per_param:g} tokens/param)"),
-                ("train tokens", f"{_fmt_n(est['tokens'])} = {est['flops']:.2e} FLOP"),
-                ("throughput", f"{_fmt_n(est['tokens_per_s'])} tokens/s ({est['basis']})"),
-                ("estimated time", f"<b>{_fmt_s(est['seconds'])}</b>")]
+                ("parameters", f"{M.human_count(p['total'])} ({M.human_count(p['non_embedding'])} non-embedding)"),
+                ("FLOPs / token", f"{M.human_count(fpt)} (training, T={self.seq_len.value})"),
+                ("token budget", f"{M.human_count(budget)} ({mc.tokens_per_param:g} tokens/param)"),
+                ("train tokens", f"{M.human_count(est['tokens'])} = {est['flops']:.2e} FLOP"),
+                ("throughput", f"{M.human_count(est['tokens_per_s'])} tokens/s ({est['basis']})"),
+                ("estimated time", f"<b>{M.human_duration(est['seconds'])}</b>")]
         self.summary.value = ("<table class='forge-sizer-table' style='font-size:12px'>" +
                               "".join(f"<tr><td style='color:#555;padding-right:1em'>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>")
         lo, hi = self.depth.min, self.depth.max
