@@ -12,9 +12,9 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['prepare_demo_corpus', 'demo_config', 'follow_jobs', 'bpb_table', 'run_pipeline']
 
-# %% ../nbs/70_pipeline.ipynb #90b13cce
+# %% ../nbs/70_pipeline.ipynb #c390eb6b
 from .config import PipelineConfig, DataConfig, SourceConfig, override, validate_config
-from .runs import RunDir, atomic_write_text
+from .runs import RunDir, atomic_write_text, read_metrics
 
 # %% ../nbs/70_pipeline.ipynb #c03e40da
 def _docstrings(stdlib:Path, limit:int):
@@ -61,7 +61,7 @@ def demo_config(runs_dir:str="runs",    # folder of run directories
                   "log_every": 20, "optim": {"lr": 5e-3, "warmup_steps": 40}})
     return override(cfg, *overrides) if overrides else cfg
 
-# %% ../nbs/70_pipeline.ipynb #7e630ffe
+# %% ../nbs/70_pipeline.ipynb #9de8f178
 def _fmt_record(r:dict) -> str:
     keys = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"]
     parts = [f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}" for k in keys if k in r]
@@ -77,7 +77,7 @@ def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None):
         print(f"[{job.stage}] job {job.job_id} ({job.state()})", file=out, flush=True)
         while True:
             done = job.done()
-            recs = [r for r in __import__("forge_nb.runs", fromlist=["x"]).read_metrics(sd.metrics_path, seen.get(job.stage, 0))]
+            recs = read_metrics(sd.metrics_path, seen.get(job.stage, 0))
             seen[job.stage] = seen.get(job.stage, 0) + len(recs)
             for r in recs:
                 if "loss" in r or any(k.startswith("val/") for k in r): print(_fmt_record(r), file=out, flush=True)
