@@ -224,7 +224,7 @@ def test_store_end_to_end(tmp_path, corpus, tokenizer, packing):
     # realized shares per stage are within 0.5 points of the plan, recorded in the manifest and the report
     real = np.array(m["mix"]["realized_tokens"]); plan_w = np.array([st["weights"] for st in m["mix"]["stages"]])
     assert np.abs(real / real.sum(1, keepdims=True) - plan_w).max() < 0.005
-    assert (tmp_path/"s"/"data"/"mix_report.md").exists() and (tmp_path/"s"/"data"/"mix_plan.png").exists()
+    assert (tmp_path/"s"/"data"/"mix_report.md").exists() and (tmp_path/"s"/"data"/"mix_plan.svg").exists()
     for p in m["packing_report"]:
         if p["source"] != "all": assert "truncated_pct" in p
     if packing == "bfd": assert min(s["fill"]) > 0.99

@@ -164,7 +164,7 @@ def test_mix_builder_config(tmp_path):
 
 def test_widgets_import_without_torch():
     code = ("import sys, forge_nb.widgets.forms, forge_nb.widgets.launch_panel, forge_nb.widgets.monitor, "
-            "forge_nb.widgets.mix_builder, forge_nb.widgets.charts, forge_nb.widgets.studio; "
+            "forge_nb.widgets.mix_builder, forge_nb.charts, forge_nb.widgets.studio; "
             "import importlib.util as u; sz = u.find_spec('forge_nb.widgets.sizer'); "
             "sz and __import__('forge_nb.widgets.sizer'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -17,6 +17,7 @@ __all__ = ['mix_weights', 'unimax_weights', 'MixPlan', 'strategy_weights', 'plan
 # %% ../../nbs/data/12_mixing.ipynb #1d8728d3
 from ..config import DataConfig
 from .sources import DataError, markdown_table
+from ..charts import bar_chart
 
 # %% ../../nbs/data/12_mixing.ipynb #551d3f8a
 def mix_weights(sizes,                 # tokens (or bytes) per source
@@ -48,7 +49,7 @@ def unimax_weights(sizes,              # tokens per source
 # %% ../../nbs/data/12_mixing.ipynb #6da68c52
 @dataclass
 class MixPlan:
-    "A mixture schedule and what it costs each source; `table()`, `markdown()`, `figure()` show it."
+    "A mixture schedule and what it costs each source; `table()`, `markdown()`, `figure()` and `svg()` show it."
     names: list                   # source names
     sizes: np.ndarray             # training tokens per source
     caps: np.ndarray              # max epochs per source
@@ -123,6 +124,19 @@ class MixPlan:
         a2.bar(x, self.epochs, 0.6, color="#55a868"); a2.scatter(x, self.caps, marker="_", s=400, color="#c44e52", label="max_epochs")
         a2.set_xticks(x, self.names); a2.set_ylabel("effective epochs"); a2.legend(fontsize=7)
         fig.tight_layout(); return fig
+
+    def svg(self) -> tuple[str, str]:
+        "`figure`'s two charts as SVG strings (token shares planned and realized; epochs and caps): instant, no matplotlib."
+        groups, cols = [], []
+        for k, sn in enumerate(self.stage_names):
+            groups.append(f"{sn} planned"); cols.append(self.weights[k])
+            if self.realized is not None:
+                groups.append(f"{sn} realized"); cols.append(self.realized[k] / max(self.realized[k].sum(), 1))
+        shares = bar_chart([(n, [float(c[i]) for c in cols]) for i, n in enumerate(self.names)], groups,
+                           title=f"token share per source ({self.strategy})", width=420)
+        epochs = bar_chart([(n, [float(self.epochs[i]), float(self.caps[i])]) for i, n in enumerate(self.names)],
+                           ["effective epochs", "max_epochs"], title="epochs per source", fmt=lambda v: f"{v:.2f}")
+        return shares, epochs
 
     def to_dict(self) -> dict:
         d = {"strategy": self.strategy, "total_tokens": int(self.total_tokens), "sources": self.names,

@@ -72,37 +72,35 @@ def pack_bfd(lengths,             # tokens per document, in order
             ) -> PackLayout:
     "Best-fit-decreasing packing in a bounded streaming window; only documents longer than `seq_len` are split."
     lengths = np.asarray(lengths, dtype=np.int64)
-    T = seq_len
-    P_doc, P_start, P_len, P_seq, P_off = [], [], [], [], []
-    free, keys = [], []                   # open sequences: sorted (free space, seq id) and parallel keys
-    fill_of = {}                          # seq id -> used tokens
-    nseq = 0
-    def place(d, s, l, q):
-        P_doc.append(d); P_start.append(s); P_len.append(l); P_seq.append(q); P_off.append(fill_of[q]); fill_of[q] += l
-    for w0 in range(0, len(lengths), window):
-        items = []
-        for d in range(w0, min(w0 + window, len(lengths))):
-            L = int(lengths[d]); full = L // T if L > T else 0
-            for c in range(full):                          # whole chunks of an over-long document
-                fill_of[nseq] = 0; place(d, c * T, T, nseq); del fill_of[nseq]; nseq += 1
-            rest = L - full * T
-            if rest: items.append((rest, d, full * T))
-        items.sort(key=lambda x: (-x[0], x[1]))
-        for l, d, s in items:
-            i = bisect.bisect_left(free, (l, -1))
+    T, N = seq_len, len(lengths)
+    SH = 40; MASK = (1 << SH) - 1         # an open sequence is one int `free << SH | seq id`: sorts as (free, seq id)
+    bisect_left, insort = bisect.bisect_left, bisect.insort
+    parts, free, nseq = [], [], 0         # placed pieces per block; sorted open sequences; sequences so far
+    for w0 in range(0, N, window):
+        L = lengths[w0:w0 + window]; d = np.arange(w0, w0 + len(L))
+        full = np.where(L > T, L // T, 0); nf = int(full.sum())
+        if nf:                            # whole chunks of over-long documents: a sequence each, in document order
+            c = np.arange(nf) - np.repeat(np.cumsum(full) - full, full)
+            parts.append((np.repeat(d, full), c * T, np.full(nf, T), np.arange(nseq, nseq + nf), np.zeros(nf, np.int64)))
+            nseq += nf
+        rest = L - full * T; m = rest > 0
+        rd, rl, rs = d[m], rest[m], (full * T)[m]
+        o = np.lexsort((rd, -rl)); rd, rl, rs = rd[o], rl[o], rs[o]   # largest first, then document order
+        Q, O = [], []; q_add, o_add = Q.append, O.append
+        for l in rl.tolist():
+            i = bisect_left(free, l << SH)                             # fullest open sequence with room for l
             if i < len(free):
-                f, q = free.pop(i)
-                place(d, s, l, q)
-                if f - l > 0: bisect.insort(free, (f - l, q))
-                else: del fill_of[q]
-            else:
-                q = nseq; nseq += 1; fill_of[q] = 0; place(d, s, l, q)
-                if T - l > 0: bisect.insort(free, (T - l, q))
-                else: del fill_of[q]
-        if len(free) > window:                             # too many open: close the fullest
-            for f, q in free[:len(free) - window]: del fill_of[q]
-            free = free[len(free) - window:]
-    return _layout(P_doc, P_start, P_len, P_seq, P_off, nseq, T)
+                key = free.pop(i); f = key >> SH
+                q_add(key & MASK); o_add(T - f)
+                if f > l: insort(free, key - (l << SH))
+            else:                                                      # none: open a new one
+                q_add(nseq); o_add(0)
+                if T > l: insort(free, ((T - l) << SH) | nseq)
+                nseq += 1
+        parts.append((rd, rs, rl, np.array(Q, np.int64), np.array(O, np.int64)))
+        if len(free) > window: del free[:len(free) - window]           # too many open: close the fullest
+    if not parts: return _layout([], [], [], [], [], 0, T)
+    return _layout(*[np.concatenate(x) for x in zip(*parts)], nseq, T)
 
 def pack(lengths, seq_len:int, mode:str="bfd", window:int=2048) -> PackLayout:
     "Pack with `mode` `concat` or `bfd` (the `DataConfig.packing` values)."
@@ -111,6 +109,8 @@ def pack(lengths, seq_len:int, mode:str="bfd", window:int=2048) -> PackLayout:
     raise ValueError(f"packing: expected 'concat' or 'bfd', got {mode!r}")
 
 # %% ../../nbs/data/13_packing.ipynb #ef3c9ea4
+_GATHER_BLOCK = 1 << 17        # tokens built at a time: the int64 temporaries stay small (and in cache) whatever the shard size
+
 def gather_sequences(layout:PackLayout,     # where the pieces go
                      tokens:np.ndarray,     # flat token array (memory map) holding every document
                      doc_start,             # offset in `tokens` of each document of the packed order
@@ -120,21 +120,33 @@ def gather_sequences(layout:PackLayout,     # where the pieces go
                     ) -> tuple[np.ndarray, np.ndarray]:   # (input_ids [n, T], position_ids [n, T])
     "Materialize sequences `lo:hi` of a layout."
     hi = layout.num_sequences if hi is None else hi
-    T = layout.seq_len
-    a, b = np.searchsorted(layout.seq, [lo, hi])
-    d, s, l, q, o = (x[a:b] for x in (layout.doc, layout.start, layout.length, layout.seq, layout.offset))
-    n = hi - lo
+    T, n = layout.seq_len, hi - lo
     ids = np.full((n, T), pad_id, dtype=dtype or tokens.dtype)
     pos = np.empty((n, T), dtype=np.uint16 if T <= 65536 else np.uint32)
-    ar = np.arange(T, dtype=pos.dtype)
-    ds = np.asarray(doc_start, dtype=np.int64)[d] + s
-    used = np.zeros(n, dtype=np.int64)
-    for a0, ln, qq, oo in zip(ds.tolist(), l.tolist(), (q - lo).tolist(), o.tolist()):   # one slice copy per piece
-        ids[qq, oo:oo + ln] = tokens[a0:a0 + ln]; pos[qq, oo:oo + ln] = ar[:ln]
-        if oo + ln > used[qq]: used[qq] = oo + ln
-    for qq in np.flatnonzero(used < T).tolist():                    # padding counts on from 0 (a pad "document")
-        pos[qq, used[qq]:] = ar[:T - used[qq]]
-    return ids.reshape(n, T), pos.reshape(n, T)
+    if n <= 0: return ids, pos
+    a, b = np.searchsorted(layout.seq, [lo, hi])
+    q, ln = layout.seq[a:b] - lo, layout.length[a:b]
+    beg = q * T + layout.offset[a:b]; end = beg + ln                 # flat slots of each piece in `ids`
+    src0 = np.asarray(doc_start, dtype=np.int64)[layout.doc[a:b]] + layout.start[a:b]   # its first token in `tokens`
+    tok, ids_f, pos_f = np.asarray(tokens), ids.reshape(-1), pos.reshape(-1)
+    step = max(1, _GATHER_BLOCK // T)                                # sequences per block
+    k = np.arange(min(step, n) * T, dtype=np.int64); k32 = k.astype(np.int32)
+    pb = np.searchsorted(q, np.arange(0, n + step, step))            # first piece of each block
+    for j, r0 in enumerate(range(0, n, step)):
+        base, M = r0 * T, (min(r0 + step, n) - r0) * T
+        i0, i1 = pb[j], pb[j + 1]
+        bg = beg[i0:i1] - base
+        # positions restart at every piece start, every piece end (padding counts on from 0) and every row start
+        x = np.concatenate([bg, end[i0:i1] - base, k[:M:T]]); x.sort()
+        r = x[np.flatnonzero(np.diff(x, append=M))].astype(np.int32)  # distinct restart slots, all < M
+        seg = np.diff(r, append=M)
+        np.subtract(k32[:M], np.repeat(r, seg), out=pos_f[base:base + M], casting="unsafe")
+        if i1 > i0:                                                  # tokens: src = src0 + index within the piece
+            l = ln[i0:i1]; c = np.cumsum(l) - l
+            src = np.repeat(src0[i0:i1] - c, l); src += k[:len(src)]
+            isp = np.zeros(len(r), bool); isp[np.searchsorted(r, bg[l > 0])] = True   # segments that are pieces
+            ids_f[base:base + M][np.repeat(isp, seg)] = tok.take(src)
+    return ids, pos
 
 # %% ../../nbs/data/13_packing.ipynb #e7af5a35
 def packing_report(layout:PackLayout,    # the packing

@@ -18,11 +18,12 @@ __all__ = ['STORE_VERSION', 'input_fingerprint', 'resolve_total_tokens', 'config
 # %% ../../nbs/data/14_store.ipynb #b2062fff
 from ..config import PipelineConfig, DataConfig, TokenizerConfig
 from ..runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, is_complete
-from .sources import iter_documents, SourceStats, DataError, markdown_table, resolve_files, source_kind, preview_source
-from .tokenizer import (train_tokenizer, load_tokenizer, tokenizer_sample, encode_documents, encode_batches, token_dtype,
+from .sources import iter_documents, iter_batches, SourceStats, DataError, markdown_table, resolve_files, source_kind, preview_source
+from .tokenizer import (train_tokenizer, load_tokenizer, TokenizerFiles, tokenizer_sample, encode_documents, encode_batches, token_dtype,
                                      length_histogram)
 from .mixing import plan_mix, mix_order, MixPlan
 from .packing import pack, gather_sequences, packing_report
+from ..charts import histogram_chart
 
 # %% ../../nbs/data/14_store.ipynb #720ee717
 STORE_VERSION = 1
@@ -85,7 +86,7 @@ def tokenize_sources(data_cfg:DataConfig,          # the sources
                      path:str|Path,                # flat token file to write
                      stats:dict|None=None,         # source name -> SourceStats, filled
                      batch_docs:int=4096,          # documents per encode call
-                     batch_chars:int=4_000_000,    # characters per encode call
+                     batch_chars:int=1_000_000,    # characters per encode call (small: no core idles long at the end)
                      workers:int|None=None,        # tokenizer processes (None: all cores for inputs over 32 MB)
                      log=print,
                     ) -> TokenizedSources:
@@ -98,12 +99,8 @@ def tokenize_sources(data_cfg:DataConfig,          # the sources
     L, B, t0 = [[] for _ in range(S)], [[] for _ in range(S)], [time.time()] * S
     def batches():
         for i, s in enumerate(data_cfg.sources):
-            st = stats[s.name] = SourceStats(); buf, nch = [], 0; t0[i] = time.time()
-            for t in iter_documents(s, st):
-                buf.append(t); nch += len(t)
-                if len(buf) >= batch_docs or nch >= batch_chars:
-                    yield buf, (i, np.fromiter((len(x.encode("utf-8", "replace")) for x in buf), np.int64, len(buf))); buf, nch = [], 0
-            if buf: yield buf, (i, np.fromiter((len(x.encode("utf-8", "replace")) for x in buf), np.int64, len(buf)))
+            st = stats[s.name] = SourceStats(); t0[i] = time.time()
+            for texts, sizes in iter_batches(s, st, batch_docs, batch_chars): yield texts, (i, sizes)
             yield [], (i, None)                                      # end of source marker
     base, pos = [0] * S, 0
     with open(path, "wb") as out:
@@ -114,7 +111,7 @@ def tokenize_sources(data_cfg:DataConfig,          # the sources
                     f"{stats[n].bytes / max(tl, 1):.2f} bytes/token ({time.time() - t0[i]:.1f} s)")
                 if i + 1 < S: base[i + 1] = pos
                 continue
-            out.write(ids.tobytes()); pos += len(ids); L[i].append(lens); B[i].append(nb)
+            out.write(ids.tobytes()); pos += len(ids); L[i].append(lens); B[i].append(np.array(nb, np.int64))
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
     return TokenizedSources(path, [s.name for s in data_cfg.sources], [cat(x) for x in L], [cat(x) for x in B], base, dtype)
 
@@ -160,12 +157,12 @@ def build_store(cfg:PipelineConfig,   # the pipeline config (data, tokenizer, pr
     total = resolve_total_tokens(cfg)
     # 1. the tokenizer
     if tcfg.path:
-        tok = load_tokenizer(tcfg.path); tok.save_pretrained(str(out/"tokenizer")); tok_source = str(tcfg.path)
+        tok = TokenizerFiles(tcfg.path); tok.save(out/"tokenizer"); tok_source = str(tcfg.path)
     else:
         scan = {}
         for s in data.sources:
             st = SourceStats()
-            for _ in iter_documents(s, st): pass
+            for _ in iter_batches(s, st): pass
             scan[s.name] = st
         sizes_b = [scan[n].bytes for n in names]
         bplan = plan_mix(data, sizes_b, total_tokens=(total or sum(sizes_b)) * 4 if data.strategy == "unimax" else None, check=False)
@@ -174,7 +171,7 @@ def build_store(cfg:PipelineConfig,   # the pipeline config (data, tokenizer, pr
             f"({', '.join(f'{n} {100 * w:.0f}%' for n, w in zip(names, wb))})")
         tok = train_tokenizer(tokenizer_sample(data.sources, wb.tolist(), sizes_b, tcfg.train_bytes, data.seed), out/"tokenizer",
                               tcfg.vocab_size, tcfg.special_tokens, model_max_length=max(cfg.model.max_seq_len, data.seq_len))
-        tok = load_tokenizer(out/"tokenizer"); tok_source = "trained"
+        tok = TokenizerFiles(out/"tokenizer"); tok_source = "trained"
     # 2. every document, tokenized once
     stats = {}
     ts = tokenize_sources(data, tok, out/"_work"/"tokens.bin", stats, log=log)
@@ -232,16 +229,16 @@ def build_store(cfg:PipelineConfig,   # the pipeline config (data, tokenizer, pr
 
 # %% ../../nbs/data/14_store.ipynb #6b35010a
 def write_mix_report(out:Path, plan:MixPlan, pack_rows:list, comp:list, val:dict, lengths:dict, seq_len:int, manifest:dict):
-    "`mix_report.md`, `mix_report.json` and the charts (`mix_plan.png`, `lengths.png`)."
-    import matplotlib; matplotlib.use("Agg", force=False); import matplotlib.pyplot as plt
-    fig = plan.figure(); fig.savefig(out/"mix_plan.png", dpi=110); plt.close(fig)
-    fig = length_histogram(lengths, seq_len); fig.savefig(out/"lengths.png", dpi=110); plt.close(fig)
+    "`mix_report.md`, `mix_report.json` and the charts (`mix_plan.svg`, `mix_epochs.svg`, `lengths.svg`)."
+    shares, epochs = plan.svg()
+    atomic_write_text(out/"mix_plan.svg", shares); atomic_write_text(out/"mix_epochs.svg", epochs)
+    atomic_write_text(out/"lengths.svg", histogram_chart(lengths, title="document length (tokens)", marker=seq_len))
     md = ["# Data mix report", "", plan.markdown(), "", "## Packing", "",
           f"Train: {manifest['train']['sequences']:,} sequences × {seq_len} tokens, packing `{manifest['packing']}`; fill per stage: "
           + ", ".join(f"{s['name']} {100 * s['fill']:.2f}%" for s in manifest["train"]["stages"]), "",
           markdown_table(pack_rows), "", "## Compression (UTF-8 bytes per token, all documents)", "", markdown_table(comp), "",
           "## Validation", "", markdown_table([{"source": k, **v} for k, v in val.items()]), "",
-          "![mix](mix_plan.png)", "", "![lengths](lengths.png)", ""]
+          "![mix](mix_plan.svg)", "", "![epochs](mix_epochs.svg)", "", "![lengths](lengths.svg)", ""]
     atomic_write_text(out/"mix_report.md", "\n".join(md))
     atomic_write_json(out/"mix_report.json", {"mix": plan.to_dict(), "packing": pack_rows, "compression": comp, "val": val})
 

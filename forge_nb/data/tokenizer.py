@@ -6,14 +6,14 @@ Docs: https://forge-nb.github.io/forge_nb/data/tokenizer.html.md"""
 
 # %% ../../nbs/data/11_tokenizer.ipynb #b7dffc92
 from __future__ import annotations
-import itertools, json, math, random
+import itertools, json, math, random, shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
 
 # %% auto #0
-__all__ = ['CHAT_TEMPLATE', 'train_tokenizer', 'load_tokenizer', 'tokenizer_sample', 'token_dtype', 'backend', 'encode_documents',
-           'encode_batches', 'compression', 'length_histogram']
+__all__ = ['CHAT_TEMPLATE', 'train_tokenizer', 'load_tokenizer', 'TokenizerFiles', 'tokenizer_sample', 'token_dtype', 'backend',
+           'encode_documents', 'encode_batches', 'compression', 'length_histogram']
 
 # %% ../../nbs/data/11_tokenizer.ipynb #b94935ab
 from ..config import TokenizerConfig, SourceConfig
@@ -67,6 +67,39 @@ def load_tokenizer(path:str|Path):
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return tok
 
+# %% ../../nbs/data/11_tokenizer.ipynb #f1a2b3c5
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "chat_template.jinja", "chat_template.json")
+
+class TokenizerFiles:
+    "A saved Hugging Face tokenizer as the data stage needs it: the Rust tokenizer (`backend_tokenizer`, as in transformers), special ids, its files."
+    def __init__(self, path:str|Path):   # a Hugging Face tokenizer folder
+        self.path = p = Path(path)
+        if not p.exists(): raise DataError(f"tokenizer.path {str(path)!r} does not exist (a Hugging Face tokenizer folder is expected)")
+        self._hf = None
+        if (p/"tokenizer.json").exists() and (p/"tokenizer_config.json").exists():
+            from tokenizers import Tokenizer
+            self.backend_tokenizer = Tokenizer.from_file(str(p/"tokenizer.json"))
+            conf = json.loads((p/"tokenizer_config.json").read_text())
+            stm = json.loads((p/"special_tokens_map.json").read_text()) if (p/"special_tokens_map.json").exists() else {}
+            name = lambda k: (lambda v: v.get("content") if isinstance(v, dict) else v)(conf.get(k) or stm.get(k))
+            tid = lambda k: None if name(k) is None else self.backend_tokenizer.token_to_id(name(k))
+            self.eos_token_id, self.pad_token_id, self.bos_token_id = tid("eos_token"), tid("pad_token"), tid("bos_token")
+            if name("eos_token") is not None and self.eos_token_id is None:
+                raise DataError(f"tokenizer at {path}: eos token {name('eos_token')!r} is not in its vocabulary")
+        else:                                                      # no tokenizer.json: let transformers convert it
+            self._hf = load_tokenizer(p); self.backend_tokenizer = backend(self._hf)
+            self.eos_token_id, self.pad_token_id, self.bos_token_id = self._hf.eos_token_id, self._hf.pad_token_id, self._hf.bos_token_id
+        if self.eos_token_id is None: raise DataError(f"tokenizer at {path} has no eos token: documents could not be separated")
+        if self.pad_token_id is None: self.pad_token_id = self.eos_token_id
+    def __len__(self): return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+    def save(self, dst:str|Path):
+        "Copy the tokenizer's files (not model weights that may share the folder) to `dst`."
+        dst = Path(dst); dst.mkdir(parents=True, exist_ok=True)
+        if self._hf is not None: self._hf.save_pretrained(str(dst)); return
+        for n in _TOKENIZER_FILES:
+            if (self.path/n).exists(): shutil.copyfile(self.path/n, dst/n)
+
 # %% ../../nbs/data/11_tokenizer.ipynb #af95ec9f
 def tokenizer_sample(sources:list[SourceConfig],  # the sources
                      weights:list[float],          # share of each source in the sample
@@ -103,11 +136,10 @@ def encode_documents(tokenizer,                 # HF fast tokenizer or `tokenize
                     ) -> tuple[np.ndarray, np.ndarray]:  # (flat ids, tokens per document incl. eos)
     "Tokenize a batch with the Rust core on all cores; return flat ids and per-document lengths."
     encs = backend(tokenizer).encode_batch_fast(texts, add_special_tokens=False)
-    ids = [e.ids for e in encs]
-    lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
-    n = int(lens.sum())
-    out = np.fromiter(itertools.chain.from_iterable(itertools.chain(x, (eos_id,)) for x in ids), dtype=dtype, count=n)
-    return out, lens
+    flat, lens = [], np.empty(len(encs), np.int64)
+    for i, e in enumerate(encs):               # one list extend per document: the cheapest way out of Python's ids lists
+        x = e.ids; flat += x; flat.append(eos_id); lens[i] = len(x) + 1
+    return np.array(flat, dtype=dtype), lens
 
 # %% ../../nbs/data/11_tokenizer.ipynb #e26160b8
 _WORKER_TOKENIZER = None

@@ -14,7 +14,7 @@ __all__ = ['scan_source', 'MixBuilder']
 # %% ../../nbs/widgets/64_mix_builder.ipynb #5eff85a3
 import ipywidgets as W
 from ..config import DataConfig, SourceConfig, ConfigError, validate_config
-from .charts import bar_chart
+from ..charts import bar_chart
 
 # %% ../../nbs/widgets/64_mix_builder.ipynb #85b359e5
 def scan_source(src:SourceConfig,    # the source to count

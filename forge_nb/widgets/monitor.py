@@ -15,7 +15,7 @@ __all__ = ['PLOTS', 'metric_series', 'JobMonitor']
 # %% ../../nbs/widgets/63_monitor.ipynb #0324fbd8
 import ipywidgets as W
 from ..runs import read_metrics, RunDir
-from .charts import line_chart
+from ..charts import line_chart
 
 # %% ../../nbs/widgets/63_monitor.ipynb #85a08dfe
 PLOTS = {"loss": "loss", "bpb": "bits per byte", "tokens_per_s": "tokens/s"}
