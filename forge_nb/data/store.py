@@ -86,7 +86,7 @@ def tokenize_sources(data_cfg:DataConfig,          # the sources
                      path:str|Path,                # flat token file to write
                      stats:dict|None=None,         # source name -> SourceStats, filled
                      batch_docs:int=4096,          # documents per encode call
-                     batch_chars:int=1_000_000,    # characters per encode call (small: no core idles long at the end)
+                     batch_chars:int=262_144,      # characters per encode call (small: cache-friendly, no core idles long at the end)
                      workers:int|None=None,        # tokenizer processes (None: all cores for inputs over 32 MB)
                      log=print,
                     ) -> TokenizedSources:
@@ -125,19 +125,27 @@ def split_validation(n_docs:int, val_docs:int, seed:int, index:int) -> tuple[np.
 
 # %% ../../nbs/data/14_store.ipynb #8b694bf1
 def write_packed(layout, tokens, doc_start, pad_id:int, folder:Path, prefix:str, seqs_per_shard:int, dtype,
-                 first_shard:int=0) -> list[dict]:
-    "Write a layout's sequences as shards; return the index entries."
+                 first_shard:int=0,
+                 block:int=256,          # sequences gathered and written at a time (memory stays small)
+                ) -> list[dict]:
+    "Write a layout's sequences as `.npy` shards, streamed a block at a time; return the index entries."
     folder.mkdir(parents=True, exist_ok=True)
-    out = []
+    T, out = layout.seq_len, []
+    pos_dtype = np.dtype(np.uint16 if T <= 65536 else np.uint32)
     for k, lo in enumerate(range(0, layout.num_sequences, seqs_per_shard)):
         hi = min(lo + seqs_per_shard, layout.num_sequences)
-        ids, pos = gather_sequences(layout, tokens, doc_start, pad_id, lo, hi, dtype=dtype)
         a, b = np.searchsorted(layout.seq, [lo, hi])
-        used = np.zeros(hi - lo, np.int32); np.maximum.at(used, layout.seq[a:b] - lo, (layout.offset[a:b] + layout.length[a:b]).astype(np.int32))
+        last = np.searchsorted(layout.seq[a:b], np.arange(lo, hi), side="right") - 1 + a   # pieces are sorted by (seq, offset):
+        used = np.where(last >= a, layout.offset[np.maximum(last, 0)] + layout.length[np.maximum(last, 0)], 0).astype(np.int32)  # the last one ends a sequence
         name = f"{prefix}_{first_shard + k:05d}"
-        for kind, arr in (("tokens", ids), ("positions", pos), ("lengths", used)):
-            m = np.lib.format.open_memmap(folder/f"{kind}_{name}.npy" if prefix != "val" else folder/f"{kind}.npy", mode="w+", dtype=arr.dtype, shape=arr.shape)
-            m[:] = arr; m.flush(); del m
+        path = lambda kind: folder/(f"{kind}_{name}.npy" if prefix != "val" else f"{kind}.npy")
+        with open(path("tokens"), "wb") as ft, open(path("positions"), "wb") as fp:
+            for f, dt in ((ft, np.dtype(dtype)), (fp, pos_dtype)):
+                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False, "shape": (hi - lo, T)})
+            for s0 in range(lo, hi, block):
+                ids, pos = gather_sequences(layout, tokens, doc_start, pad_id, s0, min(s0 + block, hi), dtype=dtype)
+                ft.write(ids.tobytes()); fp.write(pos.tobytes())
+        np.save(path("lengths"), used)
         out.append({"name": name, "sequences": int(hi - lo), "tokens": int(used.sum())})
     return out
 
@@ -147,7 +155,7 @@ def _stage_weights_avg(plan:MixPlan) -> np.ndarray:
 
 def build_store(cfg:PipelineConfig,   # the pipeline config (data, tokenizer, pretrain for the budget)
                 out:str|Path,         # folder to fill (the temporary folder of `atomic_dir`)
-                fingerprint:dict,     # input hashes, recorded in the manifest
+                fingerprint,          # input hashes (a dict, or a future of one), recorded in the manifest
                 log=print,
                ) -> dict:             # the manifest
     "Read, (train the tokenizer,) tokenize, plan, mix, pack and write everything into `out`."
@@ -214,6 +222,7 @@ def build_store(cfg:PipelineConfig,   # the pipeline config (data, tokenizer, pr
     # 6. report and manifest
     comp = [{"source": n, "docs": stats[n].docs, "bytes": int(ts.nbytes[i].sum()), "tokens": int(ts.lengths[i].sum()),
              "bytes_per_token": float(ts.nbytes[i].sum() / max(ts.lengths[i].sum(), 1))} for i, n in enumerate(names)]
+    if hasattr(fingerprint, "result"): fingerprint = fingerprint.result()
     manifest = {"version": STORE_VERSION, "config_hash": None, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "sources": names, "inputs": fingerprint, "source_stats": {n: stats[n].to_dict() for n in names},
                 "tokenizer": {"path": "tokenizer", "from": tok_source, "vocab_size": len(tok), "eos_id": tok.eos_token_id,
@@ -250,17 +259,20 @@ def run_data_stage(cfg:PipelineConfig,    # the pipeline config
     "The data stage: build `<run>/data` (tokenizer, token store, manifest, mix report), or reuse it when unchanged."
     from forge_nb.distributed import dist_env
     run = RunDir(run_dir); out = run.stage("data").root
-    fp = input_fingerprint(cfg.data, cfg.tokenizer)
-    h = config_hash(cfg, fp)
     mpath = out/"manifest.json"
-    if is_complete(out) and mpath.exists() and json.loads(mpath.read_text()).get("config_hash") == h:
-        log(f"[data] reusing the token store in {out} (same config and inputs)")
-        return _summary(json.loads(mpath.read_text()), out, reused=True)
+    fp = None
+    if is_complete(out) and mpath.exists():                       # a store to reuse if its config and inputs are the same
+        fp = input_fingerprint(cfg.data, cfg.tokenizer)
+        if json.loads(mpath.read_text()).get("config_hash") == config_hash(cfg, fp):
+            log(f"[data] reusing the token store in {out} (same config and inputs)")
+            return _summary(json.loads(mpath.read_text()), out, reused=True)
     if not dist_env().is_main: raise RuntimeError("the data stage runs on one rank (rank 0)")
     run.root.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(out) as tmp:
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool, atomic_dir(out) as tmp:
+        if fp is None: fp = pool.submit(input_fingerprint, cfg.data, cfg.tokenizer)   # hashed while the build reads (hashlib frees the GIL)
         m = build_store(cfg, tmp, fp, log=log)
-        m["config_hash"] = h
+        m["config_hash"] = config_hash(cfg, m["inputs"])
         atomic_write_json(tmp/"manifest.json", m)
     log(f"[data] wrote the token store to {out} in {m['build_seconds']} s")
     return _summary(m, out, reused=False)
