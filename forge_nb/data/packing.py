@@ -48,9 +48,11 @@ class PackLayout:
         return self
 
 def _layout(doc, start, length, seq, offset, n, T) -> PackLayout:
+    "A layout sorted by (sequence, offset); int64 arrays passed in are sorted in place (one temporary at a time)."
     a = [np.asarray(x, dtype=np.int64) for x in (doc, start, length, seq, offset)]
     o = np.lexsort((a[4], a[3]))
-    return PackLayout(*[x[o] for x in a], int(n), int(T))
+    for x in a: x[:] = x[o]
+    return PackLayout(*a, int(n), int(T))
 
 # %% ../../nbs/data/13_packing.ipynb #ddc5352b
 def pack_concat(lengths,         # tokens per document, in order
@@ -100,7 +102,8 @@ def pack_bfd(lengths,             # tokens per document, in order
         parts.append((rd, rs, rl, np.array(Q, np.int64), np.array(O, np.int64)))
         if len(free) > window: del free[:len(free) - window]           # too many open: close the fullest
     if not parts: return _layout([], [], [], [], [], 0, T)
-    return _layout(*[np.concatenate(x) for x in zip(*parts)], nseq, T)
+    cols = [np.concatenate(x) for x in zip(*parts)]; del parts                  # free the blocks before sorting
+    return _layout(*cols, nseq, T)
 
 def pack(lengths, seq_len:int, mode:str="bfd", window:int=2048) -> PackLayout:
     "Pack with `mode` `concat` or `bfd` (the `DataConfig.packing` values)."

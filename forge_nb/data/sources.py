@@ -6,14 +6,15 @@ Docs: https://forge-nb.github.io/forge_nb/data/sources.html.md"""
 
 # %% ../../nbs/data/10_sources.ipynb #b02077ed
 from __future__ import annotations
-import csv, glob, hashlib, io, json, os, sys
+import csv, glob, hashlib, io, itertools, json, os, sys
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterator
+import numpy as np
 
 # %% auto #0
 __all__ = ['DataError', 'SourceStats', 'resolve_files', 'source_kind', 'read_jsonl', 'read_text', 'read_csv', 'read_parquet',
-           'read_hf_disk', 'read_hub', 'read_jsonl_fast', 'iter_batches', 'iter_documents', 'preview_source',
+           'read_hf_disk', 'read_hub', 'read_jsonl_fast', 'HashSet', 'iter_batches', 'iter_documents', 'preview_source',
            'markdown_table']
 
 # %% ../../nbs/data/10_sources.ipynb #e3187d3f
@@ -182,6 +183,40 @@ def read_jsonl_fast(src:SourceConfig, f:Path, stats:SourceStats,
     for _ in range(done): next(records)                          # already delivered by Arrow (all valid)
     yield from _chunked(records)
 
+# %% ../../nbs/data/10_sources.ipynb #9a1c3e71
+class HashSet:
+    "Set of 64-bit hashes in one numpy table (open addressing, linear probing, at most half full): 8-16 bytes per member."
+    def __init__(self, capacity:int=1 << 16):
+        self.table = np.zeros(max(16, 1 << (int(capacity) - 1).bit_length()), np.uint64); self.n = 0
+    def __len__(self): return self.n
+    @property
+    def nbytes(self) -> int: return self.table.nbytes
+    def _insert(self, keys):          # distinct, nonzero keys; returns mask of those newly inserted
+        T = self.table; mask = np.uint64(len(T) - 1)
+        slot = (keys & mask).astype(np.int64)
+        pend = np.arange(len(keys)); new = np.zeros(len(keys), bool)
+        while len(pend):
+            s = slot[pend]; cur = T[s]; k = keys[pend]
+            empty = cur == 0
+            if empty.any():                                   # claim empty slots; one winner per slot
+                cand = pend[empty]; us, first = np.unique(s[empty], return_index=True)
+                win = cand[first]; T[us] = keys[win]; new[win] = True
+            cur = T[s]
+            done = cur == k                                   # present (already, or just inserted)
+            nxt = pend[~done]; slot[nxt] = (slot[nxt] + 1) & int(mask)
+            pend = nxt
+        self.n += int(new.sum())
+        return new
+    def add(self, h) -> np.ndarray:
+        "Add hashes in order; True where a hash was not in the set before (only the first of equal hashes in `h`)."
+        h = np.asarray(h).astype(np.uint64, copy=True); h[h == 0] = 1          # 0 marks an empty slot
+        while (self.n + len(h)) * 2 > len(self.table):                       # keep it at most half full
+            old = self.table[self.table != 0]; self.table = np.zeros(2 * len(self.table), np.uint64); self.n = 0
+            if len(old): self._insert(old)
+        uniq, first = np.unique(h, return_index=True)
+        out = np.zeros(len(h), bool); out[first[self._insert(uniq)]] = True
+        return out
+
 # %% ../../nbs/data/10_sources.ipynb #d9a07ad8
 _READERS = {"jsonl": read_jsonl, "text": read_text, "csv": read_csv, "parquet": read_parquet}
 
@@ -207,20 +242,20 @@ def iter_batches(src:SourceConfig,              # the source to read
     stats = stats if stats is not None else SourceStats()
     stats.name = src.name
     lo, hi, dedup = max(src.min_chars, 1), src.max_chars, src.dedup
-    seen, texts, sizes, nch = set(), [], [], 0
+    seen, texts, sizes, nch = HashSet() if dedup else None, [], [], 0
     docs = chars = nbytes = short = long_ = dups = 0
     try:
         for chunk in _raw_chunks(src, stats):
-            for t in chunk:
-                n = len(t)
-                if n < lo: short += 1; continue
-                if hi is not None and n > hi: long_ += 1; continue
-                if dedup:
-                    h = hash(t)
-                    if h in seen: dups += 1; continue
-                    seen.add(h)
-                b = n if t.isascii() else len(t.encode("utf-8", "replace"))
-                docs += 1; chars += n; nbytes += b; nch += n
+            n = np.fromiter(map(len, chunk), np.int64, len(chunk))
+            ok = n >= lo; short += len(chunk) - int(ok.sum())
+            if hi is not None: big = ok & (n > hi); long_ += int(big.sum()); ok &= ~big
+            if not ok.all(): chunk = list(itertools.compress(chunk, ok)); n = n[ok]
+            if dedup and chunk:
+                new = seen.add(np.fromiter(map(hash, chunk), np.int64, len(chunk)))
+                if not new.all(): dups += len(chunk) - int(new.sum()); chunk = list(itertools.compress(chunk, new)); n = n[new]
+            for t, c in zip(chunk, n.tolist()):
+                b = c if t.isascii() else len(t.encode("utf-8", "replace"))
+                docs += 1; chars += c; nbytes += b; nch += c
                 texts.append(t); sizes.append(b)
                 if limit is not None and docs >= limit: break
                 if len(texts) >= batch_docs or nch >= batch_chars:
