@@ -82,6 +82,32 @@ def test_filters_and_dedup(tmp_path):
     st2 = SourceStats()
     assert len(list(iter_documents(SourceConfig(name="d", path=str(tmp_path/"d.jsonl"), dedup=False), st2))) == 250
 
+def test_jsonl_fast_path_matches_exact_reader(tmp_path, monkeypatch):
+    """Arrow's reader gives exactly the exact reader's documents (unicode, escapes, gzip, blank lines), is the one used on a
+    clean file, and hands over at an anomaly deep in a file with the right line number."""
+    import gzip
+    import forge_nb.data.sources as S
+    texts = [t + (" é ✓ \t\u2028 \"q\"" if i % 7 == 0 else "") for i, t in enumerate(stdlib_blocks(4, 3000))]
+    body = "".join(json.dumps({"text": t, "n": i}) + ("\n\n" if i % 500 == 0 else "\n") for i, t in enumerate(texts))
+    (tmp_path/"a.jsonl").write_text(body)
+    with gzip.open(tmp_path/"b.jsonl.gz", "wt", encoding="utf-8") as f: f.write(body)
+    src = lambda p, **k: SourceConfig(name="s", path=str(tmp_path/p), dedup=False, **k)
+    exact = [t for t, _ in S.read_jsonl(src("a.jsonl"), tmp_path/"a.jsonl", SourceStats())]
+    assert exact == texts
+    def no_exact(*a, **k): raise AssertionError("the exact reader was used on a clean file")
+    monkeypatch.setattr(S, "read_jsonl", no_exact)
+    assert list(iter_documents(src("a.jsonl"))) == texts
+    assert list(iter_documents(src("b.jsonl.gz"))) == texts
+    monkeypatch.undo()
+    lines = body.splitlines(keepends=True); bad_line = len(lines) - 3           # a missing field near the end
+    (tmp_path/"c.jsonl").write_text("".join(lines[:bad_line - 1]) + '{"body": "x"}\n' + "".join(lines[bad_line - 1:]))
+    fast = S.read_jsonl_fast
+    small = lambda *a, **k: fast(*a, **{**k, "block_size": 1 << 16})   # many blocks: the anomaly is far from the start
+    monkeypatch.setattr(S, "read_jsonl_fast", small)
+    with pytest.raises(DataError, match=rf"c.jsonl:{bad_line}: missing text field 'text'"): list(iter_documents(src("c.jsonl")))
+    st = SourceStats()
+    assert list(iter_documents(src("c.jsonl", on_bad_record="skip"), st)) == texts and st.bad_records == 1
+
 def test_bad_input_names_file_line_and_field(tmp_path):
     f = tmp_path/"bad.jsonl"
     f.write_text('{"text": "a fine document"}\n{"text": "broken\n{"content": "no text field"}\n{"text": 3}\n{"text": "another"}\n')
