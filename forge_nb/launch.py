@@ -345,13 +345,14 @@ def sacct_states(job_ids:list) -> dict:
         prev = out.get(f[0])
         out[f[0]] = dict(state=f[1].split()[0], reason=f[2], exit_code=f[3], nodes=f[4], elapsed=f[5], start=f[6],
                          restarts=(prev["restarts"] + 1) if prev else 0)
-    missing = [j for j in ids if j not in out]
-    if missing:
-        try: txt = _run(["squeue", "-h", "-j", ",".join(missing), "-o", "%i|%T|%r|%N"])
+    live = [j for j in ids if j not in out or out[j]["state"] not in TERMINAL_STATES]
+    if live:   # the controller's own view: accounting lags behind it (seconds, minutes on a loaded slurmdbd), and knows nothing while slurmdbd is down
+        try: txt = _run(["squeue", "-h", "--states=all", "-j", ",".join(live), "-o", "%i|%T|%r|%N"])
         except (RuntimeError, subprocess.TimeoutExpired): txt = ""
         for line in txt.splitlines():
             f = line.split("|")
-            if len(f) >= 4: out[f[0]] = dict(state=f[1], reason=f[2], exit_code="", nodes=f[3], elapsed="", start="", restarts=0)
+            if len(f) < 4 or f[0] not in live: continue
+            out[f[0]] = {**dict(exit_code="", elapsed="", start="", restarts=0), **out.get(f[0], {}), "state": f[1], "reason": f[2], "nodes": f[3]}
     return out
 
 # %% ../nbs/50_launch.ipynb #5f86a743

@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/data/sources.html.md"""
 
 # %% ../../nbs/data/10_sources.ipynb #b02077ed
 from __future__ import annotations
-import csv, glob, hashlib, io, itertools, json, os, sys
+import csv, glob, itertools, json, sys
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterator
