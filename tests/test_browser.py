@@ -267,7 +267,7 @@ def test_form_launch_and_monitor_on_slurm(slurm_cluster, lab, browser, artifacts
     page.screenshot(path=str(artifacts_dir/"browser-monitor.png"), full_page=True)
     page.locator(".forge-job-monitor").screenshot(path=str(artifacts_dir/"browser-monitor-widget.png"))
     assert state.inner_text() == "COMPLETED", page.locator(".forge-log-tail").inner_text()[-2000:]
-    assert any(job_id in l and "COMPLETED" in l for l in _sacct(job_id))
+    wait_until(lambda: any(job_id in l and "COMPLETED" in l for l in _sacct(job_id)), 90, f"sacct to record job {job_id} COMPLETED")   # accounting trails the controller
     from forge_nb.runs import read_metrics
     losses = [r for r in read_metrics(run_dir/"pretrain"/"metrics.jsonl") if "loss" in r]
     assert losses and losses[-1]["step"] == 24
@@ -323,7 +323,7 @@ def test_monitor_follows_a_slurm_job_live(slurm_cluster, lab, browser, artifacts
     assert first.locator(".forge-job-state").inner_text() == "COMPLETED", first.locator(".forge-log-tail").inner_text()
     assert points.count() == 12 and len(seen - {0, 12}) >= 1, f"points seen while it ran: {sorted(seen)}"   # it was live
     job_id = first.locator(".forge-job-card code").inner_text().strip()
-    assert any(job_id in l and "COMPLETED" in l for l in _sacct(job_id))
+    wait_until(lambda: any(job_id in l and "COMPLETED" in l for l in _sacct(job_id)), 90, f"sacct to record job {job_id} COMPLETED")   # accounting trails the controller
     first.screenshot(path=str(artifacts_dir/"browser-monitor-live-job.png"))
     # the second monitor (made from the run name) has the same job; refresh it and count its points
     second = page.locator(".forge-job-monitor").nth(1)

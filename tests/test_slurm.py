@@ -26,6 +26,17 @@ def sacct(job_id, dup=False) -> list:
     return [l.split("|") for l in out.splitlines() if l.strip()]
 
 
+def sacct_final(job_id, timeout_s: float = 90) -> list:
+    """sacct's rows of a job once accounting shows it ended. Accounting trails the controller (the job's results can be
+    read while sacct still says RUNNING, by minutes on a loaded slurmdbd): wait for it, then let the caller assert."""
+    deadline = time.time() + timeout_s
+    while True:
+        rows = sacct(job_id)
+        if (rows and rows[0][1].split()[0] not in {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "REQUEUED"}) \
+                or time.time() > deadline: return rows
+        time.sleep(0.5)
+
+
 def jobs_named(name: str) -> tuple:
     "(jobs in squeue, jobs in sacct since midnight) with this job name (the cluster is shared: count only ours)."
     sq = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
@@ -44,7 +55,7 @@ def test_cluster_partitions(slurm_cluster):
 def test_gpu_job_completes(slurm_cluster, tmp_path):
     job = L.submit(job_probes.env_probe, resources=slurm(partition="gpu", gpus_per_node=2), run_dir=tmp_path / "gpu")
     out = job.result(timeout_s=120)
-    assert sacct(job.job_id)[0][1] == "COMPLETED"
+    assert sacct_final(job.job_id)[0][1] == "COMPLETED"
     assert out["SLURM_GPUS_ON_NODE"] == "2" and out["SLURM_JOB_PARTITION"] == "gpu"
     assert "--gpus-per-node=2" in (job.folder / f"{job.job_id}_submission.sh").read_text()
 
@@ -58,7 +69,7 @@ def test_two_nodes_two_tasks_ddp(slurm_cluster, tmp_path):
     params = [p for r in res for p in r["params"]]
     assert all(p == params[0] for p in params)                               # every rank's copy, as seen by every rank
     assert {h.split(":")[1] for h in res[0]["hosts"]} == {"node1", "node2"}  # the ranks really ran on two nodes
-    assert sacct(job.job_id)[0][1] == "COMPLETED"
+    assert sacct_final(job.job_id)[0][1] == "COMPLETED"
 
 
 def test_preempted_job_requeues_and_resumes(slurm_cluster, tmp_path):
@@ -81,6 +92,7 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, tmp_path):
     out = low.result(timeout_s=180)
     assert out["x"] == ref["x"] and out["steps"] == n                         # same answer as uninterrupted
     assert len(out["starts"]) >= 2 and out["starts"][0] == 0 and out["starts"][1] >= 8   # resumed, not restarted
+    sacct_final(low.job_id)                                                   # accounting has the present run's end
     runs = sacct(low.job_id, dup=True)
     assert runs[-1][1] == "COMPLETED" and any(r[1] in ("PREEMPTED", "REQUEUED") for r in runs[:-1]), runs
 
@@ -103,7 +115,7 @@ def test_dependent_pipeline_middle_failure(slurm_cluster, tmp_path):
     assert b.wait(timeout_s=120) == "FAILED"
     assert c.wait(timeout_s=60) == "CANCELLED"
     assert not (tmp_path / "m/c").exists()
-    assert sacct(c.job_id)[0][1].startswith("CANCELLED")
+    assert sacct_final(c.job_id)[0][1].startswith("CANCELLED")
     why = L.attach(tmp_path / "p", "sft").why()
     assert "DependencyNeverSatisfied" in why and "pretrain" in why and "FAILED" in why and "never started" in why, why
     with pytest.raises(RuntimeError, match="loss is NaN"):
@@ -130,7 +142,7 @@ def test_fresh_process_reattaches_and_cancels(slurm_cluster, tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "STATE RUNNING" in p.stdout and "AFTER CANCELLED" in p.stdout, p.stdout
-    assert sacct(job.job_id)[0][1].startswith("CANCELLED")
+    assert sacct_final(job.job_id)[0][1].startswith("CANCELLED")
 
 
 @pytest.mark.parametrize("kw,expect", [
