@@ -82,7 +82,7 @@ def _auto_workers(data_cfg:DataConfig, min_bytes:int=32_000_000) -> int:
     return (os.cpu_count() or 1) if total >= min_bytes else 1
 
 def tokenize_sources(data_cfg:DataConfig,          # the sources
-                     tokenizer,                    # HF fast tokenizer
+                     tokenizer,                    # HF fast tokenizer or `TokenizerFiles`
                      path:str|Path,                # flat token file to write
                      stats:dict|None=None,         # source name -> SourceStats, filled
                      batch_docs:int=4096,          # documents per encode call

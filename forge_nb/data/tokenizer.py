@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/data/tokenizer.html.md"""
 
 # %% ../../nbs/data/11_tokenizer.ipynb #b7dffc92
 from __future__ import annotations
-import itertools, json, math, random, shutil
+import json, random, shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
