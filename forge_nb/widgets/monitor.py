@@ -16,6 +16,7 @@ __all__ = ['PLOTS', 'metric_series', 'JobMonitor']
 import ipywidgets as W
 from ..runs import read_metrics, RunDir
 from ..charts import line_chart
+from ..launch import TERMINAL_STATES
 
 # %% ../../nbs/widgets/63_monitor.ipynb #85a08dfe
 PLOTS = {"loss": "loss", "bpb": "bits per byte", "tokens_per_s": "tokens/s"}
@@ -65,8 +66,9 @@ class _JobCard:
         "Refresh state, logs and new metrics records from the job's files and the scheduler."
         try: self.state = str(self.job.state())
         except Exception as e: self.state = f"UNKNOWN ({type(e).__name__}: {e})"
-        try: self.finished = bool(self.job.done())
-        except Exception: self.finished = False
+        # one scheduler answer decides both what is shown and whether auto-refresh may stop: asking twice let a job
+        # that ended between the two questions stop the refresh thread with RUNNING left on screen
+        self.finished = self.state.split(" ")[0] in TERMINAL_STATES
         path = _metrics_path(self.job)
         if path is not None:
             size = path.stat().st_size if path.exists() else 0
