@@ -1,11 +1,13 @@
 """Peak memory of the data stage against the number of documents: one source of N distinct short documents (so the
 per-document state, not the text, dominates), each N in a fresh process; prints peak RSS and the slope in bytes per
-document between the smallest and the largest N.
+document between the smallest and the largest N. Peak RSS counts pages of memory-mapped files too (the token file
+and the per-document index on disk, which the kernel can drop under pressure); the anonymous part (heap: what
+cannot be paged out without swap) is sampled every 20 ms and shown beside it.
 
     .venv/bin/python bench/bench_data_memory.py                 # N = 1M and 3M (about a minute)
     .venv/bin/python bench/bench_data_memory.py 250000 1000000
 """
-import json, os, random, resource, shutil, subprocess, sys
+import json, os, random, resource, shutil, subprocess, sys, threading, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,12 +30,21 @@ def child(n: int):
     import numpy, tokenizers, pyarrow.json   # imports before the baseline reading
     tok = OUT/"tokenizer"
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_anon, stop = [0], threading.Event()
+    def sample():
+        while not stop.is_set():
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon:"): peak_anon[0] = max(peak_anon[0], int(line.split()[1]))
+            time.sleep(0.02)
+    threading.Thread(target=sample, daemon=True).start()
     runs = OUT/f"runs_{n}"; shutil.rmtree(runs, ignore_errors=True)
     cfg = PipelineConfig(name="m", runs_dir=str(runs), stages=["data"], tokenizer=TokenizerConfig(path=str(tok)),
                          data=DataConfig(sources=[SourceConfig(name="s", path=str(corpus(n)))], seq_len=1024, val_docs=16))
     run_data_stage(cfg, runs/"m", log=lambda *a: None)
     shutil.rmtree(runs, ignore_errors=True)
-    print(json.dumps({"n": n, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "imports_mb": before / 1024}))
+    stop.set()
+    print(json.dumps({"n": n, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "imports_mb": before / 1024,
+                      "anon_mb": peak_anon[0] / 1024}))
 
 def main():
     if sys.argv[1:2] == ["--child"]: return child(int(sys.argv[2]))
@@ -46,10 +57,12 @@ def main():
         corpus(n)
         out = subprocess.run([sys.executable, __file__, "--child", str(n)], capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-        print(f"N = {n:>10,}: peak RSS {rows[-1]['rss_mb']:7.0f} MB (after imports {rows[-1]['imports_mb']:.0f} MB)", flush=True)
+        print(f"N = {n:>10,}: peak RSS {rows[-1]['rss_mb']:7.0f} MB, anonymous {rows[-1]['anon_mb']:7.0f} MB "
+              f"(after imports {rows[-1]['imports_mb']:.0f} MB)", flush=True)
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
-        print(f"slope: {(b['rss_mb'] - a['rss_mb']) * 2**20 / (b['n'] - a['n']):.0f} bytes per document")
+        per = lambda k: (b[k] - a[k]) * 2**20 / (b["n"] - a["n"])
+        print(f"slope: {per('rss_mb'):.0f} bytes per document (anonymous: {per('anon_mb'):.0f})")
 
 if __name__ == "__main__":
     main()

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # %% auto #0
-__all__ = ['mix_weights', 'unimax_weights', 'MixPlan', 'strategy_weights', 'plan_mix', 'SourceCursor', 'MixOrder', 'mix_order',
-           'prefix_share_error']
+__all__ = ['mix_weights', 'unimax_weights', 'MixPlan', 'strategy_weights', 'plan_mix', 'SourceCursor', 'MixOrder', 'MixStream',
+           'mix_order', 'prefix_share_error']
 
 # %% ../../nbs/data/12_mixing.ipynb #1d8728d3
 from ..config import DataConfig
@@ -188,25 +188,30 @@ def plan_mix(data_cfg:DataConfig,          # sources, strategy, weights, stages,
 # %% ../../nbs/data/12_mixing.ipynb #f762ae06
 class SourceCursor:
     "An endless, seeded stream of one source's document indices: epoch e is a permutation of the documents."
-    def __init__(self, lengths:np.ndarray, seed:int=0, index:int=0, shuffle:bool=True):
-        self.lengths, self.seed, self.index, self.shuffle = np.asarray(lengths, dtype=np.int64), seed, index, shuffle
+    def __init__(self, lengths, seed:int=0, index:int=0, shuffle:bool=True):
+        # an array, a memory map or any array-like with len() and integer-array indexing (kept as is: never copied)
+        self.lengths = np.asarray(lengths, dtype=np.int64) if isinstance(lengths, (list, tuple)) else lengths
+        self.seed, self.index, self.shuffle = seed, index, shuffle
         self.pos = 0                              # documents consumed so far (across epochs)
-    def _epoch(self, e:int) -> np.ndarray:
+        self._perm = (None, None)                 # (epoch, its permutation): one epoch held at a time
+    def _epoch_slice(self, e:int, a:int, b:int) -> np.ndarray:
+        "Positions a:b of epoch e's order (int32 while the source has under 2^31 documents: 4 bytes per document)."
         n = len(self.lengths)
-        if not self.shuffle: return np.arange(n)
-        return np.random.default_rng([self.seed, self.index, e]).permutation(n)
-    def peek(self, tokens:float) -> np.ndarray:
-        "Indices of the next documents from the current position, enough to hold `tokens` tokens."
-        n = len(self.lengths)
-        if n == 0 or tokens <= 0: return np.zeros(0, dtype=np.int64)
-        out, have, p = [], 0, self.pos
-        while have < tokens:
-            e, off = divmod(p, n)
-            idx = self._epoch(e)[off:]
-            cum = np.cumsum(self.lengths[idx])
-            k = int(np.searchsorted(cum, tokens - have, side="left")) + 1
-            out.append(idx[:k]); have += int(cum[min(k, len(cum)) - 1]); p += min(k, len(idx))
-        return np.concatenate(out)
+        if not self.shuffle: return np.arange(a, b, dtype=np.int64)
+        if self._perm[0] != e:
+            p = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+            np.random.default_rng([self.seed, self.index, e]).shuffle(p)   # the same order as Generator.permutation(n)
+            self._perm = (e, p)
+        return self._perm[1][a:b]
+    def next_docs(self, count:int) -> np.ndarray:
+        "Indices of the next `count` documents from the current position (across epochs), without consuming them."
+        n, out, p = len(self.lengths), [], self.pos
+        while n and count > 0:
+            e, off = divmod(p, n); k = min(count, n - off)
+            out.append(self._epoch_slice(e, off, off + k)); count -= k; p += k
+        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+    def lengths_of(self, idx:np.ndarray) -> np.ndarray:
+        return np.asarray(self.lengths[idx], dtype=np.int64)
     @property
     def epochs(self) -> float: return self.pos / max(len(self.lengths), 1)
 
@@ -219,36 +224,59 @@ class MixOrder:
     stage: np.ndarray        # int16 stage index per document
     realized: np.ndarray     # [stages, sources] tokens drawn
     epochs: np.ndarray       # documents drawn / documents, per source
+    length: np.ndarray|None = None   # int64 tokens of each document
+
+class MixStream:
+    "The document order of a plan as a stream of blocks (`MixOrder`s without totals), in bounded memory."
+    def __init__(self, plan:MixPlan,           # the plan to realize
+                 lengths:list,                  # per source: tokens of each training document (arrays, memory maps, array-likes)
+                 seed:int=0,                    # seed of the per-source document order
+                 shuffle:bool=True,             # permute documents within a source (False: file order)
+                 window_docs:int=1 << 16,       # documents looked ahead per source at a time (a block has at most sources × this)
+                ):
+        self.plan, self.window = plan, max(1, int(window_docs))
+        self.cursors = [SourceCursor(l, seed, i, shuffle) for i, l in enumerate(lengths)]
+        self.realized = np.zeros((len(plan.stage_names), len(plan.names)))   # filled as blocks are drawn
+    @property
+    def epochs(self) -> np.ndarray: return np.array([c.epochs for c in self.cursors])
+    def __iter__(self):
+        S = len(self.plan.names)
+        for k, budget in enumerate(self.plan.stage_tokens):
+            w = self.plan.weights[k]
+            act = [i for i in range(S) if w[i] > 0 and len(self.cursors[i].lengths)]
+            drawn, total, done = np.zeros(S, np.int64), 0, False
+            while act and not done:
+                idx = {i: self.cursors[i].next_docs(self.window) for i in act}
+                lens = {i: self.cursors[i].lengths_of(idx[i]) for i in act}
+                keys = {i: (drawn[i] + np.cumsum(lens[i]) - lens[i] / 2) / w[i] for i in act}
+                edge = min(keys[i][-1] for i in act)           # every document keyed up to here is in this window
+                take = {i: int(np.searchsorted(keys[i], edge, side="right")) for i in act}
+                sid = np.concatenate([np.full(take[i], i, np.int16) for i in act])
+                key, did, ln = (np.concatenate([d[i][:take[i]] for i in act]) for d in (keys, idx, lens))
+                o = np.lexsort((sid, key)); sid, did, ln = sid[o], did[o], ln[o]
+                cum = total + np.cumsum(ln)
+                if cum[-1] >= budget:                          # the stage ends in this block
+                    j = int(np.searchsorted(cum, budget, side="left")); cut = j + 1
+                    prev = cum[j - 1] if j else total
+                    if (j or total) and budget - prev < cum[j] - budget: cut -= 1   # the document ending nearest the budget
+                    sid, did, ln, done = sid[:cut], did[:cut], ln[:cut], True
+                per = np.bincount(sid, weights=ln, minlength=S).astype(np.int64)
+                drawn += per; total += int(per.sum()); self.realized[k] += per
+                for i in act: self.cursors[i].pos += int((sid == i).sum())
+                if len(sid): yield MixOrder(sid, did, np.full(len(sid), k, np.int16), None, None, ln)
 
 def mix_order(plan:MixPlan,          # the plan to realize
               lengths:list,          # per source: tokens of each training document (eos included)
               seed:int=0,            # seed of the per-source document order
               shuffle:bool=True,     # permute documents within a source (False: file order)
+              window_docs:int=1 << 16,   # look-ahead per source (see `MixStream`); does not change the order
              ) -> MixOrder:
-    "Deterministic document order realizing the plan's token shares at every prefix of every stage."
-    S = len(plan.names)
-    cursors = [SourceCursor(l, seed, i, shuffle) for i, l in enumerate(lengths)]
-    srcs, docs, stages, realized = [], [], [], np.zeros((len(plan.stage_names), S))
-    for k, budget in enumerate(plan.stage_tokens):
-        w = plan.weights[k]
-        keys, sid, did, lens = [], [], [], []
-        for i, c in enumerate(cursors):
-            if w[i] <= 0: continue
-            margin = 2 * int(c.lengths.max()) if len(c.lengths) else 0
-            idx = c.peek(w[i] * budget + margin)
-            l = c.lengths[idx]
-            keys.append((np.cumsum(l) - l / 2) / w[i]); sid.append(np.full(len(idx), i, np.int16)); did.append(idx); lens.append(l)
-        keys, sid, did, lens = map(np.concatenate, (keys, sid, did, lens))
-        o = np.lexsort((sid, keys))
-        cum = np.cumsum(lens[o])
-        cut = min(int(np.searchsorted(cum, budget, side="left")) + 1, len(o))
-        if cut > 1 and budget - cum[cut - 2] < cum[cut - 1] - budget: cut -= 1     # stop at the document ending nearest the budget
-        o = o[:cut]
-        srcs.append(sid[o]); docs.append(did[o]); stages.append(np.full(cut, k, np.int16))
-        realized[k] = np.bincount(sid[o], weights=lens[o], minlength=S)
-        for i, c in enumerate(cursors): c.pos += int((sid[o] == i).sum())
-    return MixOrder(np.concatenate(srcs), np.concatenate(docs), np.concatenate(stages), realized,
-                    np.array([c.epochs for c in cursors]))
+    "Deterministic document order realizing the plan's token shares at every prefix of every stage (all of it in memory)."
+    ms = MixStream(plan, lengths, seed, shuffle, window_docs)
+    blocks = list(ms)
+    cat = lambda f, dt: np.concatenate([getattr(b, f) for b in blocks]) if blocks else np.zeros(0, dt)
+    return MixOrder(cat("source", np.int16), cat("doc", np.int64), cat("stage", np.int16), ms.realized, ms.epochs,
+                    cat("length", np.int64))
 
 def prefix_share_error(order:MixOrder, lengths:list, weights, at:int) -> float:
     "Largest |realized − target| token share (in points) over the first `at` documents of a one-stage order."

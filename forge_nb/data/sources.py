@@ -161,8 +161,21 @@ def _chunked(records:Iterator[tuple[str, str]], n:int=1024) -> Iterator[list[str
         if len(buf) >= n: yield buf; buf = []
     if buf: yield buf
 
+def _line_slices(f:Path, size:int) -> Iterator[bytes]:
+    "The (decompressed) bytes of a file in slices of about `size` bytes, each ending at a line end."
+    import pyarrow as pa
+    with pa.input_stream(str(f)) as s:              # gzip, bz2, zstd by extension, like the exact reader
+        rest = b""
+        while buf := s.read(size):
+            buf = rest + buf if rest else buf
+            cut = buf.rfind(b"\n") + 1
+            if cut == 0: rest = buf; continue      # no line end yet: one record longer than a slice
+            rest = buf[cut:]; yield buf[:cut]
+        if rest: yield rest
+
 def read_jsonl_fast(src:SourceConfig, f:Path, stats:SourceStats,
                     block_size:int=1 << 24,       # bytes Arrow parses at a time (a record must fit in one)
+                    blocks_per_slice:int=4,       # blocks read from the file and parsed (in parallel) at a time
                    ) -> Iterator[list[str]]:      # lists of texts, in file order
     "Texts of a JSONL file through Arrow's reader; the exact reader takes over at the first anomaly."
     done = 0
@@ -171,12 +184,17 @@ def read_jsonl_fast(src:SourceConfig, f:Path, stats:SourceStats,
     except ImportError: pa = None
     if pa is not None:
         opts = pj.ParseOptions(explicit_schema=pa.schema([(src.text_field, pa.string())]), unexpected_field_behavior="ignore")
+        ropts = pj.ReadOptions(block_size=block_size)
         try:
-            for b in pj.open_json(pa.input_stream(str(f)), read_options=pj.ReadOptions(block_size=block_size), parse_options=opts):
-                col = b.column(0)
+            # slices we read ourselves, not `open_json` on the file: its reader reads ahead without bound (a 390 MB file
+            # was all in Arrow's memory pool after the first block), so memory would grow with the file
+            for piece in _line_slices(f, block_size * blocks_per_slice):
+                col = pj.read_json(pa.BufferReader(piece), read_options=ropts, parse_options=opts).column(0)
                 if col.null_count: raise _ArrowFallback          # a record without the field: the exact reader says where
-                texts = col.to_pylist(); done += len(texts)
-                yield texts
+                del piece
+                for c in col.chunks:
+                    texts = c.to_pylist(); done += len(texts)
+                    yield texts
             return
         except (pa.ArrowException, _ArrowFallback): pass
     records = read_jsonl(src, f, stats)
@@ -211,8 +229,11 @@ class HashSet:
         "Add hashes in order; True where a hash was not in the set before (only the first of equal hashes in `h`)."
         h = np.asarray(h).astype(np.uint64, copy=True); h[h == 0] = 1          # 0 marks an empty slot
         while (self.n + len(h)) * 2 > len(self.table):                       # keep it at most half full
-            old = self.table[self.table != 0]; self.table = np.zeros(2 * len(self.table), np.uint64); self.n = 0
-            if len(old): self._insert(old)
+            old = self.table; self.table = np.zeros(2 * len(old), np.uint64); self.n = 0
+            for a in range(0, len(old), 1 << 18):                            # re-insert a slice at a time: small temporaries
+                blk = old[a:a + (1 << 18)]; blk = blk[blk != 0]
+                if len(blk): self._insert(blk)
+            del old
         uniq, first = np.unique(h, return_index=True)
         out = np.zeros(len(h), bool); out[first[self._insert(uniq)]] = True
         return out
