@@ -109,23 +109,28 @@ def tokenize_sources(data_cfg:DataConfig,          # the sources
             st = stats[s.name] = SourceStats(); t0[i] = time.time()
             for texts, sizes in iter_batches(s, st, batch_docs, batch_chars): yield texts, (i, sizes)
             yield [], (i, None)                                      # end of source marker
-    files = {(k, i): open(path.with_name(f"{path.stem}.{k}{i}"), "wb") for k in ("len", "bytes", "off") for i in range(S)}
-    pos = 0
+    files, pos = {}, 0                                           # the index files of the source being read (one source at a time)
+    def index_files(i):
+        if not files: files.update({k: open(path.with_name(f"{path.stem}.{k}{i}"), "wb") for k in ("len", "bytes", "off")})
+        return files
     try:
         with open(path, "wb") as out:
             for ids, lens, (i, nb) in encode_batches(tokenizer, batches(), eos, dtype, workers):
-                if nb is None:
+                f = index_files(i)
+                if nb is None:                                   # the source ended: its index is complete
+                    for x in f.values(): x.close()
+                    files.clear()
                     log(f"[data] tokenized {names[i]}: {stats[names[i]].docs:,} docs, {ntok[i]:,} tokens, "
                         f"{stats[names[i]].bytes / max(ntok[i], 1):.2f} bytes/token ({time.time() - t0[i]:.1f} s)")
                     continue
                 lens = np.asarray(lens, np.int64)
                 out.write(ids.tobytes())
-                files["len", i].write(lens.astype(np.uint32).tobytes())
-                files["bytes", i].write(np.asarray(nb, np.uint32).tobytes())
-                files["off", i].write((pos + np.cumsum(lens) - lens).tobytes())
+                f["len"].write(lens.astype(np.uint32).tobytes())
+                f["bytes"].write(np.asarray(nb, np.uint32).tobytes())
+                f["off"].write((pos + np.cumsum(lens) - lens).tobytes())
                 pos += len(ids); ntok[i] += int(lens.sum())
     finally:
-        for f in files.values(): f.close()
+        for x in files.values(): x.close()
     return TokenizedSources(path, names, dtype)
 
 # %% ../../nbs/data/14_store.ipynb #1abe3dd4
