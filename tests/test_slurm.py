@@ -32,8 +32,7 @@ def sacct_final(job_id, timeout_s: float = 90) -> list:
     deadline = time.time() + timeout_s
     while True:
         rows = sacct(job_id)
-        if (rows and rows[0][1].split()[0] not in {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "REQUEUED"}) \
-                or time.time() > deadline: return rows
+        if (rows and rows[0][1].split()[0] in L.TERMINAL_STATES) or time.time() > deadline: return rows
         time.sleep(0.5)
 
 
