@@ -165,14 +165,43 @@ class SFTConfig(ForgeConfig):
     assistant_only_loss: bool = Field(True, description="Train only on assistant turns.")
 
 class RLConfig(ForgeConfig):
-    "Alignment to internal policy rules (GRPO with rule rewards, or DPO on preference pairs)."
-    method: Literal["grpo", "dpo"] = Field("grpo", description="GRPO (online, rule-based rewards) or DPO (offline pairs).")
-    policy_rules: Optional[str] = Field(None, description="YAML file of policy rules scored as rewards.")
-    dataset: Optional[str] = Field(None, description="Prompts (GRPO) or preference pairs (DPO), JSONL.")
-    lr: float = Field(1e-6, gt=0, description="Learning rate.")
-    beta: float = Field(0.04, ge=0, description="KL penalty to the reference model.")
-    num_generations: int = Field(4, ge=2, description="Completions per prompt (GRPO group size).")
+    "Alignment to internal policy rules on TRL: GRPO with one reward per rule, DPO on preference pairs, or a reward model."
+    method: Literal["grpo", "dpo", "reward"] = Field("grpo", description="`grpo`: online, one reward per policy rule; `dpo`: offline pairs; `reward`: train a reward model on pairs.")
+    base_model: Optional[str] = Field(None, description="Model folder to start from (None: the run's `sft/final`).")
+    policy: Optional[str] = Field(None, description="Policy YAML file: named, weighted rules (see forge_nb.policy).")
+    prompts: Optional[str] = Field(None, description="Training prompts, JSONL: `prompt` plus any columns the rules read.")
+    heldout_prompts: Optional[str] = Field(None, description="Held-out prompts for the compliance report (JSONL, like `prompts`).")
+    heldout_chat: Optional[str] = Field(None, description="Held-out chat JSONL (`messages`) whose loss the report shows before/after.")
+    pairs: Optional[str] = Field(None, description="Preference pairs JSONL (`prompt`, `chosen`, `rejected`); None: built from the policy.")
     steps: int = Field(100, ge=1, description="Optimizer steps.")
+    lr: float = Field(1e-6, gt=0, description="Learning rate.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps (then constant).")
+    batch_size: int = Field(8, ge=1, description="Completions (GRPO) or pairs per rank per step; GRPO: a multiple of `num_generations`.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    beta: float = Field(0.04, ge=0, description="KL penalty to the reference model (GRPO: 0 loads no reference) / DPO temperature.")
+    loss_type: Optional[str] = Field(None, description="TRL loss: GRPO `dapo`, `grpo`, `dr_grpo`, `bnpo`...; DPO `sigmoid`, `ipo`, `hinge`... (None: TRL's default).")
+    num_generations: int = Field(4, ge=2, description="Completions per prompt (GRPO group size).")
+    max_completion_length: int = Field(64, ge=1, description="Longest sampled completion in tokens.")
+    max_length: int = Field(512, ge=8, description="Longest prompt + answer in tokens (DPO, reward model).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (GRPO rollouts, pair building, report).")
+    lora: bool = Field(False, description="Train LoRA adapters (needs `peft`); merged into `rl/final`.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    use_vllm: bool = Field(False, description="GRPO generation with vLLM in colocate mode (GPU, vLLM installed).")
+    pair_samples: int = Field(4, ge=2, description="Samples per prompt when building pairs from the policy.")
+    pair_margin: float = Field(0.5, ge=0, description="Keep (best, worst) only when their rewards differ by at least this.")
+    precompute_ref_log_probs: bool = Field(False, description="DPO: compute the reference model's log-probs once, then free it.")
+    save_every: int = Field(50, ge=1, description="Steps between checkpoints (`rl/checkpoints`).")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    report_samples: int = Field(2, ge=1, description="Completions per held-out prompt in the compliance report.")
+    seed: int = Field(0, description="Seed for sampling and initialisation.")
+
+    @model_validator(mode="after")
+    def _group(self):
+        if self.method == "grpo" and self.batch_size % self.num_generations:
+            raise ValueError(f"batch_size: {self.batch_size} is not a multiple of num_generations ({self.num_generations}); "
+                             f"GRPO scores whole groups")
+        return self
 
 # %% ../nbs/00_config.ipynb #b8593480
 class ResourcesConfig(ForgeConfig):
