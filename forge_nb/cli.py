@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("docs", help="build the offline documentation site and the README from the notebooks")
     p.add_argument("action", choices=["build", "readme", "check-readme", "check-sync"])
     p.add_argument("--out", default=None, help="output folder/file")
+    from forge_nb.rl import add_policy_parser   # `forge-nb policy check|validate` (RL policies, forge_nb.rl)
+    add_policy_parser(sub)
     return ap
 
 # %% ../nbs/80_cli.ipynb #8b333872
@@ -126,7 +128,11 @@ def main(argv:list|None=None) -> int:
         if args.cmd == "config": return _cmd_config(args)
         if args.cmd == "demo": return _cmd_demo(args)
         if args.cmd == "run": return _cmd_run(args)
-        if args.cmd in STAGES: return _cmd_run(args, stages=[args.cmd])
+        if args.cmd in STAGES:
+            rc = _cmd_run(args, stages=[args.cmd])
+            if args.cmd == "rl": from forge_nb.rl import cli_report; cli_report(_load(args))   # the compliance report
+            return rc
+        if args.cmd == "policy": from forge_nb.rl import cli_policy; return cli_policy(args)
         if args.cmd == "launch": return _cmd_launch(args)
         if args.cmd == "docs": return _cmd_docs(args)
         from forge_nb import launch
