@@ -32,7 +32,7 @@ def main(argv=None):
     task = demo_task(out/"task", n_chat=2000, n_prompts=256, n_heldout=64)
     base = out/"sft"
     t0 = time.time()
-    if not (base/"config.json").exists(): tiny_chat_model(base, task["chat"], steps=a.sft_steps)
+    if not (base/"config.json").exists(): tiny_chat_model(base, task["chat"], steps=a.sft_steps, log=lambda *x: print(*x, flush=True))
     res["sft_s"] = round(time.time() - t0, 1)
     common = dict(base_model=str(base), policy=task["policy"], prompts=task["prompts"], heldout_prompts=task["heldout"],
                   max_completion_length=48, report_samples=4, save_every=50, temperature=1.0)

@@ -1,0 +1,119 @@
+"""RL benchmarks on this machine.
+
+1. GRPO steps/s: forge_nb's RL stage (`run_rl`, method grpo: one reward function per policy rule, metrics.jsonl,
+   checkpoints) against plain TRL `GRPOTrainer` with hand-written reward functions equivalent to the policy, same
+   model, same prompts, same GRPO settings; rounds interleaved (the order alternates), median step time per run,
+   then the median over rounds. Goal: forge/plain steps/s >= 0.97.
+2. Policy scoring throughput: completions/s for a 10-rule regex policy on one core.
+
+    python bench/bench_rl.py [--rounds 3] [--steps 12] [--out /tmp/bench-rl]
+"""
+import argparse, json, os, re, shutil, statistics, sys, time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def plain_rewards():
+    "The demo policy's four rules written by hand, as TRL reward functions (no forge_nb)."
+    def text(c): return c if isinstance(c, str) else c[0]["content"]
+    def no_competitors(prompts, completions, **kw):
+        return [0.0 if re.search(r"(?i)\bAcmeCorp\b|\bGlobex\b", text(c)) else 1.0 for c in completions]
+    def pricing_disclaimer(prompts, completions, tags, **kw):
+        return [(1.0 if "prices may change" in text(c).lower() else 0.0) if "pricing" in t else None for c, t in zip(completions, tags)]
+    def cites_kb(prompts, completions, context, **kw):
+        out = []
+        for c, p, ctx in zip(completions, prompts, context):
+            rx = r"\[([A-Za-z][A-Za-z0-9_.:-]*)\]"
+            known = set(re.findall(rx, p[-1]["content"] + "\n" + ctx)); cited = set(re.findall(rx, text(c)))
+            out.append(None if not known else 1.0 if cited and cited <= known else 0.5 if cited & known else 0.0)
+        return out
+    def concise(prompts, completions, **kw):
+        return [1.0 if (n := len(text(c).split())) <= 24 else max(0.0, 1 - (n - 24) / 24) for c in completions]
+    return [no_competitors, pricing_disclaimer, cites_kb, concise]
+
+
+def step_times(times: list) -> float:
+    "Median seconds between consecutive logged steps (the first step, with warm-up, excluded)."
+    d = [b - a for a, b in zip(times, times[1:])]
+    return statistics.median(d[1:] if len(d) > 2 else d)
+
+
+def run_forge(base, task, out: Path, steps: int, seed: int) -> float:
+    from forge_nb.config import PipelineConfig
+    from forge_nb.rl import run_rl
+    from forge_nb.runs import read_metrics
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = PipelineConfig(name=out.name, runs_dir=str(out.parent), stages=["rl"],
+                         rl=dict(base_model=str(base), policy=task["policy"], prompts=task["prompts"], steps=steps, lr=1e-5,
+                                 batch_size=8, num_generations=4, max_completion_length=32, beta=0.0, save_every=10_000, seed=seed))
+    run_rl(cfg, out, log=lambda *a, **k: None)
+    return step_times([r["time"] for r in read_metrics(out / "rl" / "metrics.jsonl") if "reward" in r])
+
+
+def run_plain(base, task, out: Path, steps: int, seed: int) -> float:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    shutil.rmtree(out, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(str(base)); model = AutoModelForCausalLM.from_pretrained(str(base))
+    rows = [json.loads(l) for l in open(task["prompts"])]
+    ds = Dataset.from_list([{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows])
+    times = []
+    class T(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "reward" in logs: times.append(time.time())
+    args = GRPOConfig(output_dir=str(out), max_steps=steps, learning_rate=1e-5, per_device_train_batch_size=8, num_generations=4,
+                      max_completion_length=32, beta=0.0, logging_steps=1, save_strategy="steps", save_steps=10_000, seed=seed,
+                      lr_scheduler_type="constant_with_warmup", warmup_steps=0, gradient_checkpointing=False,
+                      reward_weights=[1.0] * 4, report_to="none", disable_tqdm=True, use_cpu=True, bf16=False,
+                      dataloader_pin_memory=False)
+    GRPOTrainer(model=model, reward_funcs=plain_rewards(), args=args, train_dataset=ds, processing_class=tok, callbacks=[T()]).train()
+    return step_times(times)
+
+
+def scoring_throughput(n: int = 5000) -> float:
+    from forge_nb.policy import policy_from_yaml
+    pol = policy_from_yaml("rules:\n" + "".join(f"  - {{name: f{i}, kind: forbidden, regex: ['\\\\bterm{i}\\\\w*']}}\n" for i in range(5))
+                           + "".join(f"  - {{name: r{i}, kind: required, phrases: ['phrase {i}']}}\n" for i in range(5)))
+    texts = [f"An answer of some length mentioning phrase {i % 5} and maybe term{i % 7}s, with more words after it. " * 3 for i in range(n)]
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for t in texts: pol.score(t, "a prompt about something")
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3); ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--out", default="/tmp/bench-rl")
+    a = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(1)
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    res = {"scoring_completions_per_s_10_regex_rules_1_core": round(scoring_throughput())}
+    print(f"policy scoring: {res['scoring_completions_per_s_10_regex_rules_1_core']:,} completions/s (10 regex rules, one core)", flush=True)
+    from forge_nb.rl import demo_task, tiny_chat_model
+    task = demo_task(out / "task", n_chat=400, n_prompts=64, n_heldout=8)
+    base = out / "model"
+    if not (base / "config.json").exists(): tiny_chat_model(base, task["chat"], steps=30)
+    forge, plain = [], []
+    for r in range(a.rounds):
+        order = [("forge", run_forge), ("plain", run_plain)]
+        if r % 2: order.reverse()
+        for name, fn in order:
+            t = fn(base, task, out / f"{name}", a.steps, seed=r)
+            (forge if name == "forge" else plain).append(t)
+            print(f"round {r} {name}: {1 / t:.3f} steps/s (median step {t * 1000:.0f} ms)", flush=True)
+    f, p = statistics.median(forge), statistics.median(plain)
+    res.update(forge_steps_per_s=round(1 / f, 4), plain_trl_steps_per_s=round(1 / p, 4), ratio=round(p / f, 3),
+               rounds=a.rounds, steps=a.steps, forge_step_s=forge, plain_step_s=plain)
+    print(json.dumps(res, indent=2))
+    print(f"forge_nb / plain TRL GRPO steps/s: {p / f:.3f} (goal >= 0.97)")
+    (out / "bench_rl.json").write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
