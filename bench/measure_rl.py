@@ -13,8 +13,7 @@ import argparse, json, sys, time
 from pathlib import Path
 
 from forge_nb.config import PipelineConfig
-from forge_nb.policy import load_policy, load_prompts
-from forge_nb.rl import demo_task, tiny_chat_model, run_rl, load_chat_model, build_pairs, pair_accuracy, format_report
+from forge_nb.rl import demo_task, tiny_chat_model, run_rl, format_report
 
 
 def main(argv=None):
@@ -53,11 +52,8 @@ def main(argv=None):
                              rl=dict(method="reward", steps=a.rm_steps, lr=1e-4, batch_size=8, pair_samples=4, pair_margin=0.5,
                                      **({"pairs": str(pairs_src)} if pairs_src.exists() else {}), **common))
         t0 = time.time(); s = run_rl(cfg, out/"rm", log=lambda *x: print(*x, flush=True))
-        pol, held = load_policy(task["policy"]), load_prompts(task["heldout"])
-        m, tok = load_chat_model(base)
-        hp = build_pairs(pol, held, m, tok, k=4, margin=0.5, max_new_tokens=48, seed=123)
         res["reward"] = {"train_s": round(time.time() - t0, 1), "steps": s["steps"], "train_pairs": s["pairs"],
-                         "heldout_pairs": len(hp), "heldout_accuracy": pair_accuracy(s["final"], hp) if hp else None}
+                         "heldout_pairs": s["report"]["heldout_pairs"], "heldout_accuracy": s["report"]["accuracy"]}
     (out/"results.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     for k in ("grpo", "dpo"):
