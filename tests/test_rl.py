@@ -226,7 +226,7 @@ def test_grpo_two_ranks_on_slurm(slurm_cluster, tmp_path, task, base_model):
     res = ResourcesConfig(cluster="slurm", partition="cpu", nodes=2, tasks_per_node=1, time_min=10)
     job = L.launch(cfg, "rl", resources=res, run_dir=tmp_path / "s")
     out = job.result(timeout_s=600)
-    assert out["steps"] == 3
+    assert out["steps"] == 3 and out["world_size"] == 2
     recs = [r for r in read_metrics(tmp_path / "s" / "rl" / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert (tmp_path / "s" / "rl" / "final" / "COMPLETE").exists()
