@@ -34,6 +34,7 @@ def main(argv=None):
     if not (base/"config.json").exists(): tiny_chat_model(base, task["chat"], steps=a.sft_steps, log=lambda *x: print(*x, flush=True))
     res["sft_s"] = round(time.time() - t0, 1)
     common = dict(base_model=str(base), policy=task["policy"], prompts=task["prompts"], heldout_prompts=task["heldout"],
+                  heldout_chat=task["heldout_chat"],
                   max_completion_length=48, report_samples=4, save_every=50, temperature=1.0)
     only = a.only.split(",")
     if "grpo" in only:
