@@ -186,6 +186,9 @@ def test_grpo_resume_after_sigkill(tmp_path, task, base_model):
     assert [s for s, _ in got] == list(range(1, 9)), "resumed metrics have gaps or duplicates"
     assert (run / "rl" / "final" / "COMPLETE").exists()
     assert got == expected, f"resume is not exact: {got} vs {expected}"
+    _finish(_start(cfg, run))   # a finished run started again trains no further step
+    assert _rewards(run) == expected
+    assert json.loads((run / "rl" / "summary.json").read_text())["steps"] == 8
 
 
 @pytest.mark.slow
