@@ -89,6 +89,28 @@ def scoring_throughput(n: int = 5000) -> float:
     return best
 
 
+def per_step_overhead(task, batch: int = 8, reps: int = 200) -> dict:
+    "Seconds of forge_nb-only work per GRPO step: its per-rule reward functions on a batch, and one metrics.jsonl record."
+    import tempfile
+    from forge_nb.policy import load_policy, reward_functions
+    from forge_nb.runs import MetricsLog
+    rows = [json.loads(l) for l in open(task["prompts"])][:batch]
+    prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    comps = [[{"role": "assistant", "content": "The Pro plan costs 12 EUR a month [KB-11]. Note that prices may change."}]] * batch
+    cols = {"tags": [r["tags"] for r in rows], "context": [r["context"] for r in rows]}
+    fns, plain = reward_functions(load_policy(task["policy"])), plain_rewards()
+    def timed(f):
+        t0 = time.perf_counter()
+        for _ in range(reps): f()
+        return (time.perf_counter() - t0) / reps
+    forge_r = timed(lambda: [f(prompts=prompts, completions=comps, **cols) for f in fns])
+    plain_r = timed(lambda: [f(prompts=prompts, completions=comps, **cols) for f in plain])
+    rec = {"loss": 0.1, "reward": 2.0, "kl": 0.01, **{f"rewards/r{i}/mean": 0.5 for i in range(4)}, "completions/mean_length": 20.0}
+    log = MetricsLog(Path(tempfile.mkdtemp()) / "metrics.jsonl", "rl")
+    metrics = timed(lambda: log.log(step=1, **rec))
+    return {"forge_rewards_s": forge_r, "plain_rewards_s": plain_r, "metrics_record_s": metrics}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3); ap.add_argument("--steps", type=int, default=12)
@@ -101,6 +123,9 @@ def main(argv=None):
     print(f"policy scoring: {res['scoring_completions_per_s_10_regex_rules_1_core']:,} completions/s (10 regex rules, one core)", flush=True)
     from forge_nb.rl import demo_task, tiny_chat_model
     task = demo_task(out / "task", n_chat=400, n_prompts=64, n_heldout=8)
+    res["per_step_overhead"] = ov = per_step_overhead(task)
+    print(f"forge_nb-only work per step: rewards {ov['forge_rewards_s'] * 1e3:.3f} ms (hand-written: {ov['plain_rewards_s'] * 1e3:.3f} ms), "
+          f"metrics record {ov['metrics_record_s'] * 1e3:.3f} ms", flush=True)
     base = out / "model"
     if not (base / "config.json").exists(): tiny_chat_model(base, task["chat"], steps=30)
     forge, plain = [], []   # (median step s, tokens/s) per round
