@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #17f53b25
 from __future__ import annotations
-import json, math
+import difflib, json, math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -224,10 +224,12 @@ def _fmt_value(v):
     s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
 
-def _human(err:dict) -> str:
-    "One pydantic error as a short human message."
+def _human(err:dict, cls:type|None=None) -> str:
+    "One pydantic error as a short human message (`cls`: the validated class, for field-name suggestions)."
     t, ctx, inp = err["type"], err.get("ctx") or {}, err.get("input")
-    if t == "extra_forbidden": return f"unknown field (typo?); got {_fmt_value(inp)}"
+    if t == "extra_forbidden":
+        hint = _did_you_mean(cls, tuple(err["loc"])) if cls is not None else ""
+        return f"unknown field ({hint or 'typo?'}); got {_fmt_value(inp)}"
     if t == "missing": return "required field is missing"
     bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
     if t in bounds:
@@ -249,6 +251,27 @@ def _loc(err:dict, prefix:tuple=()) -> tuple:
         if ":" in msg and " " not in head:
             loc = loc + tuple(int(p) if p.isdigit() else p for p in head.split("."))
     return loc
+
+# %% ../nbs/00_config.ipynb #bb804c48
+def _model_in(ann):
+    "The config class inside an annotation (`SourceConfig`, `list[SourceConfig]`, `Optional[...]`), or None."
+    if isinstance(ann, type) and issubclass(ann, BaseModel): return ann
+    for a in getattr(ann, "__args__", ()) or ():
+        if (m := _model_in(a)) is not None: return m
+    return None
+
+def _did_you_mean(cls:type,    # the config class the data was validated against
+                  loc:tuple,   # path of the unknown field, e.g. `('pretrain', 'stesp')`
+                 ) -> str:     # `"did you mean 'steps'?"`, or "" when no field name is close
+    "The field names closest to an unknown field, from the config class at that place in the tree."
+    for p in loc[:-1]:
+        if isinstance(p, int): continue                   # a list item: the list's element class is already in hand
+        f = getattr(cls, "model_fields", {}).get(p)
+        if f is None or (cls := _model_in(f.annotation)) is None: return ""
+    names = list(getattr(cls, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=2, cutoff=0.6) if loc else []
+    return "did you mean " + " or ".join(f"{c!r}" for c in close) + "?" if close else ""
+
 
 # %% ../nbs/00_config.ipynb #a9f15027
 def _yaml_lines(text:str) -> dict:
@@ -288,7 +311,7 @@ def validate_config(cls:type, data:dict, source:str|None=None, lines:dict|None=N
             loc = _loc(err)
             line = _locate(loc, lines) if lines else None
             where = f"{source}:{line}" if source and line else (source or None)
-            errs.append((".".join(str(p) for p in prefix + loc), _human(err), where))
+            errs.append((".".join(str(p) for p in prefix + loc), _human(err, cls), where))
         raise ConfigError(errs, source) from None
 
 # %% ../nbs/00_config.ipynb #e36b0cfc
