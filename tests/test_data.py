@@ -138,6 +138,41 @@ def test_bad_input_stops_the_data_stage_without_a_half_store(tmp_path):
     assert not (tmp_path/"r"/"data").exists()
     assert not [p for p in (tmp_path/"r").iterdir() if p.name.startswith(".data.tmp")]
 
+def test_bad_bytes_follow_on_bad_record_and_reach_the_report(tmp_path):
+    """Invalid UTF-8 (a Latin-1 line) stops the data stage naming file and line, or with `on_bad_record: skip` is skipped;
+    a binary file in a text folder is skipped; both counts are in the manifest and the mix report, recounted here."""
+    docs = stdlib_blocks(4, 300)
+    lat = tmp_path/"lat.jsonl"
+    lines = [json.dumps({"text": t}).encode() + b"\n" for t in docs]
+    bad_at = [5, 120]                                        # 1-based line numbers written as Latin-1
+    for i in bad_at: lines[i - 1] = f'{{"text": "caf\u00e9 {i}"}}\n'.encode("latin-1")
+    lat.write_bytes(b"".join(lines))
+    (tmp_path/"txt").mkdir()
+    for i, t in enumerate(docs[:40]): (tmp_path/"txt"/f"{i:02d}.txt").write_text(t)
+    (tmp_path/"txt"/"zz.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    def cfg(mode):
+        return PipelineConfig(name=mode, runs_dir=str(tmp_path), stages=["data"], tokenizer={"vocab_size": 300, "train_bytes": 20000},
+                              data=DataConfig(sources=[SourceConfig(name="lat", path=str(lat), on_bad_record=mode),
+                                                       SourceConfig(name="txt", path=str(tmp_path/"txt"), on_bad_record=mode)],
+                                              strategy="static", weights=[1, 1], seq_len=32, val_docs=0))
+    with pytest.raises(DataError, match=rf"source 'lat': {lat}:{bad_at[0]}: not UTF-8 \(byte 0xe9"):
+        run_data_stage(cfg("error"), tmp_path/"error", log=QUIET)
+    logs = []
+    run_data_stage(cfg("skip"), tmp_path/"skip", log=logs.append)
+    m = json.loads((tmp_path/"skip"/"data"/"manifest.json").read_text())
+    def utf8(b):
+        try: return b.decode("utf-8")
+        except UnicodeDecodeError: return None
+    kept = [json.loads(l)["text"] for l in lines if utf8(l) is not None]        # recounted from the bytes written
+    assert m["source_stats"]["lat"]["bad_utf8"] == len(lines) - len(kept) == len(bad_at)
+    assert m["source_stats"]["lat"]["docs"] == len(set(kept)) and m["source_stats"]["txt"]["binary_files"] == 1
+    assert m["source_stats"]["txt"]["docs"] == len(set(docs[:40])) and m["source_stats"]["txt"]["files"] == 41
+    rep = json.loads((tmp_path/"skip"/"data"/"mix_report.json").read_text())["sources"]
+    assert {r["source"]: (r["bad_utf8"], r["binary_files"]) for r in rep} == {"lat": (2, 0), "txt": (0, 1)}
+    md = (tmp_path/"skip"/"data"/"mix_report.md").read_text()
+    assert "## Sources" in md and "binary_files" in md
+    assert any("tokenized lat" in l and "2 not UTF-8" in l for l in logs) and any("1 binary files" in l for l in logs)
+
 # ---------------------------------------------------------------- tokenizer
 
 def test_tokenizer_loads_offline_with_special_tokens(tokenizer):

@@ -121,7 +121,8 @@ def tokenize_sources(data_cfg:DataConfig,          # the sources
                     for x in f.values(): x.close()
                     files.clear()
                     log(f"[data] tokenized {names[i]}: {stats[names[i]].docs:,} docs, {ntok[i]:,} tokens, "
-                        f"{stats[names[i]].bytes / max(ntok[i], 1):.2f} bytes/token ({time.time() - t0[i]:.1f} s)")
+                        f"{stats[names[i]].bytes / max(ntok[i], 1):.2f} bytes/token ({time.time() - t0[i]:.1f} s)"
+                        + (f"; dropped {d}" if (d := stats[names[i]].dropped()) else ""))
                     continue
                 lens = np.asarray(lens, np.int64)
                 out.write(ids.tobytes())
@@ -298,14 +299,16 @@ def write_mix_report(out:Path, plan:MixPlan, pack_rows:list, comp:list, val:dict
     shares, epochs = plan.svg()
     atomic_write_text(out/"mix_plan.svg", shares); atomic_write_text(out/"mix_epochs.svg", epochs)
     atomic_write_text(out/"lengths.svg", histogram_chart(lengths, title="document length (tokens)", marker=seq_len))
-    md = ["# Data mix report", "", plan.markdown(), "", "## Packing", "",
+    srcs = [{"source": n, **{k: v for k, v in s.items() if k != "name"}} for n, s in manifest["source_stats"].items()]
+    md = ["# Data mix report", "", plan.markdown(), "", "## Sources (documents kept, and why others were dropped)", "",
+          markdown_table(srcs), "", "## Packing", "",
           f"Train: {manifest['train']['sequences']:,} sequences × {seq_len} tokens, packing `{manifest['packing']}`; fill per stage: "
           + ", ".join(f"{s['name']} {100 * s['fill']:.2f}%" for s in manifest["train"]["stages"]), "",
           markdown_table(pack_rows), "", "## Compression (UTF-8 bytes per token, all documents)", "", markdown_table(comp), "",
           "## Validation", "", markdown_table([{"source": k, **v} for k, v in val.items()]), "",
           "![mix](mix_plan.svg)", "", "![epochs](mix_epochs.svg)", "", "![lengths](lengths.svg)", ""]
     atomic_write_text(out/"mix_report.md", "\n".join(md))
-    atomic_write_json(out/"mix_report.json", {"mix": plan.to_dict(), "packing": pack_rows, "compression": comp, "val": val})
+    atomic_write_json(out/"mix_report.json", {"mix": plan.to_dict(), "sources": srcs, "packing": pack_rows, "compression": comp, "val": val})
 
 # %% ../../nbs/data/14_store.ipynb #bc7f8010
 def run_data_stage(cfg:PipelineConfig,    # the pipeline config
