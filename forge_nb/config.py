@@ -6,10 +6,10 @@ Docs: https://forge-nb.github.io/forge_nb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #17f53b25
 from __future__ import annotations
-import difflib, importlib.util, json, math
+import difflib, importlib.util, math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional
 
 # %% auto #0
 __all__ = ['SourceKind', 'STAGES', 'StageName', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig', 'TokenizerConfig',
@@ -19,7 +19,7 @@ __all__ = ['SourceKind', 'STAGES', 'StageName', 'ForgeConfig', 'SourceConfig', '
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # %% ../nbs/00_config.ipynb #e7e9092d
 class ForgeConfig(BaseModel):

@@ -8,7 +8,7 @@ Docs: https://forge-nb.github.io/forge_nb/docs.html.md"""
 from __future__ import annotations
 import argparse, ast, html, json, os, re, shutil, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0

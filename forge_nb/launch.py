@@ -8,7 +8,7 @@ Docs: https://forge-nb.github.io/forge_nb/launch.html.md"""
 from __future__ import annotations
 import contextlib, datetime, json, os, re, shlex, shutil, signal, socket, subprocess, sys, time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 # %% auto #0
 __all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'profile_dirs', 'profile_path', 'resolve_resources', 'parse_slurm_time',
@@ -90,7 +90,7 @@ def parse_scontrol(text:str) -> list[dict]:
     out = []
     for line in text.splitlines():
         if not line.strip(): continue
-        rec, key = {}, None
+        rec = {}
         for tok in re.split(r"\s+(?=[A-Za-z/:]+=)", line.strip()):
             k, _, v = tok.partition("=")
             rec[k] = v

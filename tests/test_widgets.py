@@ -162,6 +162,15 @@ def test_mix_builder_config(tmp_path):
     d = mb.data_config
     assert (d.strategy, d.temperature, d.weights) == ("temperature", 10.0, None)
 
+def test_mix_builder_names_a_source_after_its_file_when_the_name_is_empty(tmp_path):
+    "The installed module, not the notebook: `Path` was imported only in a `#| hide` cell, so this click raised NameError."
+    (tmp_path/"wiki_dump.jsonl").write_text("".join(json.dumps({"text": f"document number {i} " * 5}) + "\n" for i in range(8)))
+    mb = MixBuilder()
+    mb.path_in.value, mb.name_in.value = str(tmp_path/"wiki_dump.jsonl"), ""
+    mb.add_button.click()
+    assert [s.name for s in mb.data_config.sources] == ["wiki_dump"] and mb.scans["wiki_dump"]["docs"] == 8
+    assert mb.add_message.value == ""
+
 def test_widgets_import_without_torch():
     code = ("import sys, forge_nb.widgets.forms, forge_nb.widgets.launch_panel, forge_nb.widgets.monitor, "
             "forge_nb.widgets.mix_builder, forge_nb.charts, forge_nb.widgets.studio; "

@@ -6,8 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/data/mixing.html.md"""
 
 # %% ../../nbs/data/12_mixing.ipynb #e6f04c35
 from __future__ import annotations
-import json, math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import numpy as np
 
 # %% auto #0

@@ -7,7 +7,7 @@ Docs: https://forge-nb.github.io/forge_nb/data/sources.html.md"""
 # %% ../../nbs/data/10_sources.ipynb #b02077ed
 from __future__ import annotations
 import csv, glob, itertools, json, sys
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Iterator
 import numpy as np

@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/data/store.html.md"""
 
 # %% ../../nbs/data/14_store.ipynb #008c989d
 from __future__ import annotations
-import hashlib, itertools, json, math, os, shutil, sys, time, warnings
+import hashlib, itertools, json, math, os, shutil, time, warnings
 from pathlib import Path
 import numpy as np
 

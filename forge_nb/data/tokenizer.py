@@ -16,7 +16,7 @@ __all__ = ['CHAT_TEMPLATE', 'train_tokenizer', 'load_tokenizer', 'TokenizerFiles
            'encode_documents', 'encode_batches', 'compression', 'length_histogram']
 
 # %% ../../nbs/data/11_tokenizer.ipynb #b94935ab
-from ..config import TokenizerConfig, SourceConfig
+from ..config import SourceConfig
 from .sources import iter_documents, DataError
 
 # %% ../../nbs/data/11_tokenizer.ipynb #d88a0a97
@@ -205,7 +205,7 @@ def length_histogram(lengths:dict,             # source name -> array of documen
                      seq_len:int|None=None,    # draw the sequence length
                     ):
     "A matplotlib figure with one token-length histogram per source."
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
     n = max(len(lengths), 1)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.6), squeeze=False)
     for ax, (name, l) in zip(axes[0], lengths.items()):

@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/widgets/launch_panel.html.md"""
 
 # %% ../../nbs/widgets/62_launch_panel.ipynb #1c805d3f
 from __future__ import annotations
-import html, traceback
+import html
 from pathlib import Path
 
 # %% auto #0

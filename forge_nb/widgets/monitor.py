@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/widgets/monitor.html.md"""
 
 # %% ../../nbs/widgets/63_monitor.ipynb #67082d4a
 from __future__ import annotations
-import html, threading, time
+import html, threading
 from pathlib import Path
 
 # %% auto #0
@@ -87,7 +87,6 @@ class _JobCard:
             except Exception as e: text = f"({name} unavailable: {e})"
             if text: logs.append(f"--- {name} ---\n" + "\n".join(str(text).splitlines()[-log_lines:]))
         color = _STATE_COLORS.get(self.state.split()[0] if self.state else "", "#555")
-        last = self.records[-1] if self.records else {}
         step = next((r["step"] for r in reversed(self.records) if "step" in r), None)
         self.state_box.value = (f"<span class='forge-job-state' style='color:{color};font-weight:bold'>{html.escape(self.state)}</span>"
                                 f" · {len(self.records)} metrics records" + (f" · step {step}" if step is not None else ""))

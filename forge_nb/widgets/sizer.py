@@ -13,7 +13,7 @@ __all__ = ['ModelSizer']
 
 # %% ../../nbs/widgets/65_sizer.ipynb #9dd928f1
 import ipywidgets as W
-from ..config import PipelineConfig, ModelConfig, ResourcesConfig, ConfigError, validate_config
+from ..config import PipelineConfig, ModelConfig, ResourcesConfig, validate_config
 from ..charts import line_chart
 
 # %% ../../nbs/widgets/65_sizer.ipynb #66c1d5de
