@@ -27,6 +27,7 @@ README_COMMANDS = {   # a command the README shows -> the test that runs it (a n
     ".venv/bin/forge-nb config init my.yaml": "test_cli.py::test_readme_config_init_validate_run",
     ".venv/bin/forge-nb config validate my.yaml": "test_cli.py::test_readme_config_init_validate_run",
     ".venv/bin/forge-nb run my.yaml": "test_cli.py::test_readme_config_init_validate_run",
+    ".venv/bin/forge-nb run my.yaml --stage data --foreground": "test_cli.py::test_readme_config_init_validate_run",
     ".venv/bin/forge-nb launch my.yaml --cluster slurm --partition gpu": "test_cli.py::test_readme_launch_on_slurm",
     ".venv/bin/forge-nb jobs": "test_cli.py::test_jobs_logs_cancel_launch_locally",
     ".venv/bin/forge-nb docs build": "test_docs.py::test_full_site_in_browser",
@@ -98,6 +99,10 @@ def test_readme_config_init_validate_run(tmp_path):
     assert err[0] == "forge-nb: error: data.sources: no sources configured", show(r)
     log = Path(re.search(r"full traceback: (\S+)", err[1]).group(1))
     assert log.is_absolute() and "Traceback" in log.read_text() and "no sources configured" in log.read_text()
+    r = sh(".venv/bin/forge-nb run my.yaml --stage data --foreground")
+    err = r.stderr.splitlines()
+    assert r.returncode == 1 and err[0] == "forge-nb: error: data.sources: no sources configured" and "Traceback" not in r.stderr, show(r)
+    assert err[1].startswith("forge-nb: stage 'data' failed (in this process); full traceback: ") and "data-foreground.err" in err[1]
 
 def test_config_show_and_schema(tiny):
     r = forge("config", "show", "t.yaml", "--set", "pretrain.steps=7", cwd=tiny)
