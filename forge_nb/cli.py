@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/cli.html.md"""
 
 # %% ../nbs/80_cli.ipynb #05b75bf2
 from __future__ import annotations
-import argparse, sys
+import argparse, bdb, sys
 from pathlib import Path
 
 # %% auto #0
@@ -170,5 +170,7 @@ def main(argv:list|None=None) -> int:
         if args.cmd == "cancel": return launch.cli_cancel(args.run, stage=args.stage, runs_dir=args.runs_dir)
     except KeyboardInterrupt:
         print("forge-nb: interrupted", file=sys.stderr); return 130
+    except bdb.BdbQuit:
+        print("forge-nb: stopped from the debugger", file=sys.stderr); return 1
     except Exception as e: return report_error(e, args.debug)
     ap.print_help(); return 2

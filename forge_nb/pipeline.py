@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/pipeline.html.md"""
 
 # %% ../nbs/70_pipeline.ipynb #a7ba20a4
 from __future__ import annotations
-import ast, json, os, re, sys, sysconfig, time, traceback
+import ast, bdb, json, os, re, sys, sysconfig, time, traceback
 from pathlib import Path
 
 # %% auto #0
@@ -146,6 +146,7 @@ def run_foreground(cfg:PipelineConfig,     # the pipeline to run
             fn = stage_function(st)
             print(f"[{st}] running in this process (foreground)", file=out, flush=True)
             try: results[st] = fn(cfg, str(run.root.absolute()), log=log)
+            except bdb.BdbQuit: raise                              # `q` at a breakpoint: the user's stop, not a failure
             except Exception as e:
                 tb = "".join(traceback.format_exception(e))
                 path = atomic_write_text(run.logs/f"{st}-foreground.err", tb)
