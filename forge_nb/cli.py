@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path"); c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     c = cadd("schema", help="print the JSON schema of the config tree")
 
-    p = add("docs", help="build the offline documentation site and the README from the notebooks")
-    p.add_argument("action", choices=["build", "readme", "check-readme", "check-sync"])
+    p = add("docs", help="build the offline docs site and the README from the notebooks; refresh and check kept outputs")
+    p.add_argument("action", choices=["build", "readme", "check-readme", "check-sync", "outputs", "check-outputs"])
     p.add_argument("--out", default=None, help="output folder/file")
+    p.add_argument("--only", action="append", default=None, metavar="NB", help="build, outputs: only this notebook (repeatable)")
     return ap
 
 # %% ../nbs/80_cli.ipynb #8b333872
@@ -124,7 +125,7 @@ def _cmd_demo(args) -> int:
 
 def _cmd_docs(args) -> int:
     from forge_nb.docs import main as docs_main
-    return docs_main([args.action] + (["--out", args.out] if args.out else []))
+    return docs_main([args.action] + (["--out", args.out] if args.out else []) + [a for nb in args.only or [] for a in ("--only", nb)])
 
 # %% ../nbs/80_cli.ipynb #7f34ef2f
 def report_error(e:BaseException,   # what went wrong

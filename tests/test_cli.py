@@ -32,6 +32,7 @@ README_COMMANDS = {   # a command the README shows -> the test that runs it (a n
     ".venv/bin/forge-nb jobs": "test_cli.py::test_jobs_logs_cancel_launch_locally",
     ".venv/bin/forge-nb docs build": "test_docs.py::test_full_site_in_browser",
     "forge-nb docs readme": "test_cli.py::test_docs_commands",
+    "forge-nb docs outputs": "test_cli.py::test_docs_commands",
 }
 
 def readme_commands(text:str) -> set:
@@ -224,5 +225,21 @@ def test_docs_commands(tmp_path):
     assert (tmp_path/"README.md").read_text() == (ROOT/"README.md").read_text()       # the committed README is the generated one
     r = forge("docs", "check-readme", cwd=ROOT)
     assert r.returncode == 0, show(r)
+    r = forge("docs", "check-outputs", cwd=ROOT)
+    assert r.returncode == 0, show(r)
+    # `docs outputs` in a project of one notebook: the kept cell's output is written, a stray one cleared
+    nb = {"cells": [{"cell_type": "markdown", "id": "a", "metadata": {}, "source": "# X"},
+                    {"cell_type": "code", "id": "b", "metadata": {}, "execution_count": None, "source": "#| keep_output\nprint(6 * 7)",
+                     "outputs": []},
+                    {"cell_type": "code", "id": "c", "metadata": {}, "execution_count": None, "source": "print('stray')",
+                     "outputs": [{"name": "stdout", "output_type": "stream", "text": "stray\n"}]}],
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path/"nbs").mkdir(); (tmp_path/"nbs"/"01_x.ipynb").write_text(json.dumps(nb))
+    r = forge("docs", "check-outputs", cwd=tmp_path)
+    assert r.returncode == 1 and "01_x.ipynb: cell 2 has an output but no `#| keep_output`" in r.stderr, show(r)
+    r = forge("docs", "outputs", cwd=tmp_path, timeout=120)
+    cells = json.loads((tmp_path/"nbs"/"01_x.ipynb").read_text())["cells"]
+    assert r.returncode == 0 and [["".join(o["text"]) for o in c["outputs"]] for c in cells[1:]] == [["42\n"], []], show(r)
+    assert forge("docs", "check-outputs", cwd=tmp_path).returncode == 0
     r = forge("docs", "publish", cwd=ROOT)
     assert r.returncode == 2 and "invalid choice: 'publish'" in r.stderr, show(r)

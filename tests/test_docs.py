@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from forge_nb.docs import build_site, check_sync, find_pages, readme_text, render_readme, check_readme
+from forge_nb.docs import fresh_kept_outputs, kept_output, stray_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/"nbs"
@@ -211,3 +212,20 @@ def test_check_sync_untracked(tmp_path):
 def test_check_sync_repo_is_clean():
     "The repository itself: no hand-written or stale modules (untracked files are the commit's business)."
     assert check_sync(ROOT, git=False) == []
+
+# ---------------------------------------------------------------- outputs kept in the notebooks
+
+def _kept(nb: Path) -> dict:
+    cells = json.loads(nb.read_text())["cells"]
+    return {i: c["outputs"] for i, c in enumerate(cells) if c["cell_type"] == "code" and kept_output("".join(c["source"]))}
+
+KEPT = [p for p in sorted(NBS.rglob("*.ipynb")) if not any(s[0] in "._" for s in p.relative_to(NBS).parts) and _kept(p)]
+
+def test_outputs_only_in_keep_output_cells():
+    assert stray_outputs(NBS) == []
+    assert KEPT and all(any(v) for v in map(_kept, KEPT)), "a `#| keep_output` cell with no committed output: run forge-nb docs outputs"
+
+@pytest.mark.parametrize("nb", KEPT, ids=lambda p: p.name)
+def test_kept_outputs_are_what_the_cells_print_now(nb):
+    "A kept output that no longer matches what its cell prints fails: run `forge-nb docs outputs --only NB` and commit."
+    assert fresh_kept_outputs(nb, timeout=300) == _kept(nb)
