@@ -141,8 +141,8 @@ def report_error(e:BaseException,   # what went wrong
         print(f"forge-nb: error: {e.message}", file=err)
         if debug and e.traceback: print(e.traceback.rstrip(), file=err)
         where = f"job {e.job_id}" if e.job_id else "in this process"
-        print(f"forge-nb: stage {e.stage!r} failed ({where}); full traceback: {e.log}"
-              + ("" if debug else " (--debug prints it here)"), file=err)
+        log = f"full traceback: {e.log}" if e.log else "no log file was written"
+        print(f"forge-nb: stage {e.stage!r} failed ({where}); {log}" + ("" if debug or not e.traceback else " (--debug prints it here)"), file=err)
         return 1
     if debug: traceback.print_exception(e, file=err)
     if isinstance(e, (ConfigError, FileNotFoundError)):
