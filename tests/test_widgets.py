@@ -203,16 +203,26 @@ def test_launch_panel_launches_locally_and_feeds_the_monitor(tmp_path):
     from forge_nb.launch import read_registry
     assert [r["job_id"] for r in read_registry(tmp_path/"runs"/"local")] == [panel.jobs[0].job_id]
 
-def test_sizer_matches_model_functions():
-    import forge_nb.model as M
+def test_sizer_figures_match_a_real_model():
+    """The sizer's figures against independent counts of the model its dials build: parameters as transformers counts
+    them (`num_parameters`), FLOPs per token as PyTorch's FlopCounterMode counts a real forward and backward (eager
+    attention), less the norm gains and biases that `6N` counts as weights and a FLOP counter does not."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from forge_nb.model import build_model
     from forge_nb.widgets.sizer import ModelSizer
     sz = ModelSizer(PipelineConfig(), vocab_size=8000)
-    sz.depth.value, sz.arch.value = 12, "qwen2"
-    mc = ModelConfig(depth=12, arch="qwen2")
-    assert sz.figures["params"] == M.count_params(mc, 8000)
-    assert sz.figures["flops_per_token"] == M.flops_per_token(mc, 8000, 1024)
-    e = M.estimate_time(mc, 8000, None, 1024, device="H100 SXM", n_devices=1, mfu=0.4)
-    assert sz.figures["estimate"]["seconds"] == e["seconds"]
+    sz.depth.value, sz.arch.value, sz.seq_len.value = 4, "qwen2", 256
+    mc = sz.model_config
+    assert (mc.depth, mc.arch, mc.max_seq_len) == (4, "qwen2", 256)
+    torch.manual_seed(0); m = build_model(mc, 8000, attn_implementation="eager")
+    assert sz.figures["params"]["total"] == m.num_parameters()
+    assert sz.figures["params"]["embedding"] == m.get_input_embeddings().weight.numel()
+    x = torch.randint(0, 8000, (2, 256))
+    with FlopCounterMode(display=False) as fc: m(input_ids=x, labels=x, use_cache=False).loss.backward()
+    vectors = sum(t.numel() for t in m.parameters() if t.ndim == 1)
+    assert fc.get_total_flops() == round((sz.figures["flops_per_token"] - 6 * vectors) * 2 * 256), (fc.get_total_flops(), sz.figures["flops_per_token"])
+    assert sz.figures["estimate"]["flops"] == sz.figures["flops_per_token"] * sz.figures["token_budget"]
 
 def _scheduler(job_id: str) -> dict:
     "What SLURM itself holds for a job: `scontrol show job` as a dict, plus squeue's dependency column (`%E`)."
