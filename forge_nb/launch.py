@@ -20,7 +20,8 @@ __all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'profile_dirs', 'profile_path', '
 
 # %% ../nbs/50_launch.ipynb #b03f74d0
 from .config import ResourcesConfig, PipelineConfig, ConfigError, load_config, override
-from .runs import RunDir, atomic_write_json, read_metrics, redact_secrets, stage_function
+from .config import atomic_write_json, is_secret_name, redact_secrets
+from .runs import RunDir, read_metrics, stage_function
 from .config import STAGES
 
 # %% ../nbs/50_launch.ipynb #1e85282f
@@ -130,8 +131,6 @@ def cluster_partitions() -> list[dict]:
     return partitions_from_scontrol(_run(["scontrol", "show", "partition", "-o"]), _run(["scontrol", "show", "node", "-o"]))
 
 # %% ../nbs/50_launch.ipynb #9795b037
-_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE)", re.I)
-
 def _local_gpus() -> int:
     if not shutil.which("nvidia-smi"): return 0
     try: return sum(1 for l in subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout.splitlines() if l.startswith("GPU"))
@@ -142,7 +141,7 @@ def validate_resources(res:ResourcesConfig,              # resolved resources (p
                       ) -> list[str]:                    # human-readable problems; empty if it fits
     "Check a request against the machine or the cluster; one message per problem."
     errs = [f"resources.env.{k}: looks like a secret; don't put it in the config (it would be saved). Export it in the "
-            f"shell that launches: the job receives it by name" for k in res.env if _SECRET_NAME.search(k)]
+            f"shell that launches: the job receives it by name" for k in res.env if is_secret_name(k)]
     if res.cluster == "local":
         if res.nodes != 1: errs.append(f"resources.nodes: the local executor runs on this machine only (1 node), got {res.nodes}")
         if res.gpus_per_node and res.gpus_per_node > (n := _local_gpus()):
