@@ -20,10 +20,9 @@ from ..config import PipelineConfig, DataConfig, TokenizerConfig
 from ..runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, is_complete
 from .sources import iter_documents, iter_batches, SourceStats, DataError, markdown_table, resolve_files, source_kind, preview_source
 from .tokenizer import (train_tokenizer, load_tokenizer, TokenizerFiles, tokenizer_sample, encode_documents, encode_batches, token_dtype,
-                                     length_histogram)
+                                     length_chart)
 from .mixing import plan_mix, MixStream, MixPlan
 from .packing import pack, gather_sequences, packing_report
-from ..charts import histogram_chart
 
 # %% ../../nbs/data/14_store.ipynb #720ee717
 STORE_VERSION = 1
@@ -297,7 +296,7 @@ def write_mix_report(out:Path, plan:MixPlan, pack_rows:list, comp:list, val:dict
     "`mix_report.md`, `mix_report.json` and the charts (`mix_plan.svg`, `mix_epochs.svg`, `lengths.svg`)."
     shares, epochs = plan.svg()
     atomic_write_text(out/"mix_plan.svg", shares); atomic_write_text(out/"mix_epochs.svg", epochs)
-    atomic_write_text(out/"lengths.svg", histogram_chart(lengths, title="document length (tokens)", marker=seq_len))
+    atomic_write_text(out/"lengths.svg", length_chart(lengths, seq_len))
     md = ["# Data mix report", "", plan.markdown(), "", "## Packing", "",
           f"Train: {manifest['train']['sequences']:,} sequences × {seq_len} tokens, packing `{manifest['packing']}`; fill per stage: "
           + ", ".join(f"{s['name']} {100 * s['fill']:.2f}%" for s in manifest["train"]["stages"]), "",
@@ -343,11 +342,11 @@ def _summary(m:dict, out:Path, reused:bool) -> dict:
 
 # %% ../../nbs/data/14_store.ipynb #b462db0e
 class DataPreview:
-    "Samples, token lengths and the mix plan of a data config; markdown and matplotlib for notebooks."
+    "Samples, token lengths and the mix plan of a data config; markdown and SVG charts for notebooks."
     def __init__(self, samples:list, lengths:dict, plan:MixPlan, stats:dict, problem:str|None, seq_len:int):
         self.samples, self.lengths, self.plan, self.stats, self.problem, self.seq_len = samples, lengths, plan, stats, problem, seq_len
     def samples_markdown(self) -> str: return markdown_table(self.samples)
-    def histogram(self): return length_histogram(self.lengths, self.seq_len)
+    def histogram(self) -> str: return length_chart(self.lengths, self.seq_len)
     def markdown(self) -> str:
         out = ["## Sources", "", markdown_table([{"source": n, **{k: v for k, v in st.items() if k != "name"}} for n, st in self.stats.items()]),
                "", "## Samples", "", self.samples_markdown(), "", "## Mix", "", self.plan.markdown()]
