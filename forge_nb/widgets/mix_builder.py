@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/widgets/mix_builder.html.md"""
 
 # %% ../../nbs/widgets/64_mix_builder.ipynb #bc7282bd
 from __future__ import annotations
-import html, math
+import html
 from pathlib import Path
 
 # %% auto #0
