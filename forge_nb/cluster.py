@@ -40,7 +40,6 @@ def resolve_resources(res:ResourcesConfig|dict|None,   # the user's resources (N
                      ) -> ResourcesConfig:             # the resources with the profile applied
     "Fill the fields left at their default from `res.profile`'s YAML file."
     import yaml
-    from forge_nb.config import validate_config
     if res is None: res = ResourcesConfig()
     if isinstance(res, dict): res = validate_config(ResourcesConfig, res, "resources")
     if not res.profile: return res
@@ -83,7 +82,7 @@ def parse_scontrol(text:str) -> list[dict]:
     out = []
     for line in text.splitlines():
         if not line.strip(): continue
-        rec, key = {}, None
+        rec = {}
         for tok in re.split(r"\s+(?=[A-Za-z/:]+=)", line.strip()):
             k, _, v = tok.partition("=")
             rec[k] = v

@@ -15,19 +15,19 @@ __all__ = ['DependencyNeverSatisfied', 'master_port_for', 'StageCall', 'slurm_pa
            'detached_local_executor', 'make_executor', 'submit', 'launch', 'launch_fn', 'launch_pipeline',
            'profile_dirs', 'profile_path', 'resolve_resources', 'cluster_partitions', 'validate_resources',
            'check_resources', 'ResourceError', 'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states',
-           'Job', 'attach', 'list_jobs']
+           'Job', 'attach', 'list_jobs', 'find_run_dir']
 
 # %% ../nbs/52_launch.ipynb #b03f74d0
 from .config import ResourcesConfig, PipelineConfig, STAGES, redact_secrets
 from .runs import RunDir, stage_function
 from .cluster import (profile_dirs, profile_path, resolve_resources, cluster_partitions, validate_resources,
                               check_resources, ResourceError, parse_scontrol, _run)
-from .jobs import (TERMINAL_STATES, FAILED_STATES, read_registry, register_job, update_job_record, sacct_states,
+from .jobs import (TERMINAL_STATES, FAILED_STATES, read_registry, register_job, sacct_states,
                            local_state, Job, find_run_dir, attach, list_jobs)
 
 # %% ../nbs/52_launch.ipynb #019bd018
 _all_ = ["profile_dirs", "profile_path", "resolve_resources", "cluster_partitions", "validate_resources", "check_resources",
-         "ResourceError", "TERMINAL_STATES", "FAILED_STATES", "read_registry", "sacct_states", "Job", "attach", "list_jobs"]
+         "ResourceError", "TERMINAL_STATES", "FAILED_STATES", "read_registry", "sacct_states", "Job", "attach", "list_jobs", "find_run_dir"]
 
 # %% ../nbs/52_launch.ipynb #011d9b98
 class DependencyNeverSatisfied(RuntimeError):

@@ -12,7 +12,11 @@ from typing import Iterator
 from .config import STAGES, atomic_write_bytes, atomic_write_text, atomic_write_json, redact_secrets, save_config, _fsync_dir
 
 # %% auto #0
-__all__ = ['MARKER', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics', 'StageDir', 'RunDir', 'stage_function']
+__all__ = ['MARKER', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics', 'StageDir', 'RunDir', 'stage_function',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'redact_secrets']
+
+# %% ../nbs/01_runs.ipynb #5a0e311c
+_all_ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "redact_secrets"]   # defined in config; importable from here as before
 
 # %% ../nbs/01_runs.ipynb #d926707b
 MARKER = "COMPLETE"

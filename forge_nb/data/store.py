@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/data/store.html.md"""
 
 # %% ../../nbs/data/14_store.ipynb #008c989d
 from __future__ import annotations
-import hashlib, itertools, json, math, os, shutil, sys, time, warnings
+import hashlib, itertools, json, math, os, shutil, time, warnings
 from pathlib import Path
 import numpy as np
 
@@ -226,8 +226,6 @@ def _add_report_rows(rows:list|None, new:list) -> list:
         r["truncated_pct"] = 100 * (r["split_fitting"] + r["split_long"]) / max(r["docs"], 1)
     return rows
 
-def _stage_weights_avg(plan:MixPlan) -> np.ndarray:
-    w = (plan.weights * np.diff(plan.bounds)[:, None]).sum(0); return w / w.sum()
 
 def _pack_chunk(blocks:list, ts:TokenizedSources, train:list, data:DataConfig, pad:int, out:Path, seqs_per_shard:int,
                 shards:list, acc:dict, names:list):
