@@ -1,8 +1,8 @@
 """The offline docs site (forge_nb.docs.build_site) opened page by page in headless Debian Chromium, the README
 renderer and the sync checks.
 
-Browser tests need `/usr/bin/chromium` (apt-get install chromium) and the Playwright Python package; they never run
-`playwright install`. The full-site test executes every notebook (about a minute on 2 cores): marked `slow`."""
+Browser tests need Debian's `/usr/bin/chromium` (`scripts/setup.sh --system` installs it) and the Playwright Python
+package; they never run `playwright install`. Without them they skip, and in CI fail (the `chromium` fixture, conftest.py). The full-site test executes every notebook (about a minute on 2 cores): marked `slow`."""
 import json, os, re, shutil, subprocess, time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -13,7 +13,6 @@ from forge_nb.docs import build_site, check_sync, find_pages, readme_text, rende
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/"nbs"
-CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 STABLE = ["index.ipynb", "00_config.ipynb", "01_runs.ipynb", "02_distributed.ipynb"]
@@ -21,11 +20,10 @@ STABLE = ["index.ipynb", "00_config.ipynb", "01_runs.ipynb", "02_distributed.ipy
 # ---------------------------------------------------------------- browser check
 
 @pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists(): pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
         yield b
         b.close()
 

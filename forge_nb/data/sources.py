@@ -203,7 +203,7 @@ def read_jsonl_fast(src:SourceConfig, f:Path, stats:SourceStats,
 
 # %% ../../nbs/data/10_sources.ipynb #9a1c3e71
 class HashSet:
-    "Set of 64-bit hashes in one numpy table (open addressing, linear probing, at most half full): 8-16 bytes per member."
+    "Set of 64-bit hashes in one numpy table (open addressing, linear probing, 1/4 to 1/2 full): 16-32 bytes per member."
     def __init__(self, capacity:int=1 << 16):
         self.table = np.zeros(max(16, 1 << (int(capacity) - 1).bit_length()), np.uint64); self.n = 0
     def __len__(self): return self.n
