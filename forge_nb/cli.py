@@ -114,10 +114,6 @@ def _cmd_run(args, stages=None, wait=True) -> int:
     from forge_nb.pipeline import run_pipeline
     run_pipeline(_load(args), stages=stages or getattr(args, "stage", None), wait=wait, foreground=args.foreground); return 0
 
-def _cmd_launch(args) -> int:
-    from forge_nb.launch import cli_launch
-    return cli_launch(args.config, cluster=args.cluster, partition=args.partition, stage=args.stage, overrides=args.overrides)
-
 def _cmd_demo(args) -> int:
     from forge_nb.pipeline import demo_config, run_pipeline
     sets = list(args.overrides) + ([f"pretrain.steps={args.steps}"] if args.steps else [])
@@ -126,6 +122,54 @@ def _cmd_demo(args) -> int:
 def _cmd_docs(args) -> int:
     from forge_nb.docs import main as docs_main
     return docs_main([args.action] + (["--out", args.out] if args.out else []) + [a for nb in args.only or [] for a in ("--only", nb)])
+
+# %% ../nbs/80_cli.ipynb #ee76e5cd
+def _cmd_launch(args) -> int:
+    "Submit a config's stage (or all its stages, chained) and print how to follow them."
+    from forge_nb.launch import launch, launch_pipeline, ResourceError
+    cfg = _load(args)
+    try: jobs = [launch(cfg, args.stage)] if args.stage else launch_pipeline(cfg)
+    except ResourceError as e:
+        print(f"forge-nb: {e}", file=sys.stderr); return 2
+    for j in jobs: print(f"submitted {j.stage}: {j.cluster} job {j.job_id} ({j.state()})")
+    print(f"follow: forge-nb logs {cfg.name} --runs-dir {cfg.runs_dir}   cancel: forge-nb cancel {cfg.name} --runs-dir {cfg.runs_dir}")
+    return 0
+
+def _cmd_jobs(args) -> int:
+    "Print the jobs of every run under `--runs-dir`."
+    from forge_nb.jobs import list_jobs
+    rows = list_jobs(args.runs_dir)
+    if not rows: print(f"no jobs under {args.runs_dir}/"); return 0
+    cols = ["run", "stage", "cluster", "job_id", "state", "submitted"]
+    w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.upper().ljust(w[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w[c]) for c in cols) + (f"  ({r['reason']})" if r["reason"] not in ("", "None") else ""))
+    return 0
+
+def _cmd_logs(args) -> int:
+    "Print a job's state, the tail of its output and error streams, and its latest metrics."
+    import json
+    from forge_nb.jobs import attach
+    try: job = attach(args.run, args.stage, args.runs_dir)
+    except (FileNotFoundError, LookupError) as e: print(f"forge-nb: {e}", file=sys.stderr); return 2
+    print(job.why())
+    for kind in ("stdout", "stderr"):
+        text = getattr(job, kind)(tail=args.tail)
+        if text: print(f"--- {kind} ({job.folder}/{job.job_id}_0_log.{kind[3:]}) ---\n{text}")
+    recs = job.metrics()
+    if recs: print(f"--- metrics ({len(recs)} records; last) ---\n{json.dumps(recs[-1])}")
+    return 0
+
+def _cmd_cancel(args) -> int:
+    "Cancel a run's unfinished jobs (or one stage's)."
+    from forge_nb.jobs import Job, read_registry, find_run_dir
+    try: recs = read_registry(find_run_dir(args.run, args.runs_dir))
+    except FileNotFoundError as e: print(f"forge-nb: {e}", file=sys.stderr); return 2
+    live = [j for j in (Job(r) for r in recs if not args.stage or args.stage in (r.get("stage"), r.get("name"))) if not j.done()]
+    if not live: print(f"nothing to cancel in {args.run}" + (f" ({args.stage})" if args.stage else "")); return 0
+    for j in live: j.cancel(); print(f"cancelled {j.stage}: {j.cluster} job {j.job_id}")
+    return 0
 
 # %% ../nbs/80_cli.ipynb #7f34ef2f
 def report_error(e:BaseException,   # what went wrong
@@ -165,10 +209,9 @@ def main(argv:list|None=None) -> int:
         if args.cmd in STAGES: return _cmd_run(args, stages=[args.cmd])
         if args.cmd == "launch": return _cmd_launch(args)
         if args.cmd == "docs": return _cmd_docs(args)
-        from forge_nb import launch
-        if args.cmd == "jobs": return launch.cli_jobs(runs_dir=args.runs_dir)
-        if args.cmd == "logs": return launch.cli_logs(args.run, stage=args.stage, runs_dir=args.runs_dir, tail=args.tail)
-        if args.cmd == "cancel": return launch.cli_cancel(args.run, stage=args.stage, runs_dir=args.runs_dir)
+        if args.cmd == "jobs": return _cmd_jobs(args)
+        if args.cmd == "logs": return _cmd_logs(args)
+        if args.cmd == "cancel": return _cmd_cancel(args)
     except KeyboardInterrupt:
         print("forge-nb: interrupted", file=sys.stderr); return 130
     except bdb.BdbQuit:

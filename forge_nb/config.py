@@ -6,16 +6,18 @@ Docs: https://forge-nb.github.io/forge_nb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #17f53b25
 from __future__ import annotations
-import difflib, importlib.util, math
+import difflib, importlib.util, json, math, os, re, uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
 # %% auto #0
-__all__ = ['SourceKind', 'STAGES', 'StageName', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig', 'TokenizerConfig',
-           'ModelConfig', 'OptimConfig', 'PretrainConfig', 'SFTConfig', 'RLConfig', 'ResourcesConfig', 'Stage',
-           'register_stage', 'implemented_stages', 'PipelineConfig', 'ConfigError', 'validate_config', 'load_config',
-           'save_config', 'config_from_yaml', 'override', 'config_schema', 'field_docs', 'show_fields']
+__all__ = ['SourceKind', 'STAGES', 'StageName', 'SECRET_NAME', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig',
+           'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'SFTConfig', 'RLConfig',
+           'ResourcesConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig', 'ConfigError',
+           'validate_config', 'load_config', 'config_from_yaml', 'override', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_write_json', 'is_secret_name', 'redact_secrets', 'save_config', 'config_schema', 'field_docs',
+           'show_fields']
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
@@ -368,13 +370,6 @@ def load_config(path:str|Path,                      # YAML file to read
         raise ConfigError([("(yaml)", f"not valid YAML: {getattr(e, 'problem', e)}", where)], str(path)) from None
     return validate_config(cls, data, str(path), _yaml_lines(text))
 
-def save_config(cfg:ForgeConfig,                     # config to write
-                path:str|Path,                       # destination YAML file
-               ) -> Path:
-    "Write `cfg` as YAML atomically (a crash never leaves half a file)."
-    from forge_nb.runs import atomic_write_text
-    return atomic_write_text(path, cfg.to_yaml())
-
 # %% ../nbs/00_config.ipynb #0919cf76
 def config_from_yaml(text:str, cls:type=PipelineConfig, source:str|None=None) -> ForgeConfig:
     "Parse YAML text into `cls`, with line numbers in errors."
@@ -393,6 +388,59 @@ def override(cfg:ForgeConfig,      # config to start from
             node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(val)
     return validate_config(type(cfg), data, "overrides")
+
+# %% ../nbs/00_config.ipynb #97c39932
+def _fsync_dir(path:Path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
+
+def atomic_write_bytes(path:str|Path,   # destination file
+                       data:bytes,      # content
+                      ) -> Path:
+    "Write `data` to `path` via a temporary file and a rename: readers see the old file or the new one, never half."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as f:
+        f.write(data); f.flush(); os.fsync(f.fileno())
+    os.replace(tmp, path); _fsync_dir(path.parent)
+    return path
+
+def atomic_write_text(path:str|Path, text:str) -> Path:
+    "Text version of `atomic_write_bytes`."
+    return atomic_write_bytes(path, text.encode())
+
+def atomic_write_json(path:str|Path, obj) -> Path:
+    "Write `obj` as indented JSON, atomically."
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+# %% ../nbs/00_config.ipynb #2e512d06
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE)", re.I)
+
+def is_secret_name(name:str) -> bool:
+    "Does an environment variable or field name look like it holds a secret?"
+    return bool(SECRET_NAME.search(str(name)))
+
+def redact_secrets(d:dict) -> dict:
+    "Copy of a config dict with the values of secret-looking keys replaced by `<redacted>`."
+    d = json.loads(json.dumps(d))
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if isinstance(v, str) and is_secret_name(k): x[k] = "<redacted>"
+                else: walk(v)
+        elif isinstance(x, list):
+            for v in x: walk(v)
+    walk(d); return d
+
+# %% ../nbs/00_config.ipynb #a98de65c
+def save_config(cfg:ForgeConfig,                     # config to write
+                path:str|Path,                       # destination YAML file
+               ) -> Path:
+    "Write `cfg` as YAML atomically (a crash never leaves half a file), secret-looking values redacted."
+    return atomic_write_text(path, yaml.safe_dump(redact_secrets(cfg.to_dict()), sort_keys=False, allow_unicode=True))
 
 # %% ../nbs/00_config.ipynb #dcd01223
 def config_schema(cls:type=PipelineConfig) -> dict:

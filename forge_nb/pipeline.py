@@ -10,8 +10,8 @@ import ast, bdb, json, os, re, sys, sysconfig, time, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['prepare_demo_corpus', 'demo_config', 'error_message', 'StageFailed', 'follow_jobs', 'bpb_table', 'run_foreground',
-           'run_pipeline']
+__all__ = ['prepare_demo_corpus', 'demo_config', 'error_message', 'StageFailed', 'tiny_config', 'follow_jobs', 'bpb_table',
+           'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
 from .config import PipelineConfig, DataConfig, SourceConfig, override
@@ -89,6 +89,25 @@ def _job_failure(job, err:Exception) -> StageFailed:
     "A failed job's `StageFailed`, from the error `Job.result` raised (which holds the job's traceback)."
     log = Path(job.folder)/f"{job.job_id}_0_log.err"            # submitit's name for task 0's standard error
     return StageFailed(job.stage, error_message(str(err)), log if log.exists() else None, str(err), job.job_id)
+
+# %% ../nbs/70_pipeline.ipynb #8b1e044b
+def tiny_config(folder:str|Path,   # run folder (`runs_dir`); the reference topics are written here
+                name:str="t",      # run name
+                **pretrain,        # `PretrainConfig` fields to change (steps, micro_batch_size, parallel, ...)
+               ) -> PipelineConfig:
+    "A data + pretrain pipeline on standard-library text that builds and trains in seconds."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    lib, ref = Path(sysconfig.get_paths()["stdlib"]), folder/"ref.jsonl"
+    if not ref.exists():
+        import pydoc_data.topics as topics
+        atomic_write_text(ref, "".join(json.dumps({"text": v}) + "\n" for k, v in sorted(topics.topics.items())[:60]))
+    pc = {"steps": 8, "micro_batch_size": 4, "log_every": 1, "eval_every": 4, "save_every": 4, "eval_batches": 2,
+          "optim": {"lr": 3e-3, "warmup_steps": 2}, **pretrain}
+    return PipelineConfig(name=name, runs_dir=str(folder), stages=["data", "pretrain"],
+        data=DataConfig(sources=[SourceConfig(name="code", path=str(lib/"json"/"*.py"), kind="text"), SourceConfig(name="ref", path=str(ref))],
+                        strategy="static", weights=[0.5, 0.5], seq_len=64, val_docs=2, total_tokens=40_000, max_epochs=20),
+        tokenizer={"vocab_size": 600, "train_bytes": 100_000},
+        model={"depth": 2, "aspect_ratio": 32, "head_dim": 32, "max_seq_len": 64}, pretrain=pc)
 
 # %% ../nbs/70_pipeline.ipynb #9de8f178
 def _fmt_record(r:dict) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import job_probes
-from tiny_pipeline import tiny_pipeline_config
+from forge_nb.pipeline import tiny_config
 from forge_nb.config import PipelineConfig, ResourcesConfig
 from forge_nb import launch as L
 
@@ -191,7 +191,7 @@ def test_site_profile_local(slurm_cluster, tmp_path):
 
 def _tiny_pretrain_config(d: Path, **pretrain) -> PipelineConfig:
     "The tiny pipeline of test_pretrain, 8 steps of micro-batch 2, on the SLURM `cpu` partition."
-    cfg = tiny_pipeline_config(d, **{"steps": 8, "micro_batch_size": 2, "eval_every": 8, "save_every": 8, **pretrain})
+    cfg = tiny_config(d, **{"steps": 8, "micro_batch_size": 2, "eval_every": 8, "save_every": 8, **pretrain})
     cfg.resources = slurm(partition="cpu", env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
     return cfg
 
