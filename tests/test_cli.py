@@ -1,13 +1,13 @@
 """Every shell command the README shows and every `forge-nb` subcommand, run as a user runs them: subprocesses of the
 installed console script, checking what they print and their exit status, a happy path and an error path each.
-The configs are tiny (tests/tiny_pipeline.py: a 600-token tokenizer, 64-token sequences, a 2-layer model, 4 steps)."""
+The configs are tiny (`forge_nb.pipeline.tiny_config`: a 600-token tokenizer, 64-token sequences, a 2-layer model, a few steps)."""
 import json, re, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
 
 from forge_nb.config import PipelineConfig, load_config, save_config, implemented_stages
 from forge_nb.launch import read_registry
-from tiny_pipeline import tiny_pipeline_config
+from forge_nb.pipeline import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FORGE = Path(sys.executable).parent/"forge-nb"
@@ -58,7 +58,7 @@ def test_every_readme_command_has_a_test():
 def tiny(tmp_path_factory):
     "A folder with `t.yaml`: the tiny data + pretrain pipeline, 4 steps, run directory `<folder>/t`."
     d = tmp_path_factory.mktemp("cli")
-    save_config(tiny_pipeline_config(d, steps=4, eval_every=2, save_every=4, eval_batches=1), d/"t.yaml")
+    save_config(tiny_config(d, steps=4, eval_every=2, save_every=4, eval_batches=1), d/"t.yaml")
     return d
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_stage_verbs_and_foreground(tiny):
 
 def test_stage_that_needs_an_earlier_one(tmp_path):
     "Pretraining a run with no data stage yet: the job fails, and the one line says what to run first."
-    save_config(tiny_pipeline_config(tmp_path, steps=2), tmp_path/"t.yaml")
+    save_config(tiny_config(tmp_path, steps=2), tmp_path/"t.yaml")
     r = forge("pretrain", "t.yaml", cwd=tmp_path)
     err = r.stderr.splitlines()
     assert r.returncode == 1 and err[0].startswith("forge-nb: error: ") and "data" in err[0] and "Traceback" not in r.stderr, show(r)
@@ -197,7 +197,7 @@ def test_jobs_logs_cancel_launch_locally(tiny, tmp_path):
 def test_readme_launch_on_slurm(slurm_cluster, tiny, tmp_path):
     "The README's launch command, verbatim, on the local SLURM cluster: both stages submitted, listed, cancelled."
     (tmp_path/".venv").symlink_to(Path(sys.executable).parents[1])
-    cfg = tiny_pipeline_config(tmp_path, steps=4)
+    cfg = tiny_config(tmp_path, steps=4)
     save_config(cfg.model_copy(update={"name": "slurm-readme"}), tmp_path/"my.yaml")
     r = subprocess.run(".venv/bin/forge-nb launch my.yaml --cluster slurm --partition gpu", shell=True, capture_output=True,
                        text=True, cwd=tmp_path, timeout=120)
