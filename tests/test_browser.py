@@ -80,6 +80,9 @@ def open_and_run_all(browser, lab, name:str, ready_selector:str, artifacts_dir:P
                                timeout=timeout_s * 1000)
         deadline = time.time() + timeout_s
         while True:
+            # a slow kernel start can leave JupyterLab's "Select Kernel" dialog over the page: accept the default kernel
+            accept = page.locator(".jp-Dialog button.jp-mod-accept")
+            if accept.count(): accept.first.click()
             page.click(".jp-Cell .jp-InputArea-editor")
             page.click('.lm-MenuBar-itemLabel:text-is("Run")')
             page.click('.lm-Menu-itemLabel:text-is("Run All Cells")')
