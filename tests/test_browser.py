@@ -83,7 +83,10 @@ def open_and_run_all(browser, lab, name:str, ready_selector:str, artifacts_dir:P
             # a slow kernel start can leave JupyterLab's "Select Kernel" dialog over the page: accept the default kernel
             accept = page.locator(".jp-Dialog button.jp-mod-accept")
             if accept.count(): accept.first.click()
-            page.click(".jp-Cell .jp-InputArea-editor")
+            try: page.click(".jp-Cell .jp-InputArea-editor", timeout=10000)
+            except Exception:                      # e.g. the dialog appeared just now: look again
+                if time.time() > deadline: raise
+                continue
             page.click('.lm-MenuBar-itemLabel:text-is("Run")')
             page.click('.lm-Menu-itemLabel:text-is("Run All Cells")')
             # a Run All sent while the kernel is still connecting can be lost: if no cell has started, send it again
