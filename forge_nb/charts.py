@@ -10,7 +10,12 @@ import html, math
 import numpy as np
 
 # %% auto #0
-__all__ = ['COLORS', 'line_chart', 'bar_chart', 'histogram_chart']
+__all__ = ['COLORS', 'Chart', 'line_chart', 'bar_chart', 'histogram_chart']
+
+# %% ../nbs/03_charts.ipynb #515d327b
+class Chart(str):
+    "An SVG chart: a plain string (for widgets, reports and tests) that a notebook displays as the picture."
+    def _repr_html_(self): return str(self)
 
 # %% ../nbs/03_charts.ipynb #3ea7bc7f
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -37,7 +42,7 @@ def line_chart(series:dict,            # label -> list of (x, y) points
            f"<text x='{L}' y='13' font-weight='bold'>{html.escape(title)}</text>"]
     if not allp:
         out.append(f"<text x='{width/2}' y='{height/2}' text-anchor='middle' fill='#999'>no data yet</text></svg>")
-        return "".join(out)
+        return Chart("".join(out))
     fy = (lambda y: math.log10(y)) if log_y else (lambda y: y)
     x0, x1 = min(p[0] for p in allp), max(p[0] for p in allp)
     y0, y1 = min(fy(p[1]) for p in allp), max(fy(p[1]) for p in allp)
@@ -65,7 +70,7 @@ def line_chart(series:dict,            # label -> list of (x, y) points
         out.append(f"<text x='{x_leg}' y='13' text-anchor='end' fill='{COLORS[i % len(COLORS)]}'>{html.escape(k)}</text>")
         x_leg -= 6 * len(k) + 10
     out.append("</svg>")
-    return "".join(out)
+    return Chart("".join(out))
 
 # %% ../nbs/03_charts.ipynb #04745901
 def bar_chart(rows:list,              # (label, [value per group]) pairs
@@ -95,7 +100,7 @@ def bar_chart(rows:list,              # (label, [value per group]) pairs
             out.append(f"<rect class='forge-bar' x='{L}' y='{y + j*bar_h}' width='{w:.1f}' height='{bar_h-1}' "
                        f"fill='{COLORS[j % len(COLORS)]}'/><text x='{L + w + 3:.1f}' y='{y + j*bar_h + 8}'>{html.escape(fmt(v))}</text>")
     out.append("</svg>")
-    return "".join(out)
+    return Chart("".join(out))
 
 # %% ../nbs/03_charts.ipynb #638a3db8
 def _short(v:float) -> str:
@@ -128,7 +133,7 @@ def histogram_chart(values:dict,              # name -> 1-D sequence of numbers 
     if title: out.append(f"<text x='{L}' y='13' font-weight='bold'>{html.escape(title)}</text>")
     if not names:
         out.append(f"<text x='{W/2}' y='{H/2}' text-anchor='middle' fill='#999'>no data</text></svg>")
-        return "".join(out)
+        return Chart("".join(out))
     for i, name in enumerate(names):
         ox, oy, c = (i % cols) * width, T0 + (i // cols) * height, COLORS[i % len(COLORS)]
         a = np.asarray(values[name], dtype=np.float64).ravel()
@@ -174,4 +179,4 @@ def histogram_chart(values:dict,              # name -> 1-D sequence of numbers 
                     f"<text x='{xm+dx:.1f}' y='{oy+T+9}' text-anchor='{anchor}' fill='#333'>&gt;{_short(marker)}: {above:.0%}</text>"]
         out.append("</g>")
     out.append("</svg>")
-    return "".join(out)
+    return Chart("".join(out))

@@ -6,18 +6,21 @@ Docs: https://forge-nb.github.io/forge_nb/cli.html.md"""
 
 # %% ../nbs/80_cli.ipynb #05b75bf2
 from __future__ import annotations
-import argparse, sys
+import argparse, bdb, sys
+from pathlib import Path
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['build_parser', 'report_error', 'main']
 
 # %% ../nbs/80_cli.ipynb #194ff9c3
-def _add_config_args(p, stage:bool=True):
+def _add_config_args(p, foreground:bool=False):
     p.add_argument("config", help="pipeline config YAML (see `forge-nb config init`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set pretrain.steps=50 (repeatable)")
     p.add_argument("--cluster", choices=["local", "slurm"], help="where to run (default: resources.cluster)")
     p.add_argument("--partition", help="SLURM partition (default: resources.partition)")
+    if foreground: p.add_argument("--foreground", action="store_true",
+                                  help="run the stages in this process, not as jobs, so breakpoint() and debuggers work")
 
 def build_parser() -> argparse.ArgumentParser:
     "The `forge-nb` argument parser."
@@ -29,49 +32,58 @@ def build_parser() -> argparse.ArgumentParser:
                "  forge-nb config validate my.yaml           check a config (errors name the field, file and line)\n"
                "  forge-nb run my.yaml                       run the config's stages in order, through the launcher\n"
                "  forge-nb launch my.yaml --cluster slurm --partition gpu --stage pretrain\n"
-               "  forge-nb jobs | logs RUN | cancel RUN      watch and control submitted jobs\n")
+               "  forge-nb jobs | logs RUN | cancel RUN      watch and control submitted jobs\n"
+               "  forge-nb run my.yaml --stage data --foreground --debug   debug a stage in this process\n")
+    ap.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
+    common = argparse.ArgumentParser(add_help=False)   # `--debug` after the subcommand too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="on an error, print the full traceback")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)
 
-    p = sub.add_parser("demo", help="run the whole pipeline on this machine on text every machine has")
+    p = add("demo", help="run the whole pipeline on this machine on text every machine has")
     p.add_argument("--runs-dir", default="runs", help="folder for run directories (default: runs)")
     p.add_argument("--name", default="demo", help="run name (default: demo)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the demo's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    p.add_argument("--foreground", action="store_true", help="run the stages in this process, not as jobs")
 
-    p = sub.add_parser("run", help="run a config's stages in order (data → pretrain → ...) through the launcher")
-    _add_config_args(p)
+    p = add("run", help="run a config's stages in order (data → pretrain → ...) through the launcher")
+    _add_config_args(p, foreground=True)
+    p.add_argument("--stage", action="append", help="run only this stage (repeatable; default: the config's stages)")
 
-    p = sub.add_parser("launch", help="submit one stage (or the pipeline) and return at once")
+    p = add("launch", help="submit one stage (or the pipeline) and return at once")
     _add_config_args(p)
     p.add_argument("--stage", help="stage to launch (default: all of the config's stages, with dependencies)")
 
     from forge_nb.config import STAGES
     for st in STAGES.values():                      # one verb per implemented stage, from the stage registry
         if not st.implemented: continue
-        p = sub.add_parser(st.name, help=f"{st.title} (launches the `{st.name}` stage and waits)")
-        _add_config_args(p)
+        p = add(st.name, help=f"{st.title} (launches the `{st.name}` stage and waits)")
+        _add_config_args(p, foreground=True)
 
-    p = sub.add_parser("jobs", help="list submitted jobs and their states")
+    p = add("jobs", help="list submitted jobs and their states")
     p.add_argument("--runs-dir", default="runs")
-    p = sub.add_parser("logs", help="show a run's job output and latest metrics")
+    p = add("logs", help="show a run's job output and latest metrics")
     p.add_argument("run"); p.add_argument("--stage"); p.add_argument("--runs-dir", default="runs")
     p.add_argument("--tail", type=int, default=50, help="lines of output to show")
-    p = sub.add_parser("cancel", help="cancel a run's job(s)")
+    p = add("cancel", help="cancel a run's job(s)")
     p.add_argument("run"); p.add_argument("--stage"); p.add_argument("--runs-dir", default="runs")
 
-    p = sub.add_parser("config", help="create, check and show configs")
+    p = add("config", help="create, check and show configs")
     csub = p.add_subparsers(dest="config_cmd", metavar="ACTION")
-    c = csub.add_parser("init", help="write a config with every field at its default"); c.add_argument("path")
-    c = csub.add_parser("validate", help="check a config file"); c.add_argument("path")
-    c = csub.add_parser("show", help="print a config with overrides applied, every field resolved")
+    cadd = lambda name, **kw: csub.add_parser(name, parents=[common], **kw)
+    c = cadd("init", help="write a config with every field at its default"); c.add_argument("path")
+    c = cadd("validate", help="check a config file"); c.add_argument("path")
+    c = cadd("show", help="print a config with overrides applied, every field resolved")
     c.add_argument("path"); c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    c = csub.add_parser("schema", help="print the JSON schema of the config tree")
+    c = cadd("schema", help="print the JSON schema of the config tree")
 
-    p = sub.add_parser("docs", help="build the offline documentation site and the README from the notebooks")
-    p.add_argument("action", choices=["build", "readme", "check-readme", "check-sync"])
+    p = add("docs", help="build the offline docs site and the README from the notebooks; refresh and check kept outputs")
+    p.add_argument("action", choices=["build", "readme", "check-readme", "check-sync", "outputs", "check-outputs"])
     p.add_argument("--out", default=None, help="output folder/file")
+    p.add_argument("--only", action="append", default=None, metavar="NB", help="build, outputs: only this notebook (repeatable)")
     from forge_nb.rl import add_policy_parser   # `forge-nb policy check|validate` (RL policies, forge_nb.rl)
-    add_policy_parser(sub)
+    add_policy_parser(sub, parents=[common])
     return ap
 
 # %% ../nbs/80_cli.ipynb #8b333872
@@ -102,27 +114,95 @@ def _cmd_config(args) -> int:
 # %% ../nbs/80_cli.ipynb #7c7aa67f
 def _cmd_run(args, stages=None, wait=True) -> int:
     from forge_nb.pipeline import run_pipeline
-    run_pipeline(_load(args), stages=stages, wait=wait); return 0
-
-def _cmd_launch(args) -> int:
-    from forge_nb.launch import cli_launch
-    return cli_launch(args.config, cluster=args.cluster, partition=args.partition, stage=args.stage, overrides=args.overrides)
+    run_pipeline(_load(args), stages=stages or getattr(args, "stage", None), wait=wait, foreground=args.foreground); return 0
 
 def _cmd_demo(args) -> int:
     from forge_nb.pipeline import demo_config, run_pipeline
     sets = list(args.overrides) + ([f"pretrain.steps={args.steps}"] if args.steps else [])
-    run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets)); return 0
+    run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets), foreground=args.foreground); return 0
 
 def _cmd_docs(args) -> int:
     from forge_nb.docs import main as docs_main
-    return docs_main([args.action] + (["--out", args.out] if args.out else []))
+    return docs_main([args.action] + (["--out", args.out] if args.out else []) + [a for nb in args.only or [] for a in ("--only", nb)])
+
+# %% ../nbs/80_cli.ipynb #ee76e5cd
+def _cmd_launch(args) -> int:
+    "Submit a config's stage (or all its stages, chained) and print how to follow them."
+    from forge_nb.launch import launch, launch_pipeline, ResourceError
+    cfg = _load(args)
+    try: jobs = [launch(cfg, args.stage)] if args.stage else launch_pipeline(cfg)
+    except ResourceError as e:
+        print(f"forge-nb: {e}", file=sys.stderr); return 2
+    for j in jobs: print(f"submitted {j.stage}: {j.cluster} job {j.job_id} ({j.state()})")
+    print(f"follow: forge-nb logs {cfg.name} --runs-dir {cfg.runs_dir}   cancel: forge-nb cancel {cfg.name} --runs-dir {cfg.runs_dir}")
+    return 0
+
+def _cmd_jobs(args) -> int:
+    "Print the jobs of every run under `--runs-dir`."
+    from forge_nb.jobs import list_jobs
+    rows = list_jobs(args.runs_dir)
+    if not rows: print(f"no jobs under {args.runs_dir}/"); return 0
+    cols = ["run", "stage", "cluster", "job_id", "state", "submitted"]
+    w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.upper().ljust(w[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w[c]) for c in cols) + (f"  ({r['reason']})" if r["reason"] not in ("", "None") else ""))
+    return 0
+
+def _cmd_logs(args) -> int:
+    "Print a job's state, the tail of its output and error streams, and its latest metrics."
+    import json
+    from forge_nb.jobs import attach
+    try: job = attach(args.run, args.stage, args.runs_dir)
+    except (FileNotFoundError, LookupError) as e: print(f"forge-nb: {e}", file=sys.stderr); return 2
+    print(job.why())
+    for kind in ("stdout", "stderr"):
+        text = getattr(job, kind)(tail=args.tail)
+        if text: print(f"--- {kind} ({job.folder}/{job.job_id}_0_log.{kind[3:]}) ---\n{text}")
+    recs = job.metrics()
+    if recs: print(f"--- metrics ({len(recs)} records; last) ---\n{json.dumps(recs[-1])}")
+    return 0
+
+def _cmd_cancel(args) -> int:
+    "Cancel a run's unfinished jobs (or one stage's)."
+    from forge_nb.jobs import Job, read_registry, find_run_dir
+    try: recs = read_registry(find_run_dir(args.run, args.runs_dir))
+    except FileNotFoundError as e: print(f"forge-nb: {e}", file=sys.stderr); return 2
+    live = [j for j in (Job(r) for r in recs if not args.stage or args.stage in (r.get("stage"), r.get("name"))) if not j.done()]
+    if not live: print(f"nothing to cancel in {args.run}" + (f" ({args.stage})" if args.stage else "")); return 0
+    for j in live: j.cancel(); print(f"cancelled {j.stage}: {j.cluster} job {j.job_id}")
+    return 0
 
 # %% ../nbs/80_cli.ipynb #7f34ef2f
+def report_error(e:BaseException,   # what went wrong
+                 debug:bool=False,   # print the full traceback too
+                 err=None,           # where to print (default: stderr)
+                ) -> int:            # the exit status: 2 for a bad config or a missing file, else 1
+    "Print an error for a person: one line, where the full traceback is, and the traceback itself with `debug`."
+    import traceback
+    from forge_nb.config import ConfigError
+    from forge_nb.pipeline import StageFailed, error_message
+    err = err or sys.stderr
+    if isinstance(e, StageFailed):
+        print(f"forge-nb: error: {e.message}", file=err)
+        if debug and e.traceback: print(e.traceback.rstrip(), file=err)
+        where = f"job {e.job_id}" if e.job_id else "in this process"
+        log = f"full traceback: {e.log}" if e.log else "no log file was written"
+        print(f"forge-nb: stage {e.stage!r} failed ({where}); {log}" + ("" if debug or not e.traceback else " (--debug prints it here)"), file=err)
+        return 1
+    if debug: traceback.print_exception(e, file=err)
+    if isinstance(e, (ConfigError, FileNotFoundError)):
+        print(f"forge-nb: error: {e.strerror + ': ' + repr(e.filename) if isinstance(e, FileNotFoundError) and e.filename else e}", file=err)
+        return 2
+    print(f"forge-nb: error: {error_message(e)}", file=err)
+    if not debug: print("forge-nb: run it again with --debug for the traceback", file=err)
+    return 1
+
 def main(argv:list|None=None) -> int:
     "Entry point of the `forge-nb` console script."
     ap = build_parser()
     args = ap.parse_args(argv)
-    from forge_nb.config import ConfigError, STAGES
+    from forge_nb.config import STAGES
     try:
         if args.cmd is None: ap.print_help(); return 0
         if args.cmd == "config": return _cmd_config(args)
@@ -130,17 +210,17 @@ def main(argv:list|None=None) -> int:
         if args.cmd == "run": return _cmd_run(args)
         if args.cmd in STAGES:
             rc = _cmd_run(args, stages=[args.cmd])
-            if args.cmd == "rl": from forge_nb.rl import cli_report; cli_report(_load(args))   # the compliance report
+            if args.cmd == "rl" and not rc: from forge_nb.rl import cli_report; cli_report(_load(args))   # the compliance report
             return rc
         if args.cmd == "policy": from forge_nb.rl import cli_policy; return cli_policy(args)
         if args.cmd == "launch": return _cmd_launch(args)
         if args.cmd == "docs": return _cmd_docs(args)
-        from forge_nb import launch
-        if args.cmd == "jobs": return launch.cli_jobs(runs_dir=args.runs_dir)
-        if args.cmd == "logs": return launch.cli_logs(args.run, stage=args.stage, runs_dir=args.runs_dir, tail=args.tail)
-        if args.cmd == "cancel": return launch.cli_cancel(args.run, stage=args.stage, runs_dir=args.runs_dir)
-    except ConfigError as e:
-        print(f"forge-nb: {e}", file=sys.stderr); return 2
-    except FileNotFoundError as e:
-        print(f"forge-nb: {e}", file=sys.stderr); return 2
+        if args.cmd == "jobs": return _cmd_jobs(args)
+        if args.cmd == "logs": return _cmd_logs(args)
+        if args.cmd == "cancel": return _cmd_cancel(args)
+    except KeyboardInterrupt:
+        print("forge-nb: interrupted", file=sys.stderr); return 130
+    except bdb.BdbQuit:
+        print("forge-nb: stopped from the debugger", file=sys.stderr); return 1
+    except Exception as e: return report_error(e, args.debug)
     ap.print_help(); return 2

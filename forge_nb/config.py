@@ -6,20 +6,22 @@ Docs: https://forge-nb.github.io/forge_nb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #17f53b25
 from __future__ import annotations
-import importlib.util, json, math
+import difflib, importlib.util, json, math, os, re, uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional
 
 # %% auto #0
-__all__ = ['SourceKind', 'STAGES', 'StageName', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig', 'TokenizerConfig',
-           'ModelConfig', 'OptimConfig', 'PretrainConfig', 'SFTConfig', 'RLConfig', 'ResourcesConfig', 'Stage',
-           'register_stage', 'implemented_stages', 'PipelineConfig', 'ConfigError', 'validate_config', 'load_config',
-           'save_config', 'config_from_yaml', 'override', 'config_schema', 'field_docs', 'show_fields']
+__all__ = ['SourceKind', 'STAGES', 'StageName', 'SECRET_NAME', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig',
+           'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'SFTConfig', 'RLConfig',
+           'ResourcesConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig', 'ConfigError',
+           'validate_config', 'load_config', 'config_from_yaml', 'override', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_write_json', 'is_secret_name', 'redact_secrets', 'save_config', 'config_schema', 'field_docs',
+           'show_fields']
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # %% ../nbs/00_config.ipynb #e7e9092d
 class ForgeConfig(BaseModel):
@@ -293,10 +295,12 @@ def _fmt_value(v):
     s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
 
-def _human(err:dict) -> str:
-    "One pydantic error as a short human message."
+def _human(err:dict, cls:type|None=None) -> str:
+    "One pydantic error as a short human message (`cls`: the validated class, for field-name suggestions)."
     t, ctx, inp = err["type"], err.get("ctx") or {}, err.get("input")
-    if t == "extra_forbidden": return f"unknown field (typo?); got {_fmt_value(inp)}"
+    if t == "extra_forbidden":
+        hint = _did_you_mean(cls, tuple(err["loc"])) if cls is not None else ""
+        return f"unknown field ({hint or 'typo?'}); got {_fmt_value(inp)}"
     if t == "missing": return "required field is missing"
     bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
     if t in bounds:
@@ -318,6 +322,27 @@ def _loc(err:dict, prefix:tuple=()) -> tuple:
         if ":" in msg and " " not in head:
             loc = loc + tuple(int(p) if p.isdigit() else p for p in head.split("."))
     return loc
+
+# %% ../nbs/00_config.ipynb #bb804c48
+def _model_in(ann):
+    "The config class inside an annotation (`SourceConfig`, `list[SourceConfig]`, `Optional[...]`), or None."
+    if isinstance(ann, type) and issubclass(ann, BaseModel): return ann
+    for a in getattr(ann, "__args__", ()) or ():
+        if (m := _model_in(a)) is not None: return m
+    return None
+
+def _did_you_mean(cls:type,    # the config class the data was validated against
+                  loc:tuple,   # path of the unknown field, e.g. `('pretrain', 'stesp')`
+                 ) -> str:     # `"did you mean 'steps'?"`, or "" when no field name is close
+    "The field names closest to an unknown field, from the config class at that place in the tree."
+    for p in loc[:-1]:
+        if isinstance(p, int): continue                   # a list item: the list's element class is already in hand
+        f = getattr(cls, "model_fields", {}).get(p)
+        if f is None or (cls := _model_in(f.annotation)) is None: return ""
+    names = list(getattr(cls, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=2, cutoff=0.6) if loc else []
+    return "did you mean " + " or ".join(f"{c!r}" for c in close) + "?" if close else ""
+
 
 # %% ../nbs/00_config.ipynb #a9f15027
 def _yaml_lines(text:str) -> dict:
@@ -357,7 +382,7 @@ def validate_config(cls:type, data:dict, source:str|None=None, lines:dict|None=N
             loc = _loc(err)
             line = _locate(loc, lines) if lines else None
             where = f"{source}:{line}" if source and line else (source or None)
-            errs.append((".".join(str(p) for p in prefix + loc), _human(err), where))
+            errs.append((".".join(str(p) for p in prefix + loc), _human(err, cls), where))
         raise ConfigError(errs, source) from None
 
 # %% ../nbs/00_config.ipynb #e36b0cfc
@@ -373,13 +398,6 @@ def load_config(path:str|Path,                      # YAML file to read
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError([("(yaml)", f"not valid YAML: {getattr(e, 'problem', e)}", where)], str(path)) from None
     return validate_config(cls, data, str(path), _yaml_lines(text))
-
-def save_config(cfg:ForgeConfig,                     # config to write
-                path:str|Path,                       # destination YAML file
-               ) -> Path:
-    "Write `cfg` as YAML atomically (a crash never leaves half a file)."
-    from forge_nb.runs import atomic_write_text
-    return atomic_write_text(path, cfg.to_yaml())
 
 # %% ../nbs/00_config.ipynb #0919cf76
 def config_from_yaml(text:str, cls:type=PipelineConfig, source:str|None=None) -> ForgeConfig:
@@ -399,6 +417,59 @@ def override(cfg:ForgeConfig,      # config to start from
             node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(val)
     return validate_config(type(cfg), data, "overrides")
+
+# %% ../nbs/00_config.ipynb #97c39932
+def _fsync_dir(path:Path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
+
+def atomic_write_bytes(path:str|Path,   # destination file
+                       data:bytes,      # content
+                      ) -> Path:
+    "Write `data` to `path` via a temporary file and a rename: readers see the old file or the new one, never half."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as f:
+        f.write(data); f.flush(); os.fsync(f.fileno())
+    os.replace(tmp, path); _fsync_dir(path.parent)
+    return path
+
+def atomic_write_text(path:str|Path, text:str) -> Path:
+    "Text version of `atomic_write_bytes`."
+    return atomic_write_bytes(path, text.encode())
+
+def atomic_write_json(path:str|Path, obj) -> Path:
+    "Write `obj` as indented JSON, atomically."
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+# %% ../nbs/00_config.ipynb #2e512d06
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE)", re.I)
+
+def is_secret_name(name:str) -> bool:
+    "Does an environment variable or field name look like it holds a secret?"
+    return bool(SECRET_NAME.search(str(name)))
+
+def redact_secrets(d:dict) -> dict:
+    "Copy of a config dict with the values of secret-looking keys replaced by `<redacted>`."
+    d = json.loads(json.dumps(d))
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if isinstance(v, str) and is_secret_name(k): x[k] = "<redacted>"
+                else: walk(v)
+        elif isinstance(x, list):
+            for v in x: walk(v)
+    walk(d); return d
+
+# %% ../nbs/00_config.ipynb #a98de65c
+def save_config(cfg:ForgeConfig,                     # config to write
+                path:str|Path,                       # destination YAML file
+               ) -> Path:
+    "Write `cfg` as YAML atomically (a crash never leaves half a file), secret-looking values redacted."
+    return atomic_write_text(path, yaml.safe_dump(redact_secrets(cfg.to_dict()), sort_keys=False, allow_unicode=True))
 
 # %% ../nbs/00_config.ipynb #dcd01223
 def config_schema(cls:type=PipelineConfig) -> dict:

@@ -8,14 +8,15 @@ Docs: https://forge-nb.github.io/forge_nb/docs.html.md"""
 from __future__ import annotations
 import argparse, ast, html, json, os, re, shutil, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['cell_directives', 'strip_directives', 'Page', 'page_href', 'notebook_title', 'find_pages', 'prepare_notebook',
            'DocsBuildError', 'mark_skipped', 'execute_notebook', 'visible_cells', 'symbols_from_pages', 'relative_href',
            'linkify_markdown', 'sidebar_html', 'page_html', 'rewrite_nb_links', 'render_body', 'pygments_css',
-           'build_site', 'readme_text', 'render_readme', 'check_readme', 'check_sync', 'main']
+           'build_site', 'readme_text', 'render_readme', 'check_readme', 'check_sync', 'kept_output',
+           'fresh_kept_outputs', 'refresh_outputs', 'stray_outputs', 'main']
 
 # %% ../nbs/90_docs.ipynb #d1f10476
 _re_directive = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
@@ -530,11 +531,75 @@ def check_sync(root:str|Path=".",     # the project root (pyproject.toml, nbs/, 
                          for u in r.stdout.splitlines() if u.strip()]
     return problems
 
+# %% ../nbs/90_docs.ipynb #821a72f2
+_KEEP_MIME = ("text/markdown", "text/plain")
+
+def kept_output(source:str) -> bool:
+    "Does a code cell keep its output in git (`#| keep_output`)?"
+    return "keep_output" in cell_directives(source)
+
+def _src(c) -> str: return "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+
+def _text_output(o) -> dict|None:
+    "An output reduced to what is kept: a stream's text, or the text forms of a result; None for anything else."
+    o = dict(o)
+    if o.get("output_type") == "stream": return {"name": o["name"], "output_type": "stream", "text": o["text"]}
+    if o.get("output_type") in ("execute_result", "display_data"):
+        full = dict(o.get("data", {}))
+        if any(k.startswith("image/") or "widget" in k for k in full): return None      # its text/plain is only a placeholder
+        data = {k: v for k, v in full.items() if k in _KEEP_MIME}
+        if not data: return None
+        out = {"data": data, "metadata": {}, "output_type": o["output_type"]}
+        if o["output_type"] == "execute_result": out["execution_count"] = None
+        return out
+    return None
+
+def fresh_kept_outputs(path:str|Path,    # a notebook
+                       timeout:float=600, # seconds for the whole notebook
+                      ) -> dict:          # cell index -> its outputs now (the `#| keep_output` cells only), cleaned as committed
+    "Run the notebook as the docs build does and return what its `#| keep_output` cells print now."
+    from nbdev.clean import clean_nb
+    from fastcore.nbio import nb2dict
+    path = Path(path)
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    keep = {i for i, c in enumerate(raw["cells"]) if c["cell_type"] == "code" and kept_output(_src(c))}
+    if not keep: return {}
+    nb = execute_notebook(prepare_notebook(path), path, timeout=timeout)
+    got = {c.metadata["forge_docs_idx"]: c.outputs for c in nb.cells if c.metadata.get("forge_docs_idx") in keep}
+    cells = [{"cell_type": "code", "id": str(i), "metadata": {}, "source": "", "execution_count": None,
+              "outputs": [t for o in got.get(i, []) if (t := _text_output(o)) is not None]} for i in sorted(keep)]
+    d = nb2dict({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})   # lines as lists, as committed
+    clean_nb(d)                                                                       # and what nbdev-clean does to outputs
+    return {int(c["id"]): c["outputs"] for c in d["cells"]}
+
+def refresh_outputs(path:str|Path, timeout:float=600) -> int:
+    "Store the outputs of a notebook's `#| keep_output` cells (run now) and none elsewhere; returns how many cells keep one."
+    from nbdev.clean import nbdev_clean
+    from forge_nb.runs import atomic_write_text
+    path = Path(path)
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    fresh = fresh_kept_outputs(path, timeout)
+    for i, c in enumerate(raw["cells"]):
+        if c["cell_type"] == "code": c["outputs"] = fresh.get(i, [])
+    atomic_write_text(path, json.dumps(raw, indent=1, ensure_ascii=False) + "\n")
+    nbdev_clean(fname=str(path))                                       # written exactly as nbdev-clean leaves it
+    return sum(bool(v) for v in fresh.values())
+
+def stray_outputs(nbs_path:str|Path="nbs") -> list[str]:
+    "`notebook: cell N` for every output committed in a cell not marked `#| keep_output`."
+    nbs_path, out = Path(nbs_path), []
+    for p in sorted(nbs_path.rglob("*.ipynb")):
+        if any(part[0] in "_." for part in p.relative_to(nbs_path).parts): continue
+        for i, c in enumerate(json.loads(p.read_text(encoding="utf-8"))["cells"]):
+            if c["cell_type"] == "code" and c.get("outputs") and not kept_output(_src(c)):
+                out.append(f"{p}: cell {i} has an output but no `#| keep_output` (`forge-nb docs outputs` clears it)")
+    return out
+
 # %% ../nbs/90_docs.ipynb #914957bc
 def main(argv:list|None=None) -> int:
     "Entry point of `python -m forge_nb.docs` and `forge-nb docs`."
     ap = argparse.ArgumentParser(prog="forge-nb docs", description="Offline docs site, README and sync checks from the notebooks.")
-    ap.add_argument("action", choices=["build", "readme", "check-readme", "check-sync"])
+    ap.add_argument("action", choices=["build", "readme", "check-readme", "check-sync", "outputs", "check-outputs"])
     ap.add_argument("--out", default=None, help="site folder (build, default _site) or README file (readme, check-readme; default README.md)")
     ap.add_argument("--nbs", default="nbs", help="notebook folder (default nbs)")
     ap.add_argument("--no-execute", action="store_true", help="build: run only what the API reference needs (no other outputs; faster)")
@@ -557,6 +622,15 @@ def main(argv:list|None=None) -> int:
                 return 1
         elif a.action == "check-sync":
             probs = check_sync(a.root)
+            for p in probs: print(p, file=sys.stderr)
+            return 1 if probs else 0
+        elif a.action == "outputs":
+            for p in (a.only or [str(f.relative_to(a.nbs)) for f in sorted(Path(a.nbs).rglob("*.ipynb"))]):
+                if any(part[0] in "_." for part in Path(p).parts): continue
+                n = refresh_outputs(Path(a.nbs)/p, a.timeout)                 # runs only notebooks with kept cells
+                if n: print(f"[outputs] {p}: {n} cells keep an output", flush=True)
+        elif a.action == "check-outputs":
+            probs = stray_outputs(a.nbs)
             for p in probs: print(p, file=sys.stderr)
             return 1 if probs else 0
     except DocsBuildError as e:

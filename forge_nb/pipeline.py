@@ -6,14 +6,15 @@ Docs: https://forge-nb.github.io/forge_nb/pipeline.html.md"""
 
 # %% ../nbs/70_pipeline.ipynb #a7ba20a4
 from __future__ import annotations
-import ast, json, sys, sysconfig, time
+import ast, bdb, json, os, re, sys, sysconfig, time, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['prepare_demo_corpus', 'demo_config', 'follow_jobs', 'bpb_table', 'run_pipeline']
+__all__ = ['prepare_demo_corpus', 'demo_config', 'error_message', 'StageFailed', 'tiny_config', 'follow_jobs', 'bpb_table',
+           'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
-from .config import PipelineConfig, DataConfig, SourceConfig, override, validate_config
+from .config import PipelineConfig, DataConfig, SourceConfig, override
 from .runs import RunDir, atomic_write_text, read_metrics
 
 # %% ../nbs/70_pipeline.ipynb #c03e40da
@@ -61,6 +62,53 @@ def demo_config(runs_dir:str="runs",    # folder of run directories
                   "log_every": 20, "optim": {"lr": 5e-3, "warmup_steps": 40}})
     return override(cfg, *overrides) if overrides else cfg
 
+# %% ../nbs/70_pipeline.ipynb #ca0d7195
+_EXC_HEAD = re.compile(r"[A-Za-z_][\w.]*")
+
+def error_message(err:str|BaseException,   # a formatted traceback (a job's), or an exception raised here
+                 ) -> str:                 # the exception's message; `Class: message` unless the class is forge_nb's
+    "The exception a traceback ends with, as a person reads it: forge_nb's errors are written for people, so without their class."
+    if isinstance(err, BaseException): err = "".join(traceback.format_exception(err))
+    lines = err.rstrip().splitlines()
+    rest = lines[max((i + 1 for i, l in enumerate(lines) if l.startswith('  File "')), default=0):]   # after the last frame
+    k = next((i for i, l in enumerate(rest) if l.strip() and not l.startswith(" ")), None)           # frames' code is indented
+    if k is None: return lines[-1].strip() if lines else ""
+    head, sep, msg = rest[k].partition(": ")
+    if not _EXC_HEAD.fullmatch(head): return rest[k].strip()        # not an exception line (e.g. a job that died without one)
+    msg = "\n".join([msg] + rest[k + 1:]).strip()
+    if head.startswith("forge_nb.") and msg: return msg
+    return f"{head.rsplit('.', 1)[-1]}: {msg}" if msg else head.rsplit(".", 1)[-1]
+
+class StageFailed(RuntimeError):
+    "A stage that failed: its error as a person reads it, the log that holds the full traceback, and the traceback."
+    def __init__(self, stage:str, message:str, log:Path|None=None, traceback:str="", job_id:str|None=None):
+        self.stage, self.message, self.log, self.traceback, self.job_id = stage, message, log, traceback, job_id
+        super().__init__(f"stage {stage!r} failed: {message}" + (f"\n(full traceback: {log})" if log else ""))
+
+def _job_failure(job, err:Exception) -> StageFailed:
+    "A failed job's `StageFailed`, from the error `Job.result` raised (which holds the job's traceback)."
+    log = Path(job.folder)/f"{job.job_id}_0_log.err"            # submitit's name for task 0's standard error
+    return StageFailed(job.stage, error_message(str(err)), log if log.exists() else None, str(err), job.job_id)
+
+# %% ../nbs/70_pipeline.ipynb #8b1e044b
+def tiny_config(folder:str|Path,   # run folder (`runs_dir`); the reference topics are written here
+                name:str="t",      # run name
+                **pretrain,        # `PretrainConfig` fields to change (steps, micro_batch_size, parallel, ...)
+               ) -> PipelineConfig:
+    "A data + pretrain pipeline on standard-library text that builds and trains in seconds."
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    lib, ref = Path(sysconfig.get_paths()["stdlib"]), folder/"ref.jsonl"
+    if not ref.exists():
+        import pydoc_data.topics as topics
+        atomic_write_text(ref, "".join(json.dumps({"text": v}) + "\n" for k, v in sorted(topics.topics.items())[:60]))
+    pc = {"steps": 8, "micro_batch_size": 4, "log_every": 1, "eval_every": 4, "save_every": 4, "eval_batches": 2,
+          "optim": {"lr": 3e-3, "warmup_steps": 2}, **pretrain}
+    return PipelineConfig(name=name, runs_dir=str(folder), stages=["data", "pretrain"],
+        data=DataConfig(sources=[SourceConfig(name="code", path=str(lib/"json"/"*.py"), kind="text"), SourceConfig(name="ref", path=str(ref))],
+                        strategy="static", weights=[0.5, 0.5], seq_len=64, val_docs=2, total_tokens=40_000, max_epochs=20),
+        tokenizer={"vocab_size": 600, "train_bytes": 100_000},
+        model={"depth": 2, "aspect_ratio": 32, "head_dim": 32, "max_seq_len": 64}, pretrain=pc)
+
 # %% ../nbs/70_pipeline.ipynb #9de8f178
 def _fmt_record(r:dict) -> str:
     keys = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"]
@@ -69,7 +117,7 @@ def _fmt_record(r:dict) -> str:
     return f"[{r.get('stage', '?')}] " + " ".join(parts)
 
 def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None):
-    "Print each job's new metrics until all are done; raise with the log tail if one fails."
+    "Print each job's new metrics until all are done; raise `StageFailed` if one fails."
     out = out or sys.stdout
     seen = {}
     for job in jobs:
@@ -84,11 +132,12 @@ def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None):
             if done: break
             time.sleep(poll_s)
         try: res = job.result()
-        except Exception as e:
-            tail = job.stderr(tail=30) if hasattr(job, "stderr") else ""
-            raise RuntimeError(f"stage {job.stage!r} failed (job {job.job_id}): {e}\n--- log tail ---\n{tail}") from None
-        print(f"[{job.stage}] done: {json.dumps(res, default=str)[:2000]}", file=out, flush=True)
-        if isinstance(res, dict) and res.get("val_bpb"): print(bpb_table(res), file=out, flush=True)
+        except Exception as e: raise _job_failure(job, e) from None
+        _print_summary(job.stage, res, out)
+
+def _print_summary(stage:str, res, out):
+    print(f"[{stage}] done: {json.dumps(res, default=str)[:2000]}", file=out, flush=True)
+    if isinstance(res, dict) and res.get("val_bpb"): print(bpb_table(res), file=out, flush=True)
 
 def bpb_table(summary:dict) -> str:
     "Validation bits per byte per domain against each domain's unigram baseline, as a text table."
@@ -98,17 +147,53 @@ def bpb_table(summary:dict) -> str:
         rows.append(f"{s:<14}{v:>10.3f}" + (f"{u:>13.3f}{v / u:>8.2f}" if u else ""))
     return "\n".join(rows)
 
+# %% ../nbs/70_pipeline.ipynb #601057df
+def run_foreground(cfg:PipelineConfig,     # the pipeline to run
+                   stages:list|None=None,  # subset of stages (default: cfg.stages)
+                   log=print,              # where the stages' log lines go
+                   out=None,               # where progress lines go (default: stdout)
+                  ) -> dict:               # stage -> the summary its entry point returned
+    "Run the stages one after another in this process (no job): `breakpoint()` and debuggers work."
+    from forge_nb.runs import stage_function
+    out = out or sys.stdout
+    run = RunDir.for_config(cfg).create(); run.save_config(cfg)
+    env = dict(cfg.resources.env); saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    results = {}
+    try:
+        for st in list(stages or cfg.stages):
+            fn = stage_function(st)
+            print(f"[{st}] running in this process (foreground)", file=out, flush=True)
+            try: results[st] = fn(cfg, str(run.root.absolute()), log=log)
+            except bdb.BdbQuit: raise                              # `q` at a breakpoint: the user's stop, not a failure
+            except Exception as e:
+                tb = "".join(traceback.format_exception(e))
+                path = atomic_write_text(run.logs/f"{st}-foreground.err", tb)
+                raise StageFailed(st, error_message(e), path, tb) from e
+            _print_summary(st, results[st], out)
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+    return results
+
 # %% ../nbs/70_pipeline.ipynb #eca8b868
 def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  stages:list|None=None,  # subset of stages (default: cfg.stages)
                  wait:bool=True,         # follow the jobs until they finish
-                ) -> list:               # the launcher's Job handles
+                 foreground:bool=False,  # run the stages in this process instead (`run_foreground`): debuggers work
+                ) -> list|dict:          # the launcher's Job handles (foreground: stage -> summary)
     "Launch the config's stages in order through the launcher; optionally follow them to the end."
     from forge_nb.launch import launch_pipeline
     run = RunDir.for_config(cfg).create()
     stages = list(stages or cfg.stages)
     t0 = time.time()
-    print(f"forge_nb: run {run.root} — stages {' → '.join(stages)} on {cfg.resources.cluster}", flush=True)
+    where = "in this process (foreground)" if foreground else f"on {cfg.resources.cluster}"
+    print(f"forge_nb: run {run.root} — stages {' → '.join(stages)} {where}", flush=True)
+    if foreground:
+        res = run_foreground(cfg, stages)
+        print(f"forge_nb: finished in {time.time() - t0:.0f} s. Run directory:\n{run.tree()}", flush=True)
+        return res
     jobs = launch_pipeline(cfg, stages=stages)
     if wait:
         follow_jobs(jobs, run)

@@ -6,41 +6,17 @@ Docs: https://forge-nb.github.io/forge_nb/runs.html.md"""
 
 # %% ../nbs/01_runs.ipynb #6b5c6307
 from __future__ import annotations
-import json, os, re, shutil, time, contextlib, uuid
+import json, os, shutil, time, contextlib, uuid
 from pathlib import Path
 from typing import Iterator
-from .config import STAGES
+from .config import STAGES, atomic_write_bytes, atomic_write_text, atomic_write_json, redact_secrets, save_config, _fsync_dir
 
 # %% auto #0
-__all__ = ['MARKER', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_dir', 'is_complete', 'MetricsLog',
-           'read_metrics', 'redact_secrets', 'StageDir', 'RunDir', 'stage_function']
+__all__ = ['MARKER', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics', 'StageDir', 'RunDir', 'stage_function',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'redact_secrets']
 
-# %% ../nbs/01_runs.ipynb #db847ed0
-def _fsync_dir(path:Path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass
-
-def atomic_write_bytes(path:str|Path,   # destination file
-                       data:bytes,      # content
-                      ) -> Path:
-    "Write `data` to `path` via a temporary file and a rename: readers see the old file or the new one, never half."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path); _fsync_dir(path.parent)
-    return path
-
-def atomic_write_text(path:str|Path, text:str) -> Path:
-    "Text version of `atomic_write_bytes`."
-    return atomic_write_bytes(path, text.encode())
-
-def atomic_write_json(path:str|Path, obj) -> Path:
-    "Write `obj` as indented JSON, atomically."
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+# %% ../nbs/01_runs.ipynb #5a0e311c
+_all_ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "redact_secrets"]   # defined in config; importable from here as before
 
 # %% ../nbs/01_runs.ipynb #d926707b
 MARKER = "COMPLETE"
@@ -109,21 +85,6 @@ def read_metrics(path:str|Path, since:int=0) -> list[dict]:
             except json.JSONDecodeError: pass
     return out
 
-# %% ../nbs/01_runs.ipynb #c5ec09ae
-_SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE)", re.I)
-
-def redact_secrets(d:dict) -> dict:
-    "Copy of a config dict with secret-looking environment values replaced by `<redacted>`."
-    d = json.loads(json.dumps(d))
-    def walk(x):
-        if isinstance(x, dict):
-            for k, v in x.items():
-                if isinstance(v, str) and _SECRET.search(str(k)): x[k] = "<redacted>"
-                else: walk(v)
-        elif isinstance(x, list):
-            for v in x: walk(v)
-    walk(d); return d
-
 # %% ../nbs/01_runs.ipynb #f66b561f
 class StageDir:
     "One stage's part of a run directory: metrics, checkpoints, final outputs."
@@ -191,9 +152,8 @@ class RunDir:
 
     def save_config(self, cfg) -> Path:
         "Write the resolved config (secrets redacted) atomically."
-        import yaml
         self.create()
-        return atomic_write_text(self.config_path, yaml.safe_dump(redact_secrets(cfg.to_dict()), sort_keys=False))
+        return save_config(cfg, self.config_path)
 
     def load_config(self):
         "The `PipelineConfig` this run was launched with."

@@ -18,9 +18,12 @@ if [ ! -f "$stamp" ]; then
 fi
 if [ "${1:-}" = "--system" ]; then
   if [ "$(id -u)" != 0 ]; then echo "[setup] --system needs root (apt-get, SLURM daemons)" >&2; exit 1; fi
-  if ! command -v chromium >/dev/null; then
+  # The browser tests drive /usr/bin/chromium from Debian's `chromium` package (tests/conftest.py: CHROMIUM), so that
+  # package is what is checked and installed, whatever other `chromium` may be on PATH.
+  if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "ok installed" || [ ! -x /usr/bin/chromium ]; then
     echo "[setup] Debian Chromium for the browser tests"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
+  [ -x /usr/bin/chromium ] || { echo "[setup] /usr/bin/chromium still missing after apt-get install chromium" >&2; exit 1; }
   slurm/dev-cluster up
 fi

@@ -1,5 +1,6 @@
 """Shared pytest set-up. Markers: `slow` (minutes of CPU), `slurm` (needs the local cluster: `slurm/dev-cluster up`),
-`browser` (JupyterLab + Chromium)."""
+`browser` (JupyterLab + Chromium). Outside CI a missing cluster or browser skips its tests; in CI (`CI` set, as CI
+services do) it fails them: CI must run every test."""
 import os, shutil, subprocess, pytest
 from pathlib import Path
 
@@ -10,6 +11,16 @@ def pytest_configure(config):
                    ("browser", "needs JupyterLab and Debian's Chromium")]:
         config.addinivalue_line("markers", f"{m}: {doc}")
 
+# The browser the browser tests drive: Debian's `chromium` package, the one `scripts/setup.sh --system` installs.
+CHROMIUM = "/usr/bin/chromium"
+
+def in_ci() -> bool: return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+def missing(what: str, fix: str):
+    "Skip a test whose dependency is missing; in CI, fail it."
+    if in_ci(): pytest.fail(f"{what} (CI is set: a missing dependency fails the test instead of skipping it): {fix}")
+    pytest.skip(f"{what}: {fix}")
+
 def slurm_up() -> bool:
     if not shutil.which("sinfo"): return False
     try: return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
@@ -18,10 +29,16 @@ def slurm_up() -> bool:
 @pytest.fixture(scope="session")
 def slurm_cluster():
     "Skip unless the local SLURM cluster answers; in CI (`CI=true`) a missing cluster is a failure, not a skip."
-    if not slurm_up():
-        if os.environ.get("CI"): pytest.fail("the SLURM cluster is not up: run slurm/dev-cluster up")
-        pytest.skip("SLURM cluster not up (slurm/dev-cluster up)")
+    if not slurm_up(): missing("the SLURM cluster is not up", "slurm/dev-cluster up")
     return True
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    "The path of Debian's Chromium, with the Playwright package to drive it; skip without them (in CI: fail)."
+    if not Path(CHROMIUM).exists(): missing(f"{CHROMIUM} is missing", "bash scripts/setup.sh --system (apt-get install chromium)")
+    try: import playwright.sync_api  # noqa: F401
+    except ImportError: missing("the playwright package is missing", "bash scripts/setup.sh (pip install -e '.[dev]')")
+    return CHROMIUM
 
 @pytest.fixture
 def artifacts_dir():

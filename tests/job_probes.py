@@ -10,7 +10,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def env_probe(secret_name: str = "HF_TOKEN") -> dict:
-    "What the job sees: SLURM's GPU variables, the torch variables the launcher exported, a secret's hash (never its value)."
+    "What the job sees: SLURM's GPU variables (on the dev cluster, of /dev/null-like fake GPUs), the torch variables the launcher exported, a secret's hash (never its value)."
     keys = ["SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES",
             "SLURM_GPUS_PER_NODE", "SLURM_TRES_PER_NODE", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
     out = {k: os.environ.get(k) for k in keys}

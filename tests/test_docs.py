@@ -1,8 +1,8 @@
 """The offline docs site (forge_nb.docs.build_site) opened page by page in headless Debian Chromium, the README
 renderer and the sync checks.
 
-Browser tests need `/usr/bin/chromium` (apt-get install chromium) and the Playwright Python package; they never run
-`playwright install`. The full-site test executes every notebook (about a minute on 2 cores): marked `slow`."""
+Browser tests need Debian's `/usr/bin/chromium` (`scripts/setup.sh --system` installs it) and the Playwright Python
+package; they never run `playwright install`. Without them they skip, and in CI fail (the `chromium` fixture, conftest.py). The full-site test executes every notebook (about a minute on 2 cores): marked `slow`."""
 import json, os, re, shutil, subprocess, time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -10,10 +10,10 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from forge_nb.docs import build_site, check_sync, find_pages, readme_text, render_readme, check_readme
+from forge_nb.docs import fresh_kept_outputs, kept_output, stray_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT/"nbs"
-CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 STABLE = ["index.ipynb", "00_config.ipynb", "01_runs.ipynb", "02_distributed.ipynb"]
@@ -21,11 +21,10 @@ STABLE = ["index.ipynb", "00_config.ipynb", "01_runs.ipynb", "02_distributed.ipy
 # ---------------------------------------------------------------- browser check
 
 @pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists(): pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
         yield b
         b.close()
 
@@ -211,3 +210,20 @@ def test_check_sync_untracked(tmp_path):
 def test_check_sync_repo_is_clean():
     "The repository itself: no hand-written or stale modules (untracked files are the commit's business)."
     assert check_sync(ROOT, git=False) == []
+
+# ---------------------------------------------------------------- outputs kept in the notebooks
+
+def _kept(nb: Path) -> dict:
+    cells = json.loads(nb.read_text())["cells"]
+    return {i: c["outputs"] for i, c in enumerate(cells) if c["cell_type"] == "code" and kept_output("".join(c["source"]))}
+
+KEPT = [p for p in sorted(NBS.rglob("*.ipynb")) if not any(s[0] in "._" for s in p.relative_to(NBS).parts) and _kept(p)]
+
+def test_outputs_only_in_keep_output_cells():
+    assert stray_outputs(NBS) == []
+    assert KEPT and all(any(v) for v in map(_kept, KEPT)), "a `#| keep_output` cell with no committed output: run forge-nb docs outputs"
+
+@pytest.mark.parametrize("nb", KEPT, ids=lambda p: p.name)
+def test_kept_outputs_are_what_the_cells_print_now(nb):
+    "A kept output that no longer matches what its cell prints fails: run `forge-nb docs outputs --only NB` and commit."
+    assert fresh_kept_outputs(nb, timeout=300) == _kept(nb)

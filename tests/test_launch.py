@@ -171,18 +171,20 @@ def test_fresh_process_attaches_and_cancels(tmp_path):
 def test_cli_functions(tmp_path, capsys):
     job = L.submit(job_probes.write_marker, str(tmp_path / "m"), "v", run_dir=tmp_path / "runs/clirun", name="data")
     job.result(timeout_s=60)
-    assert L.cli_jobs(str(tmp_path / "runs")) == 0
+    from forge_nb.cli import main
+    runs = str(tmp_path / "runs")
+    assert main(["jobs", "--runs-dir", runs]) == 0
     out = capsys.readouterr().out
     assert "clirun" in out and "COMPLETED" in out and job.job_id in out
-    assert L.cli_logs("clirun", runs_dir=str(tmp_path / "runs")) == 0
+    assert main(["logs", "clirun", "--runs-dir", runs]) == 0
     assert "is COMPLETED" in capsys.readouterr().out
-    assert L.cli_logs("nope", runs_dir=str(tmp_path / "runs")) == 2
+    assert main(["logs", "nope", "--runs-dir", runs]) == 2
     assert "runs with jobs in" in capsys.readouterr().err
-    assert L.cli_cancel("clirun", runs_dir=str(tmp_path / "runs")) == 0
+    assert main(["cancel", "clirun", "--runs-dir", runs]) == 0
     assert "nothing to cancel" in capsys.readouterr().out
     cfgp = tmp_path / "c.yaml"
     save_config(PipelineConfig(name="clibad", runs_dir=str(tmp_path / "runs")), cfgp)
-    assert L.cli_launch(str(cfgp), overrides=["resources.nodes=2"]) == 2     # local executor: one node only
+    assert main(["launch", str(cfgp), "--set", "resources.nodes=2"]) == 2     # local executor: one node only
     assert "resources.nodes" in capsys.readouterr().err
     assert not (tmp_path / "runs/clibad/jobs.json").exists()
 

@@ -4,10 +4,12 @@ from pathlib import Path
 import pytest
 
 PY = Path(sys.executable)
+ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end(tmp_path):
-    r = subprocess.run([str(PY.parent/"forge-nb"), "demo", "--runs-dir", str(tmp_path), "--name", "e2e", "--steps", "12",
+    # the README's first command, `bash scripts/demo.sh` (set-up, then `forge-nb demo`), shortened by the arguments it passes on
+    r = subprocess.run(["bash", str(ROOT/"scripts"/"demo.sh"), "--runs-dir", str(tmp_path), "--name", "e2e", "--steps", "12",
                         "--set", "pretrain.eval_every=6", "--set", "pretrain.save_every=6", "--set", "pretrain.log_every=3",
                         "--set", "tokenizer.train_bytes=300000", "--set", "pretrain.micro_batch_size=4"],
                        capture_output=True, text=True, timeout=900)

@@ -10,7 +10,7 @@ import pytest
 
 from forge_nb.config import PipelineConfig, DataConfig, SourceConfig, override, save_config
 from forge_nb.runs import RunDir, read_metrics
-from tiny_pipeline import tiny_pipeline_config as _tiny_config
+from forge_nb.pipeline import tiny_config as _tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = """

@@ -1,4 +1,5 @@
-"""The launcher against the REAL local SLURM cluster (`slurm/dev-cluster up`): no mocks. GPUs via GRES, a 2-node ×
+"""The launcher against the REAL local SLURM cluster (`slurm/dev-cluster up`): no mocks. Fake GPUs via GRES (character
+devices with /dev/null's numbers: what is tested is the scheduling of GPUs, not CUDA), a 2-node ×
 2-task gloo/DDP job, preemption → requeue → resume, dependent pipelines whose middle stage fails, reattaching from a
 fresh process, invalid requests that submit nothing, and secrets that never reach a file."""
 import hashlib, json, os, subprocess, sys, time
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import job_probes
-from tiny_pipeline import tiny_pipeline_config
+from forge_nb.pipeline import tiny_config
 from forge_nb.config import PipelineConfig, ResourcesConfig
 from forge_nb import launch as L
 
@@ -51,7 +52,9 @@ def test_cluster_partitions(slurm_cluster):
     assert parts["preempt"]["priority_tier"] < parts["cpu"]["priority_tier"]
 
 
-def test_gpu_job_completes(slurm_cluster, tmp_path):
+def test_devnull_fake_gpus_are_allocated_by_gres(slurm_cluster, tmp_path):
+    """A job asking for 2 GPUs per node on the `gpu` partition gets 2 of the dev cluster's fake GPUs (/dev/null-like
+    device files, no CUDA): SLURM's allocation and the job's environment, not a GPU computation."""
     job = L.submit(job_probes.env_probe, resources=slurm(partition="gpu", gpus_per_node=2), run_dir=tmp_path / "gpu")
     out = job.result(timeout_s=120)
     assert sacct_final(job.job_id)[0][1] == "COMPLETED"
@@ -179,7 +182,7 @@ def test_secrets_never_reach_files(slurm_cluster, tmp_path, monkeypatch):
 
 
 def test_site_profile_local(slurm_cluster, tmp_path):
-    "`profile: local` (slurm/profiles/local.yaml) alone is a complete request for the dev cluster."
+    "`profile: local` (slurm/profiles/local.yaml) alone is a complete request for the dev cluster (its GPUs: /dev/null-like fakes)."
     res = L.resolve_resources(ResourcesConfig(profile="local"))
     assert res.cluster == "slurm" and L.validate_resources(res) == []
     out = L.submit(job_probes.env_probe, resources=res, run_dir=tmp_path / "prof").result(timeout_s=120)
@@ -188,7 +191,7 @@ def test_site_profile_local(slurm_cluster, tmp_path):
 
 def _tiny_pretrain_config(d: Path, **pretrain) -> PipelineConfig:
     "The tiny pipeline of test_pretrain, 8 steps of micro-batch 2, on the SLURM `cpu` partition."
-    cfg = tiny_pipeline_config(d, **{"steps": 8, "micro_batch_size": 2, "eval_every": 8, "save_every": 8, **pretrain})
+    cfg = tiny_config(d, **{"steps": 8, "micro_batch_size": 2, "eval_every": 8, "save_every": 8, **pretrain})
     cfg.resources = slurm(partition="cpu", env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
     return cfg
 

@@ -162,6 +162,15 @@ def test_mix_builder_config(tmp_path):
     d = mb.data_config
     assert (d.strategy, d.temperature, d.weights) == ("temperature", 10.0, None)
 
+def test_mix_builder_names_a_source_after_its_file_when_the_name_is_empty(tmp_path):
+    "The installed module, not the notebook: `Path` was imported only in a `#| hide` cell, so this click raised NameError."
+    (tmp_path/"wiki_dump.jsonl").write_text("".join(json.dumps({"text": f"document number {i} " * 5}) + "\n" for i in range(8)))
+    mb = MixBuilder()
+    mb.path_in.value, mb.name_in.value = str(tmp_path/"wiki_dump.jsonl"), ""
+    mb.add_button.click()
+    assert [s.name for s in mb.data_config.sources] == ["wiki_dump"] and mb.scans["wiki_dump"]["docs"] == 8
+    assert mb.add_message.value == ""
+
 def test_widgets_import_without_torch():
     code = ("import sys, forge_nb.widgets.forms, forge_nb.widgets.launch_panel, forge_nb.widgets.monitor, "
             "forge_nb.widgets.mix_builder, forge_nb.charts, forge_nb.widgets.studio; "
@@ -203,27 +212,60 @@ def test_launch_panel_launches_locally_and_feeds_the_monitor(tmp_path):
     from forge_nb.launch import read_registry
     assert [r["job_id"] for r in read_registry(tmp_path/"runs"/"local")] == [panel.jobs[0].job_id]
 
-def test_sizer_matches_model_functions():
-    import forge_nb.model as M
+def test_sizer_figures_match_a_real_model():
+    """The sizer's figures against independent counts of the model its dials build: parameters as transformers counts
+    them (`num_parameters`), FLOPs per token as PyTorch's FlopCounterMode counts a real forward and backward (eager
+    attention), less the norm gains and biases that `6N` counts as weights and a FLOP counter does not."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from forge_nb.model import build_model
     from forge_nb.widgets.sizer import ModelSizer
     sz = ModelSizer(PipelineConfig(), vocab_size=8000)
-    sz.depth.value, sz.arch.value = 12, "qwen2"
-    mc = ModelConfig(depth=12, arch="qwen2")
-    assert sz.figures["params"] == M.count_params(mc, 8000)
-    assert sz.figures["flops_per_token"] == M.flops_per_token(mc, 8000, 1024)
-    e = M.estimate_time(mc, 8000, None, 1024, device="H100 SXM", n_devices=1, mfu=0.4)
-    assert sz.figures["estimate"]["seconds"] == e["seconds"]
+    sz.depth.value, sz.arch.value, sz.seq_len.value = 4, "qwen2", 128
+    mc = sz.model_config
+    assert (mc.depth, mc.arch, mc.max_seq_len) == (4, "qwen2", 128)
+    torch.manual_seed(0); m = build_model(mc, 8000, attn_implementation="eager")
+    assert sz.figures["params"]["total"] == m.num_parameters()
+    assert sz.figures["params"]["embedding"] == m.get_input_embeddings().weight.numel()
+    x = torch.randint(0, 8000, (1, 128))
+    with FlopCounterMode(display=False) as fc: m(input_ids=x, labels=x, use_cache=False).loss.backward()
+    vectors = sum(t.numel() for t in m.parameters() if t.ndim == 1)
+    assert fc.get_total_flops() == round((sz.figures["flops_per_token"] - 6 * vectors) * 128), (fc.get_total_flops(), sz.figures["flops_per_token"])
+    assert sz.figures["estimate"]["flops"] == sz.figures["flops_per_token"] * sz.figures["token_budget"]
 
-def test_launch_panel_all_stages_chains_them(tmp_path):
-    (tmp_path/"n.jsonl").write_text("".join(json.dumps({"text": f"note {i} about foxes and dogs {i * 3}"}) + "\n" for i in range(100)))
-    cfg = PipelineConfig(name="chain", runs_dir=str(tmp_path/"runs"), stages=["data"],
-                         data=DataConfig(sources=[SourceConfig(name="n", path=str(tmp_path/"n.jsonl"))], seq_len=32, val_docs=4),
-                         tokenizer=TokenizerConfig(vocab_size=300, train_bytes=5000))
+def _scheduler(job_id: str) -> dict:
+    "What SLURM itself holds for a job: `scontrol show job` as a dict, plus squeue's dependency column (`%E`)."
+    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, check=True).stdout
+    info = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+    info["squeue_E"] = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%E"], capture_output=True, text=True).stdout.strip()
+    return info
+
+@pytest.mark.slurm
+def test_launch_panel_all_stages_chains_them_on_slurm(slurm_cluster, tmp_path):
+    """"all stages (chained)" on the local SLURM cluster with a config of every implemented stage: one job per stage,
+    in order, each held by `afterok` on the job before it, as the scheduler reports it (scontrol and squeue, not our
+    objects). The jobs get a begin time 10 minutes ahead, so all are still pending (dependencies unfulfilled) when
+    read; they are cancelled at the end, nothing runs."""
+    from forge_nb.config import STAGES
+    stages = [n for n, st in STAGES.items() if st.implemented]
+    assert len(stages) >= 2, stages
+    cfg = PipelineConfig(name="chain", runs_dir=str(tmp_path/"runs"), stages=stages,
+                         resources=ResourcesConfig(cluster="slurm", partition="cpu", time_min=5, sbatch_extra={"begin": "now+600"}))
     panel = LaunchPanel(cfg, stage="all")
-    assert "chained" not in panel.preview.value          # local: no sbatch script
-    jobs = panel.launch()
-    assert isinstance(jobs, list) and [j.stage for j in jobs] == ["data"]
-    assert jobs[0].wait(timeout_s=120) == "COMPLETED"
+    assert "chained" in panel.preview.value and not panel.launch_button.disabled, panel.problems
+    panel.launch_button.click()
+    ids = [j.job_id for j in panel.jobs]
+    try:
+        assert [j.stage for j in panel.jobs] == stages and len(set(ids)) == len(stages), panel.job_box.value
+        seen = [_scheduler(i) for i in ids]
+        assert [s["JobName"] for s in seen] == [f"chain-{n}" for n in stages]
+        assert seen[0]["Dependency"] == "(null)" and seen[0]["squeue_E"] in ("", "(null)"), seen[0]
+        for prev, s in zip(ids, seen[1:]):
+            assert s["Dependency"] == f"afterok:{prev}(unfulfilled)", (s["JobName"], s["Dependency"])
+            assert s["squeue_E"] == f"afterok:{prev}(unfulfilled)", (s["JobName"], s["squeue_E"])
+            assert s["JobState"] == "PENDING"
+    finally:
+        subprocess.run(["scancel"] + ids, check=False)
 
 @pytest.mark.slurm
 def test_launch_panel_reads_partitions_and_previews_sbatch(slurm_cluster):

@@ -6,8 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/data/mixing.html.md"""
 
 # %% ../../nbs/data/12_mixing.ipynb #e6f04c35
 from __future__ import annotations
-import json, math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import numpy as np
 
 # %% auto #0
@@ -49,7 +48,7 @@ def unimax_weights(sizes,              # tokens per source
 # %% ../../nbs/data/12_mixing.ipynb #6da68c52
 @dataclass
 class MixPlan:
-    "A mixture schedule and what it costs each source; `table()`, `markdown()`, `figure()` and `svg()` show it."
+    "A mixture schedule and what it costs each source; `table()`, `markdown()` and `svg()` show it."
     names: list                   # source names
     sizes: np.ndarray             # training tokens per source
     caps: np.ndarray              # max epochs per source
@@ -109,24 +108,8 @@ class MixPlan:
         st = ", ".join(f"`{n}` {100 * a:.0f}–{100 * b:.0f}%" for n, a, b in zip(self.stage_names, self.bounds[:-1], self.bounds[1:]))
         return f"Mix ({self.strategy}) of {self.total_tokens:,} tokens; stages: {st}\n\n" + markdown_table(self.table())
 
-    def figure(self):
-        "Bar charts: token share per source and stage (planned, realized hatched), and effective epochs against caps."
-        import matplotlib.pyplot as plt
-        S, K = len(self.names), len(self.stage_names)
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3), gridspec_kw={"width_ratios": [2, 1]})
-        x, bw = np.arange(S), 0.8 / (K * (2 if self.realized is not None else 1))
-        j = 0
-        for k, sn in enumerate(self.stage_names):
-            a1.bar(x + j * bw, 100 * self.weights[k], bw, label=f"{sn} planned"); j += 1
-            if self.realized is not None:
-                a1.bar(x + j * bw, 100 * self.realized[k] / max(self.realized[k].sum(), 1), bw, hatch="//", alpha=.7, label=f"{sn} realized"); j += 1
-        a1.set_xticks(x + bw * (j - 1) / 2, self.names); a1.set_ylabel("token share (%)"); a1.legend(fontsize=7)
-        a2.bar(x, self.epochs, 0.6, color="#55a868"); a2.scatter(x, self.caps, marker="_", s=400, color="#c44e52", label="max_epochs")
-        a2.set_xticks(x, self.names); a2.set_ylabel("effective epochs"); a2.legend(fontsize=7)
-        fig.tight_layout(); return fig
-
     def svg(self) -> tuple[str, str]:
-        "`figure`'s two charts as SVG strings (token shares planned and realized; epochs and caps): instant, no matplotlib."
+        "Two SVG charts: token share per source and stage (planned and realized), and effective epochs against caps."
         groups, cols = [], []
         for k, sn in enumerate(self.stage_names):
             groups.append(f"{sn} planned"); cols.append(self.weights[k])

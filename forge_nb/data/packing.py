@@ -13,9 +13,6 @@ import numpy as np
 # %% auto #0
 __all__ = ['PackLayout', 'pack_concat', 'pack_bfd', 'pack', 'gather_sequences', 'packing_report']
 
-# %% ../../nbs/data/13_packing.ipynb #f01a3230
-from .sources import markdown_table
-
 # %% ../../nbs/data/13_packing.ipynb #4980a100
 @dataclass
 class PackLayout:

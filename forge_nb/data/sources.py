@@ -7,7 +7,7 @@ Docs: https://forge-nb.github.io/forge_nb/data/sources.html.md"""
 # %% ../../nbs/data/10_sources.ipynb #b02077ed
 from __future__ import annotations
 import csv, glob, itertools, json, sys
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Iterator
 import numpy as np
@@ -36,7 +36,14 @@ class SourceStats:
     too_long: int = 0             # dropped by `max_chars`
     duplicates: int = 0           # dropped as exact duplicates
     bad_records: int = 0          # malformed records skipped (`on_bad_record: skip`)
+    bad_utf8: int = 0             # records (a text file: the file) skipped for bytes that are not UTF-8
+    binary_files: int = 0         # files skipped as binary (NUL bytes)
     def to_dict(self) -> dict: return asdict(self)
+    def dropped(self) -> str:
+        "What was not kept, e.g. `'3 duplicates, 1 not UTF-8'`; empty when nothing was dropped."
+        what = [(self.too_short, "too short"), (self.too_long, "too long"), (self.duplicates, "duplicates"),
+                (self.bad_records, "bad records"), (self.bad_utf8, "not UTF-8"), (self.binary_files, "binary files")]
+        return ", ".join(f"{n:,} {w}" for n, w in what if n)
 
 # %% ../../nbs/data/10_sources.ipynb #bd7db465
 _EXT_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
@@ -64,8 +71,9 @@ def source_kind(src:SourceConfig, file:Path|None=None) -> str:
     return k or "text"
 
 # %% ../../nbs/data/10_sources.ipynb #67c73c28
-def _bad(src:SourceConfig, stats:SourceStats, msg:str):
-    if src.on_bad_record == "skip": stats.bad_records += 1; return
+def _bad(src:SourceConfig, stats:SourceStats, msg:str, counter:str="bad_records"):
+    "Raise a `DataError` naming the source, or with `on_bad_record: skip` count the record in `stats.<counter>`."
+    if src.on_bad_record == "skip": setattr(stats, counter, getattr(stats, counter) + 1); return
     raise DataError(f"source {src.name!r}: {msg}")
 
 def _field(src, stats, rec, where):
@@ -76,16 +84,31 @@ def _field(src, stats, rec, where):
     if not isinstance(v, str): return _bad(src, stats, f"{where}: field {src.text_field!r} is {type(v).__name__}, expected a string")
     return v
 
-def _open_text(f:Path):
+def _open_bytes(f:Path):
     if f.suffix == ".gz":
-        import gzip; return gzip.open(f, "rt", encoding="utf-8", errors="replace")
-    return open(f, encoding="utf-8", errors="replace", newline="")
+        import gzip; return gzip.open(f, "rb")
+    return open(f, "rb")
+
+def _utf8(src:SourceConfig, stats:SourceStats, raw:bytes, f:Path, line:int=1) -> str|None:
+    "`raw` (from `line` of `f` on) decoded as UTF-8; bytes that are not UTF-8 are a bad record (`bad_utf8`)."
+    try: return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = line + raw.count(b"\n", 0, e.start); col = e.start - raw.rfind(b"\n", 0, e.start)
+        _bad(src, stats, f"{f}:{at}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte {col} of the line): "
+                         f"re-encode the file as UTF-8, or set on_bad_record: skip", "bad_utf8")
+
+def _binary(stats:SourceStats, raw:bytes) -> bool:
+    "True when `raw` holds a NUL byte: a binary file, skipped and counted in `binary_files`."
+    if b"\0" not in raw: return False
+    stats.binary_files += 1; return True
 
 def read_jsonl(src:SourceConfig, f:Path, stats:SourceStats) -> Iterator[tuple[str, str]]:
     "Records of a JSON-lines file, one per non-empty line."
-    with _open_text(f) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip(): continue
+    with _open_bytes(f) as fh:
+        for i, raw in enumerate(fh, 1):
+            if i == 1: raw = raw.removeprefix(b"\xef\xbb\xbf")             # a UTF-8 byte-order mark
+            if not raw.strip(): continue
+            if (line := _utf8(src, stats, raw, f, i)) is None: continue
             try: rec = json.loads(line)
             except json.JSONDecodeError as e:
                 _bad(src, stats, f"{f}:{i}: malformed JSON ({e.msg} at column {e.colno})"); continue
@@ -94,17 +117,32 @@ def read_jsonl(src:SourceConfig, f:Path, stats:SourceStats) -> Iterator[tuple[st
 
 def read_text(src:SourceConfig, f:Path, stats:SourceStats) -> Iterator[tuple[str, str]]:
     "A plain-text file is one document."
-    with _open_text(f) as fh: yield fh.read(), str(f)
+    with _open_bytes(f) as fh: raw = fh.read().removeprefix(b"\xef\xbb\xbf")
+    if _binary(stats, raw): return
+    if (t := _utf8(src, stats, raw, f)) is not None: yield t, str(f)
+
+def _csv_lines(src:SourceConfig, stats:SourceStats, fh, f:Path, bad:list) -> Iterator[str]:
+    "Decoded lines for `csv`; the numbers of lines that are not UTF-8 go to `bad` (skip mode), a NUL byte ends the file."
+    for i, raw in enumerate(fh, 1):
+        if i == 1: raw = raw.removeprefix(b"\xef\xbb\xbf")
+        if _binary(stats, raw): return
+        if (line := _utf8(src, stats, raw, f, i)) is None:
+            stats.bad_utf8 -= 1; bad.append(i); line = raw.decode("utf-8", "replace")   # counted once per row, below
+        yield line
 
 def read_csv(src:SourceConfig, f:Path, stats:SourceStats) -> Iterator[tuple[str, str]]:
     "Rows of a CSV (or TSV) file with a header line."
     csv.field_size_limit(sys.maxsize)
-    with _open_text(f) as fh:
-        rd = csv.DictReader(fh, delimiter="\t" if f.suffix.lower() == ".tsv" else ",")
+    bad = []
+    with _open_bytes(f) as fh:
+        rd = csv.DictReader(_csv_lines(src, stats, fh, f, bad), delimiter="\t" if f.suffix.lower() == ".tsv" else ",")
         if rd.fieldnames is None: return
         if src.text_field not in rd.fieldnames:
             raise DataError(f"source {src.name!r}: {f}:1: missing text field {src.text_field!r} in the header (columns: {rd.fieldnames})")
+        last = rd.line_num
         for row in rd:
+            first, last = last + 1, rd.line_num                  # the row spans lines first..last
+            if bad and bad[-1] >= first: stats.bad_utf8 += 1; continue
             v = row.get(src.text_field)
             if v is None: _bad(src, stats, f"{f}:{rd.line_num}: row has no value for {src.text_field!r}"); continue
             yield v, f"{f}:{rd.line_num}"
@@ -121,6 +159,7 @@ def read_parquet(src:SourceConfig, f:Path, stats:SourceStats, batch_size:int=102
             row += 1
             if not isinstance(v, str): _bad(src, stats, f"{f}:row {row}: field {src.text_field!r} is {type(v).__name__}, expected a string"); continue
             yield v, f"{f}:row {row}"
+
 
 # %% ../../nbs/data/10_sources.ipynb #849db51b
 def _read_dataset(src:SourceConfig, ds, label:str, stats:SourceStats, batch_size:int=1024):
@@ -196,14 +235,14 @@ def read_jsonl_fast(src:SourceConfig, f:Path, stats:SourceStats,
                     texts = c.to_pylist(); done += len(texts)
                     yield texts
             return
-        except (pa.ArrowException, _ArrowFallback): pass
+        except (pa.ArrowException, _ArrowFallback, UnicodeDecodeError): pass   # Arrow leaves UTF-8 unchecked until `to_pylist`
     records = read_jsonl(src, f, stats)
     for _ in range(done): next(records)                          # already delivered by Arrow (all valid)
     yield from _chunked(records)
 
 # %% ../../nbs/data/10_sources.ipynb #9a1c3e71
 class HashSet:
-    "Set of 64-bit hashes in one numpy table (open addressing, linear probing, at most half full): 8-16 bytes per member."
+    "Set of 64-bit hashes in one numpy table (open addressing, linear probing, 1/4 to 1/2 full): 16-32 bytes per member."
     def __init__(self, capacity:int=1 << 16):
         self.table = np.zeros(max(16, 1 << (int(capacity) - 1).bit_length()), np.uint64); self.n = 0
     def __len__(self): return self.n
@@ -289,7 +328,8 @@ def iter_batches(src:SourceConfig,              # the source to read
     if stats.docs == 0 and not allow_empty:
         raise DataError(f"source {src.name!r} ({src.path}) is empty: no document kept "
                         f"(files {stats.files}, too short {stats.too_short}, too long {stats.too_long}, "
-                        f"duplicates {stats.duplicates}, bad records {stats.bad_records})")
+                        f"duplicates {stats.duplicates}, bad records {stats.bad_records}, not UTF-8 {stats.bad_utf8}, "
+                        f"binary files {stats.binary_files})")
 
 def iter_documents(src:SourceConfig,              # the source to read
                    stats:SourceStats|None=None,   # counters, filled as the stream is read

@@ -6,13 +6,14 @@ Docs: https://forge-nb.github.io/forge_nb/data/store.html.md"""
 
 # %% ../../nbs/data/14_store.ipynb #008c989d
 from __future__ import annotations
-import hashlib, itertools, json, math, os, shutil, sys, time, warnings
+import hashlib, itertools, json, math, os, shutil, time, warnings
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
 __all__ = ['STORE_VERSION', 'input_fingerprint', 'resolve_total_tokens', 'config_hash', 'TokenizedSources', 'tokenize_sources',
-           'validation_docs', 'TrainDocs', 'write_packed', 'build_store', 'write_mix_report', 'run_data_stage',
+           'validation_docs', 'TrainDocs', 'write_packed', 'store_tokenizer', 'split_and_plan', 'write_train_stream',
+           'write_val_sequences', 'compression_table', 'build_store', 'write_mix_report', 'run_data_stage',
            'DataPreview', 'preview_data', 'stage_shuffled_order', 'TokenLoader', 'ValLoader', 'TokenStore']
 
 # %% ../../nbs/data/14_store.ipynb #b2062fff
@@ -20,10 +21,9 @@ from ..config import PipelineConfig, DataConfig, TokenizerConfig
 from ..runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, is_complete
 from .sources import iter_documents, iter_batches, SourceStats, DataError, markdown_table, resolve_files, source_kind, preview_source
 from .tokenizer import (train_tokenizer, load_tokenizer, TokenizerFiles, tokenizer_sample, encode_documents, encode_batches, token_dtype,
-                                     length_histogram)
+                                     length_chart)
 from .mixing import plan_mix, MixStream, MixPlan
 from .packing import pack, gather_sequences, packing_report
-from ..charts import histogram_chart
 
 # %% ../../nbs/data/14_store.ipynb #720ee717
 STORE_VERSION = 1
@@ -121,7 +121,8 @@ def tokenize_sources(data_cfg:DataConfig,          # the sources
                     for x in f.values(): x.close()
                     files.clear()
                     log(f"[data] tokenized {names[i]}: {stats[names[i]].docs:,} docs, {ntok[i]:,} tokens, "
-                        f"{stats[names[i]].bytes / max(ntok[i], 1):.2f} bytes/token ({time.time() - t0[i]:.1f} s)")
+                        f"{stats[names[i]].bytes / max(ntok[i], 1):.2f} bytes/token ({time.time() - t0[i]:.1f} s)"
+                        + (f"; dropped {d}" if (d := stats[names[i]].dropped()) else ""))
                     continue
                 lens = np.asarray(lens, np.int64)
                 out.write(ids.tobytes())
@@ -179,7 +180,45 @@ def write_packed(layout, tokens, doc_start, pad_id:int, folder:Path, prefix:str,
         out.append({"name": name, "sequences": int(hi - lo), "tokens": int(used.sum())})
     return out
 
-# %% ../../nbs/data/14_store.ipynb #9bb09cb8
+# %% ../../nbs/data/14_store.ipynb #4bd3d14d
+def _stage_weights_avg(plan:MixPlan) -> np.ndarray:
+    w = (plan.weights * np.diff(plan.bounds)[:, None]).sum(0); return w / w.sum()
+
+def store_tokenizer(cfg:PipelineConfig,   # the pipeline config (data, tokenizer)
+                    out:Path,             # the store folder: the tokenizer goes to `out/tokenizer`
+                    total:int|None,       # the token budget (`resolve_total_tokens`)
+                    log=print,
+                   ) -> tuple:            # (TokenizerFiles, where it came from: the given path or "trained")
+    "Copy the configured tokenizer into the store, or train one on a sample of the mix."
+    data, tcfg, names = cfg.data, cfg.tokenizer, [s.name for s in cfg.data.sources]
+    if tcfg.path:
+        tok = TokenizerFiles(tcfg.path); tok.save(out/"tokenizer"); return tok, str(tcfg.path)
+    scan = {}
+    for s in data.sources:
+        st = SourceStats()
+        for _ in iter_batches(s, st): pass
+        scan[s.name] = st
+    sizes_b = [scan[n].bytes for n in names]
+    bplan = plan_mix(data, sizes_b, total_tokens=(total or sum(sizes_b)) * 4 if data.strategy == "unimax" else None, check=False)
+    wb = _stage_weights_avg(bplan)
+    log(f"[data] training a {tcfg.vocab_size}-token byte-level BPE on ~{tcfg.train_bytes:,} bytes of the mix "
+        f"({', '.join(f'{n} {100 * w:.0f}%' for n, w in zip(names, wb))})")
+    train_tokenizer(tokenizer_sample(data.sources, wb.tolist(), sizes_b, tcfg.train_bytes, data.seed), out/"tokenizer",
+                    tcfg.vocab_size, tcfg.special_tokens, model_max_length=max(cfg.model.max_seq_len, data.seq_len))
+    return TokenizerFiles(out/"tokenizer"), "trained"
+
+# %% ../../nbs/data/14_store.ipynb #79afa89d
+def split_and_plan(cfg:PipelineConfig,        # the pipeline config
+                   ts:TokenizedSources,       # every document, tokenized
+                   total:int|None,            # the token budget
+                  ) -> tuple:                 # (validation indices per source, `TrainDocs` per source, `MixPlan`)
+    "Hold out each source's validation documents and plan the mix of the rest."
+    data = cfg.data
+    vals = [validation_docs(len(l), data.val_docs, data.seed, i) for i, l in enumerate(ts.lengths)]
+    train = [TrainDocs(l, v) for l, v in zip(ts.lengths, vals)]
+    return vals, train, plan_mix(data, [t.tokens() for t in train], total)
+
+# %% ../../nbs/data/14_store.ipynb #9c39b7bb
 def _add_report_rows(rows:list|None, new:list) -> list:
     "Sum two `packing_report`s of the same sources (chunks of one stage); percentages recomputed from the counts."
     if rows is None: return [dict(r) for r in new]
@@ -188,70 +227,43 @@ def _add_report_rows(rows:list|None, new:list) -> list:
         r["truncated_pct"] = 100 * (r["split_fitting"] + r["split_long"]) / max(r["docs"], 1)
     return rows
 
-def _stage_weights_avg(plan:MixPlan) -> np.ndarray:
-    w = (plan.weights * np.diff(plan.bounds)[:, None]).sum(0); return w / w.sum()
 
-def build_store(cfg:PipelineConfig,   # the pipeline config (data, tokenizer, pretrain for the budget)
-                out:str|Path,         # folder to fill (the temporary folder of `atomic_dir`)
-                fingerprint,          # input hashes (a dict, or a future of one), recorded in the manifest
-                log=print,
-                chunk_docs:int=1 << 20,   # documents packed at a time: bounds the memory of packing (a stage is packed whole when it has fewer)
-               ) -> dict:             # the manifest
-    "Read, (train the tokenizer,) tokenize, plan, mix, pack and write everything into `out`."
-    data, tcfg, out, t0 = cfg.data, cfg.tokenizer, Path(out), time.time()
-    names = [s.name for s in data.sources]
-    if not names: raise DataError("data.sources: no sources configured")
-    total = resolve_total_tokens(cfg)
-    # 1. the tokenizer
-    if tcfg.path:
-        tok = TokenizerFiles(tcfg.path); tok.save(out/"tokenizer"); tok_source = str(tcfg.path)
-    else:
-        scan = {}
-        for s in data.sources:
-            st = SourceStats()
-            for _ in iter_batches(s, st): pass
-            scan[s.name] = st
-        sizes_b = [scan[n].bytes for n in names]
-        bplan = plan_mix(data, sizes_b, total_tokens=(total or sum(sizes_b)) * 4 if data.strategy == "unimax" else None, check=False)
-        wb = _stage_weights_avg(bplan)
-        log(f"[data] training a {tcfg.vocab_size}-token byte-level BPE on ~{tcfg.train_bytes:,} bytes of the mix "
-            f"({', '.join(f'{n} {100 * w:.0f}%' for n, w in zip(names, wb))})")
-        tok = train_tokenizer(tokenizer_sample(data.sources, wb.tolist(), sizes_b, tcfg.train_bytes, data.seed), out/"tokenizer",
-                              tcfg.vocab_size, tcfg.special_tokens, model_max_length=max(cfg.model.max_seq_len, data.seq_len))
-        tok = TokenizerFiles(out/"tokenizer"); tok_source = "trained"
-    # 2. every document, tokenized once; the per-document index stays on disk
-    stats = {}
-    ts = tokenize_sources(data, tok, out/"_work"/"tokens.bin", stats, log=log)
-    tokens, dtype, pad = ts.tokens, ts.dtype, tok.pad_token_id
-    # 3. validation split and plan
-    vals = [validation_docs(len(l), data.val_docs, data.seed, i) for i, l in enumerate(ts.lengths)]
-    train = [TrainDocs(l, v) for l, v in zip(ts.lengths, vals)]
-    plan = plan_mix(data, [t.tokens() for t in train], total)
-    log("[data] mix plan:\n" + plan.markdown())
-    # 4. the order as a stream of blocks, packed a chunk at a time (never across a stage boundary) and written in training order
-    chunk_docs = max(int(chunk_docs), 1)
+def _pack_chunk(blocks:list, ts:TokenizedSources, train:list, data:DataConfig, pad:int, out:Path, seqs_per_shard:int,
+                shards:list, acc:dict, names:list):
+    "Pack one chunk of the stream (blocks of one stage), append its shards, add to that stage's counts."
+    sid, did, ln = (np.concatenate([getattr(b, f) for b in blocks]) for f in ("source", "doc", "length"))
+    doc_start = np.empty(len(did), np.int64)
+    for i in range(len(names)):
+        m = sid == i
+        if m.any(): doc_start[m] = ts.offsets[i][train[i].source_index(did[m])]
+    lay = pack(ln, data.seq_len, data.packing, data.pack_window)
+    shards.extend(write_packed(lay, ts.tokens, doc_start, pad, out/"train", "train", seqs_per_shard, ts.dtype, len(shards)))
+    a = acc.setdefault(int(blocks[0].stage[0]), {"sequences": 0, "tokens": 0, "rows": None})
+    a["sequences"] += lay.num_sequences; a["tokens"] += int(lay.length.sum())
+    a["rows"] = _add_report_rows(a["rows"], packing_report(lay, ln, sid, names))
+
+def write_train_stream(plan:MixPlan,            # the mix plan (its `realized` is filled in)
+                       train:list,              # `TrainDocs` per source
+                       ts:TokenizedSources,     # the tokens
+                       data:DataConfig,         # seq_len, packing, shard size, seed
+                       pad:int,                 # padding token id
+                       out:Path,                # the store folder (shards go to `out/train`)
+                       chunk_docs:int=1 << 20,  # documents packed at a time
+                       log=print,
+                      ) -> tuple:               # (shards, per-stage counts, packing report rows, the `MixStream`)
+    "Draw the mix order as a stream, pack it a chunk at a time and write the training shards in order."
+    names, chunk_docs = [s.name for s in data.sources], max(int(chunk_docs), 1)
     seqs_per_shard = max(1, data.shard_tokens // data.seq_len)
-    shards, stages, pack_rows, seq0 = [], [], [], 0
-    acc = {}                                                   # stage -> running sequences, tokens, report counts
-    def flush(k, blocks):
-        sid, did, ln = (np.concatenate([getattr(b, f) for b in blocks]) for f in ("source", "doc", "length"))
-        doc_start = np.empty(len(did), np.int64)
-        for i in range(len(names)):
-            m = sid == i
-            if m.any(): doc_start[m] = ts.offsets[i][train[i].source_index(did[m])]
-        lay = pack(ln, data.seq_len, data.packing, data.pack_window)
-        shards.extend(write_packed(lay, tokens, doc_start, pad, out/"train", "train", seqs_per_shard, dtype, len(shards)))
-        a = acc.setdefault(k, {"sequences": 0, "tokens": 0, "rows": None})
-        a["sequences"] += lay.num_sequences; a["tokens"] += int(lay.length.sum())
-        a["rows"] = _add_report_rows(a["rows"], packing_report(lay, ln, sid, names))
+    shards, acc = [], {}
     stream, buf, nbuf, cur = MixStream(plan, train, seed=data.seed), [], 0, 0
     for block in itertools.chain(stream, [None]):
         k = None if block is None else int(block.stage[0])
         if buf and (block is None or k != cur or nbuf >= chunk_docs):
-            flush(cur, buf); buf, nbuf = [], 0
+            _pack_chunk(buf, ts, train, data, pad, out, seqs_per_shard, shards, acc, names); buf, nbuf = [], 0
         if block is None: break
         buf.append(block); nbuf += len(block.doc); cur = k
     plan.realized = stream.realized
+    stages, pack_rows, seq0 = [], [], 0
     for k, sn in enumerate(plan.stage_names):
         a = acc.get(k, {"sequences": 0, "tokens": 0, "rows": None})
         fill = a["tokens"] / max(a["sequences"] * data.seq_len, 1)
@@ -260,30 +272,61 @@ def build_store(cfg:PipelineConfig,   # the pipeline config (data, tokenizer, pr
         if a["rows"]: pack_rows += [{"stage": sn, **r} for r in a["rows"]]; pack_rows[-1]["fill"] = fill
         seq0 += a["sequences"]
         log(f"[data] stage {sn}: {a['sequences']:,} sequences of {data.seq_len}, fill {100 * fill:.2f}% ({data.packing})")
-    # 5. per-source validation sequences
+    return shards, stages, pack_rows, stream
+
+# %% ../../nbs/data/14_store.ipynb #32c38e13
+def write_val_sequences(ts:TokenizedSources, vals:list, data:DataConfig, pad:int, out:Path) -> dict:
+    "Pack and write each source's validation documents to `out/val/<source>`; their counts per source."
     val = {}
-    for i, n in enumerate(names):
+    for i, n in enumerate(s.name for s in data.sources):
         va = vals[i]
         if not len(va): continue
         vl = np.asarray(ts.lengths[i][va], np.int64)
         lay = pack(vl, data.seq_len, "bfd", max(len(va), 1))
-        write_packed(lay, tokens, ts.offsets[i][va], pad, out/"val"/n, "val", lay.num_sequences or 1, dtype)
+        write_packed(lay, ts.tokens, ts.offsets[i][va], pad, out/"val"/n, "val", lay.num_sequences or 1, ts.dtype)
         vb = int(np.sum(ts.nbytes[i][va], dtype=np.int64))
         val[n] = {"docs": int(len(va)), "sequences": lay.num_sequences, "tokens": int(vl.sum()),
                   "bytes": vb, "bytes_per_token": float(vb / vl.sum())}
-    # 6. report and manifest
+    return val
+
+def compression_table(ts:TokenizedSources, stats:dict) -> list:
+    "Documents, UTF-8 bytes, tokens and bytes per token of every source (all its documents)."
     comp = []
-    for i, n in enumerate(names):
+    for i, n in enumerate(ts.names):
         nb, nt = int(np.sum(ts.nbytes[i], dtype=np.int64)), int(np.sum(ts.lengths[i], dtype=np.int64))
         comp.append({"source": n, "docs": stats[n].docs, "bytes": nb, "tokens": nt, "bytes_per_token": float(nb / max(nt, 1))})
+    return comp
+
+# %% ../../nbs/data/14_store.ipynb #80c5c89c
+def build_store(cfg:PipelineConfig,   # the pipeline config (data, tokenizer, pretrain for the budget)
+                out:str|Path,         # folder to fill (the temporary folder of `atomic_dir`)
+                fingerprint,          # input hashes (a dict, or a future of one), recorded in the manifest
+                log=print,
+                chunk_docs:int=1 << 20,   # documents packed at a time: bounds the memory of packing (a stage is packed whole when it has fewer)
+               ) -> dict:             # the manifest
+    "Read, (train the tokenizer,) tokenize, plan, mix, pack and write everything into `out`."
+    data, out, t0 = cfg.data, Path(out), time.time()
+    names = [s.name for s in data.sources]
+    if not names: raise DataError("data.sources: no sources configured")
+    total = resolve_total_tokens(cfg)
+    tok, tok_source = store_tokenizer(cfg, out, total, log)
+    stats = {}
+    ts = tokenize_sources(data, tok, out/"_work"/"tokens.bin", stats, log=log)     # the per-document index stays on disk
+    vals, train, plan = split_and_plan(cfg, ts, total)
+    log("[data] mix plan:\n" + plan.markdown())
+    pad = tok.pad_token_id
+    shards, stages, pack_rows, stream = write_train_stream(plan, train, ts, data, pad, out, chunk_docs, log)
+    val, comp = write_val_sequences(ts, vals, data, pad, out), compression_table(ts, stats)
     if hasattr(fingerprint, "result"): fingerprint = fingerprint.result()
+    tok_json = out/"tokenizer"/"tokenizer.json"
     manifest = {"version": STORE_VERSION, "config_hash": None, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "sources": names, "inputs": fingerprint, "source_stats": {n: stats[n].to_dict() for n in names},
                 "tokenizer": {"path": "tokenizer", "from": tok_source, "vocab_size": len(tok), "eos_id": tok.eos_token_id,
                               "pad_id": pad, "bos_id": tok.bos_token_id,
-                              "tokenizer_json_blake2b": _file_hash(out/"tokenizer"/"tokenizer.json") if (out/"tokenizer"/"tokenizer.json").exists() else None},
-                "seq_len": data.seq_len, "dtype": str(dtype), "packing": data.packing, "total_tokens": int(plan.total_tokens),
-                "train": {"sequences": seq0, "tokens": int(sum(s["tokens"] for s in shards)), "shards": shards, "stages": stages},
+                              "tokenizer_json_blake2b": _file_hash(tok_json) if tok_json.exists() else None},
+                "seq_len": data.seq_len, "dtype": str(ts.dtype), "packing": data.packing, "total_tokens": int(plan.total_tokens),
+                "train": {"sequences": sum(s["sequences"] for s in stages), "tokens": int(sum(s["tokens"] for s in shards)),
+                          "shards": shards, "stages": stages},
                 "val": val, "mix": plan.to_dict(), "packing_report": pack_rows, "compression": comp,
                 "epochs_realized": stream.epochs.tolist(), "build_seconds": round(time.time() - t0, 1)}
     # the length histogram from at most ~1M documents per source (evenly spaced), not a float copy of every length
@@ -297,15 +340,17 @@ def write_mix_report(out:Path, plan:MixPlan, pack_rows:list, comp:list, val:dict
     "`mix_report.md`, `mix_report.json` and the charts (`mix_plan.svg`, `mix_epochs.svg`, `lengths.svg`)."
     shares, epochs = plan.svg()
     atomic_write_text(out/"mix_plan.svg", shares); atomic_write_text(out/"mix_epochs.svg", epochs)
-    atomic_write_text(out/"lengths.svg", histogram_chart(lengths, title="document length (tokens)", marker=seq_len))
-    md = ["# Data mix report", "", plan.markdown(), "", "## Packing", "",
+    atomic_write_text(out/"lengths.svg", length_chart(lengths, seq_len))
+    srcs = [{"source": n, **{k: v for k, v in s.items() if k != "name"}} for n, s in manifest["source_stats"].items()]
+    md = ["# Data mix report", "", plan.markdown(), "", "## Sources (documents kept, and why others were dropped)", "",
+          markdown_table(srcs), "", "## Packing", "",
           f"Train: {manifest['train']['sequences']:,} sequences × {seq_len} tokens, packing `{manifest['packing']}`; fill per stage: "
           + ", ".join(f"{s['name']} {100 * s['fill']:.2f}%" for s in manifest["train"]["stages"]), "",
           markdown_table(pack_rows), "", "## Compression (UTF-8 bytes per token, all documents)", "", markdown_table(comp), "",
           "## Validation", "", markdown_table([{"source": k, **v} for k, v in val.items()]), "",
           "![mix](mix_plan.svg)", "", "![epochs](mix_epochs.svg)", "", "![lengths](lengths.svg)", ""]
     atomic_write_text(out/"mix_report.md", "\n".join(md))
-    atomic_write_json(out/"mix_report.json", {"mix": plan.to_dict(), "packing": pack_rows, "compression": comp, "val": val})
+    atomic_write_json(out/"mix_report.json", {"mix": plan.to_dict(), "sources": srcs, "packing": pack_rows, "compression": comp, "val": val})
 
 # %% ../../nbs/data/14_store.ipynb #bc7f8010
 def run_data_stage(cfg:PipelineConfig,    # the pipeline config
@@ -343,11 +388,11 @@ def _summary(m:dict, out:Path, reused:bool) -> dict:
 
 # %% ../../nbs/data/14_store.ipynb #b462db0e
 class DataPreview:
-    "Samples, token lengths and the mix plan of a data config; markdown and matplotlib for notebooks."
+    "Samples, token lengths and the mix plan of a data config; markdown and SVG charts for notebooks."
     def __init__(self, samples:list, lengths:dict, plan:MixPlan, stats:dict, problem:str|None, seq_len:int):
         self.samples, self.lengths, self.plan, self.stats, self.problem, self.seq_len = samples, lengths, plan, stats, problem, seq_len
     def samples_markdown(self) -> str: return markdown_table(self.samples)
-    def histogram(self): return length_histogram(self.lengths, self.seq_len)
+    def histogram(self) -> str: return length_chart(self.lengths, self.seq_len)
     def markdown(self) -> str:
         out = ["## Sources", "", markdown_table([{"source": n, **{k: v for k, v in st.items() if k != "name"}} for n, st in self.stats.items()]),
                "", "## Samples", "", self.samples_markdown(), "", "## Mix", "", self.plan.markdown()]

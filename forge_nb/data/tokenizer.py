@@ -13,11 +13,12 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['CHAT_TEMPLATE', 'train_tokenizer', 'load_tokenizer', 'TokenizerFiles', 'tokenizer_sample', 'token_dtype', 'backend',
-           'encode_documents', 'encode_batches', 'compression', 'length_histogram']
+           'encode_documents', 'encode_batches', 'compression', 'length_chart']
 
 # %% ../../nbs/data/11_tokenizer.ipynb #b94935ab
-from ..config import TokenizerConfig, SourceConfig
+from ..config import SourceConfig
 from .sources import iter_documents, DataError
+from ..charts import histogram_chart
 
 # %% ../../nbs/data/11_tokenizer.ipynb #d88a0a97
 CHAT_TEMPLATE = (
@@ -201,18 +202,9 @@ def compression(tokenizer,                        # the tokenizer
     return rows
 
 # %% ../../nbs/data/11_tokenizer.ipynb #97c90245
-def length_histogram(lengths:dict,             # source name -> array of document lengths in tokens
-                     seq_len:int|None=None,    # draw the sequence length
-                    ):
-    "A matplotlib figure with one token-length histogram per source."
-    import matplotlib; import matplotlib.pyplot as plt
-    n = max(len(lengths), 1)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.6), squeeze=False)
-    for ax, (name, l) in zip(axes[0], lengths.items()):
-        l = np.asarray(l); l = l[l > 0]
-        bins = np.logspace(0, np.log10(max(l.max() if len(l) else 2, 2)), 30)
-        ax.hist(l, bins=bins, color="#4c72b0"); ax.set_xscale("log")
-        ax.set_title(f"{name} (median {int(np.median(l)) if len(l) else 0})", fontsize=9); ax.set_xlabel("tokens")
-        if seq_len: ax.axvline(seq_len, color="#c44e52", ls="--", lw=1)
-    fig.tight_layout()
-    return fig
+def length_chart(lengths:dict,             # source name -> array of document lengths in tokens
+                 seq_len:int|None=None,    # the sequence length, marked in every panel
+                 title:str="document length (tokens)",
+                ) -> str:                  # an SVG `Chart`
+    "One token-length histogram per source, log-scaled, the sequence length marked."
+    return histogram_chart(lengths, title=title, marker=seq_len)

@@ -8,7 +8,7 @@ Docs: https://forge-nb.github.io/forge_nb/widgets/forms.html.md"""
 from __future__ import annotations
 import html, types, typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 # %% auto #0
 __all__ = ['field_kind', 'field_help', 'ConfigForm']

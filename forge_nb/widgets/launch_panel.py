@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/widgets/launch_panel.html.md"""
 
 # %% ../../nbs/widgets/62_launch_panel.ipynb #1c805d3f
 from __future__ import annotations
-import html, traceback
+import html
 from pathlib import Path
 
 # %% auto #0
@@ -14,16 +14,11 @@ __all__ = ['partition_label', 'partition_options', 'find_profiles', 'stage_optio
 
 # %% ../../nbs/widgets/62_launch_panel.ipynb #e741e1ed
 import ipywidgets as W
+from fastcore.basics import patch
+from .. import launch as L
 from ..config import PipelineConfig, ResourcesConfig, ConfigError, validate_config, implemented_stages
 
 # %% ../../nbs/widgets/62_launch_panel.ipynb #bfd8ce8b
-def _launch_module():
-    "forge_nb.launch, or None with the reason when it cannot be imported."
-    try:
-        import forge_nb.launch as L
-        return L, None
-    except Exception as e: return None, f"forge_nb.launch is not available ({type(e).__name__}: {e})"
-
 def _get(rec:dict, key:str, default=None):
     v = rec.get(key); return default if v is None else v
 
@@ -48,16 +43,15 @@ def partition_options(partitions:list) -> list:
 # %% ../../nbs/widgets/62_launch_panel.ipynb #037574ac
 def find_profiles(dirs:list|None=None) -> list[str]:
     "Names of the site profiles in `dirs` (default: the launcher's profile folders)."
-    if dirs is None:
-        L, _ = _launch_module()
-        dirs = L.profile_dirs() if L else []
+    if dirs is None: dirs = L.profile_dirs()
     return sorted({p.stem for d in map(Path, dirs) if d.is_dir() for p in d.glob("*.y*ml")})
 
-# %% ../../nbs/widgets/62_launch_panel.ipynb #8d712807
+# %% ../../nbs/widgets/62_launch_panel.ipynb #f5ccd8c8
 def stage_options() -> list:
     "The launch panel's stage choices: the whole chain, then each implemented stage (from the stage registry)."
     return [("all stages (chained)", "all")] + [(s, s) for s in implemented_stages()]
 
+# %% ../../nbs/widgets/62_launch_panel.ipynb #16dd6bee
 class LaunchPanel(W.VBox):
     "Resources, sbatch preview and a Launch button for one stage of a config (or of a `ConfigForm`)."
     def __init__(self,
@@ -71,161 +65,172 @@ class LaunchPanel(W.VBox):
         self.monitor, self.jobs, self._quiet, self.partitions = monitor, [], True, []
         self._auto_load, self.partition_error = load_partitions, None
         res = self._cfg.resources
-        lay = W.Layout(width="24em")
-        self.stage = W.Dropdown(options=stage_options(), value=stage, description="stage", layout=lay)
-        self.cluster = W.ToggleButtons(options=["local", "slurm"], value=res.cluster, style={"button_width": "8em"})
-        # "" stands for None in these dropdowns (a None value would show as an empty box)
-        self.profile = W.Dropdown(options=[("(none)", "")] + [(p, p) for p in find_profiles()], description="profile", layout=lay)
-        self.partition = W.Dropdown(options=[("(default)", "")], description="partition", layout=W.Layout(width="34em"))
-        self.refresh_button = W.Button(description="sinfo", icon="refresh", tooltip="Re-read partitions from the cluster",
-                                       layout=W.Layout(width="auto"))
-        self.nodes = W.BoundedIntText(value=res.nodes, min=1, max=4096, description="nodes", layout=lay)
-        self.gpus = W.BoundedIntText(value=res.gpus_per_node, min=0, max=1024, description="GPUs/node", layout=lay)
-        self.tasks = W.BoundedIntText(value=res.tasks_per_node, min=1, max=256, description="tasks/node", layout=lay)
-        self.time = W.BoundedIntText(value=res.time_min, min=1, max=10**6, description="time (min)", layout=lay)
-        self.preview = W.HTML()
-        self.problems_box = W.HTML()
-        self.launch_button = W.Button(description="Launch", icon="rocket", button_style="success")
-        self.job_box = W.HTML()
-        self.partition_info = W.HTML()
-        for w in [self.stage, self.cluster, self.profile, self.partition, self.nodes, self.gpus, self.tasks, self.time]:
-            w.observe(lambda ch: self.update(), "value")
-        self.refresh_button.on_click(lambda b: self.load_partitions())
-        self.launch_button.on_click(lambda b: self.launch())
-        if self.form: self.form.on_change(self._form_changed)
-        super().__init__([
-            W.HTML("<b>Launch</b>"), self.stage,
-            W.HBox([W.HTML("<div style='width:82px;text-align:right;padding-right:6px'>cluster</div>"), self.cluster]), self.profile,
-            W.HBox([self.partition, self.refresh_button]), self.partition_info,
-            W.HBox([self.nodes, self.gpus]), W.HBox([self.tasks, self.time]),
-            self.problems_box, W.HBox([self.launch_button, self.job_box]),
-            W.HTML("<b>sbatch script</b>"), self.preview])
+        super().__init__(self._controls(res, stage))
         self.add_class("forge-launch-panel")
         if load_partitions and res.cluster == "slurm": self.load_partitions()
         self._show_resources(res)
         self._quiet = False
         self.update()
 
-    def _show_resources(self, res:ResourcesConfig):
-        "Put a config's resources into the panel's inputs (without re-validating at each one)."
-        quiet, self._quiet = self._quiet, True
-        if res.partition and res.partition not in [v for _, v in self.partition.options]:
-            self.partition.options = list(self.partition.options) + [(res.partition, res.partition)]
-        if res.profile and res.profile not in [v for _, v in self.profile.options]:
-            self.profile.options = list(self.profile.options) + [(res.profile, res.profile)]
-        self.cluster.value, self.partition.value, self.profile.value = res.cluster, res.partition or "", res.profile or ""
-        self.nodes.value, self.gpus.value, self.tasks.value, self.time.value = res.nodes, res.gpus_per_node, res.tasks_per_node, res.time_min
-        self._quiet = quiet
+# %% ../../nbs/widgets/62_launch_panel.ipynb #73639a0b
+@patch
+def _controls(self:LaunchPanel, res:ResourcesConfig, stage:str) -> list:
+    "Make the inputs (filled from `res`) and outputs, wire them, and return the panel's rows."
+    lay = W.Layout(width="24em")
+    self.stage = W.Dropdown(options=stage_options(), value=stage, description="stage", layout=lay)
+    self.cluster = W.ToggleButtons(options=["local", "slurm"], value=res.cluster, style={"button_width": "8em"})
+    # "" stands for None in these dropdowns (a None value would show as an empty box)
+    self.profile = W.Dropdown(options=[("(none)", "")] + [(p, p) for p in find_profiles()], description="profile", layout=lay)
+    self.partition = W.Dropdown(options=[("(default)", "")], description="partition", layout=W.Layout(width="34em"))
+    self.refresh_button = W.Button(description="sinfo", icon="refresh", tooltip="Re-read partitions from the cluster",
+                                   layout=W.Layout(width="auto"))
+    self.nodes = W.BoundedIntText(value=res.nodes, min=1, max=4096, description="nodes", layout=lay)
+    self.gpus = W.BoundedIntText(value=res.gpus_per_node, min=0, max=1024, description="GPUs/node", layout=lay)
+    self.tasks = W.BoundedIntText(value=res.tasks_per_node, min=1, max=256, description="tasks/node", layout=lay)
+    self.time = W.BoundedIntText(value=res.time_min, min=1, max=10**6, description="time (min)", layout=lay)
+    self.preview = W.HTML()
+    self.problems_box = W.HTML()
+    self.launch_button = W.Button(description="Launch", icon="rocket", button_style="success")
+    self.job_box = W.HTML()
+    self.partition_info = W.HTML()
+    for w in [self.stage, self.cluster, self.profile, self.partition, self.nodes, self.gpus, self.tasks, self.time]:
+        w.observe(lambda ch: self.update(), "value")
+    self.refresh_button.on_click(lambda b: self.load_partitions())
+    self.launch_button.on_click(lambda b: self.launch())
+    if self.form: self.form.on_change(self._form_changed)
+    return [
+        W.HTML("<b>Launch</b>"), self.stage,
+        W.HBox([W.HTML("<div style='width:82px;text-align:right;padding-right:6px'>cluster</div>"), self.cluster]), self.profile,
+        W.HBox([self.partition, self.refresh_button]), self.partition_info,
+        W.HBox([self.nodes, self.gpus]), W.HBox([self.tasks, self.time]),
+        self.problems_box, W.HBox([self.launch_button, self.job_box]),
+        W.HTML("<b>sbatch script</b>"), self.preview]
 
-    def _form_changed(self, cfg):
-        if cfg is not None:
-            if cfg.resources != self._cfg.resources: self._show_resources(cfg.resources)   # edited in the form's resources tab
-            self._cfg = cfg
-        self.update()
+# %% ../../nbs/widgets/62_launch_panel.ipynb #2155b7c8
+@patch
+def _show_resources(self:LaunchPanel, res:ResourcesConfig):
+    "Put a config's resources into the panel's inputs (without re-validating at each one)."
+    quiet, self._quiet = self._quiet, True
+    if res.partition and res.partition not in [v for _, v in self.partition.options]:
+        self.partition.options = list(self.partition.options) + [(res.partition, res.partition)]
+    if res.profile and res.profile not in [v for _, v in self.profile.options]:
+        self.profile.options = list(self.profile.options) + [(res.profile, res.profile)]
+    self.cluster.value, self.partition.value, self.profile.value = res.cluster, res.partition or "", res.profile or ""
+    self.nodes.value, self.gpus.value, self.tasks.value, self.time.value = res.nodes, res.gpus_per_node, res.tasks_per_node, res.time_min
+    self._quiet = quiet
 
-    def load_partitions(self):
-        "Read the partitions and their free GPUs from the cluster (`sinfo`) into the dropdown."
-        L, why = _launch_module()
-        if L is None: self.partition_info.value = f"<span style='color:#c62828'>{html.escape(why)}</span>"; return
-        try: self.partitions, self.partition_error = list(L.cluster_partitions()), None
-        except Exception as e:
-            self.partitions, self.partition_error = [], str(e)
-            self.partition_info.value = f"<span style='color:#c62828'>cannot read partitions: {html.escape(str(e))}</span>"
-            if not self._quiet: self.update()
-            return
-        old, quiet = self.partition.value, self._quiet
-        self._quiet = True
-        self.partition.options = [("(default)", "")] + partition_options(self.partitions)
-        self.partition.value = old if old in [v for _, v in self.partition.options] else ""
-        self._quiet = quiet
-        self.partition_info.value = f"<span style='color:#777'>{len(self.partitions)} partitions from sinfo</span>"
-        if not quiet: self.update()
+@patch
+def _form_changed(self:LaunchPanel, cfg):
+    if cfg is not None:
+        if cfg.resources != self._cfg.resources: self._show_resources(cfg.resources)   # edited in the form's resources tab
+        self._cfg = cfg
+    self.update()
 
-    @property
-    def config(self) -> PipelineConfig:
-        "The config that Launch submits: the form's (or given) config with this panel's resources."
-        return self._cfg.model_copy(update={"resources": self.resources or self._cfg.resources})
+# %% ../../nbs/widgets/62_launch_panel.ipynb #b6819b28
+@patch(as_prop=True)
+def config(self:LaunchPanel) -> PipelineConfig:
+    "The config that Launch submits: the form's (or given) config with this panel's resources."
+    return self._cfg.model_copy(update={"resources": self.resources or self._cfg.resources})
 
-    @property
-    def resources(self) -> ResourcesConfig|None:
-        "The requested resources, validated as a `ResourcesConfig` (None when they do not validate)."
-        data = self._cfg.resources.to_dict()
-        data.update(cluster=self.cluster.value, profile=self.profile.value or None, partition=self.partition.value or None,
-                    nodes=self.nodes.value, gpus_per_node=self.gpus.value, tasks_per_node=self.tasks.value,
-                    time_min=self.time.value)
-        try: return validate_config(ResourcesConfig, data, prefix=("resources",))
-        except ConfigError as e:
-            self._res_errors = [f"{l}: {m}" for l, m, _ in e.errors]; return None
+@patch(as_prop=True)
+def resources(self:LaunchPanel) -> ResourcesConfig|None:
+    "The requested resources, validated as a `ResourcesConfig` (None when they do not validate)."
+    data = self._cfg.resources.to_dict()
+    data.update(cluster=self.cluster.value, profile=self.profile.value or None, partition=self.partition.value or None,
+                nodes=self.nodes.value, gpus_per_node=self.gpus.value, tasks_per_node=self.tasks.value,
+                time_min=self.time.value)
+    try: return validate_config(ResourcesConfig, data, prefix=("resources",))
+    except ConfigError as e:
+        self._res_errors = [f"{l}: {m}" for l, m, _ in e.errors]; return None
 
-    def check(self) -> list[str]:
-        "Why this request cannot be launched now (empty: it can)."
-        problems = []
-        if self.form is not None and self.form.config is None:
-            problems.append(f"the config form has {len(self.form.errors)} error(s): " +
-                            "; ".join(f"{l}: {m}" for l, m in self.form.errors[:3]))
-        res = self.resources
-        if res is None: return problems + self._res_errors
-        if self.stage.value != "all" and self.stage.value not in self._cfg.stages:
-            problems.append(f"stage `{self.stage.value}` is not in this config's stages {self._cfg.stages}")
-        L, why = _launch_module()
-        if L is None: return problems + [why]
-        try:
-            res = L.resolve_resources(res)            # the profile fills what was left at its default
-            if res.cluster == "slurm":
-                if not self.partitions and self._auto_load and self.partition_error is None: self.load_partitions()
-                if not self.partitions:
-                    return problems + [f"the cluster's partitions are unknown ({self.partition_error or 'not read yet'}): press sinfo"]
-                problems += list(L.validate_resources(res, self.partitions))
-            else: problems += list(L.validate_resources(res))
-        except Exception as e: problems.append(f"{type(e).__name__}: {e}")
-        return problems
+@patch
+def check(self:LaunchPanel) -> list[str]:
+    "Why this request cannot be launched now (empty: it can)."
+    problems = []
+    if self.form is not None and self.form.config is None:
+        problems.append(f"the config form has {len(self.form.errors)} error(s): " +
+                        "; ".join(f"{l}: {m}" for l, m in self.form.errors[:3]))
+    res = self.resources
+    if res is None: return problems + self._res_errors
+    if self.stage.value != "all" and self.stage.value not in self._cfg.stages:
+        problems.append(f"stage `{self.stage.value}` is not in this config's stages {self._cfg.stages}")
+    try:
+        res = L.resolve_resources(res)            # the profile fills what was left at its default
+        if res.cluster == "slurm":
+            if not self.partitions and self._auto_load and self.partition_error is None: self.load_partitions()
+            if not self.partitions:
+                return problems + [f"the cluster's partitions are unknown ({self.partition_error or 'not read yet'}): press sinfo"]
+            problems += list(L.validate_resources(res, self.partitions))
+        else: problems += list(L.validate_resources(res))
+    except Exception as e: problems.append(f"{type(e).__name__}: {e}")
+    return problems
 
-    def update(self):
-        "Re-validate, redraw the preview and enable or disable Launch."
-        if self._quiet: return
-        self.problems = self.check()
-        self.launch_button.disabled = bool(self.problems)
-        self.launch_button.tooltip = "; ".join(self.problems) or "Submit this stage"
-        self.problems_box.value = "".join(f"<div class='forge-launch-problem' style='color:#c62828'>✗ {html.escape(p)}</div>"
-                                          for p in self.problems)
-        self.preview.value = self._preview_html()
+# %% ../../nbs/widgets/62_launch_panel.ipynb #fe2a096c
+@patch
+def update(self:LaunchPanel):
+    "Re-validate, redraw the preview and enable or disable Launch."
+    if self._quiet: return
+    self.problems = self.check()
+    self.launch_button.disabled = bool(self.problems)
+    self.launch_button.tooltip = "; ".join(self.problems) or "Submit this stage"
+    self.problems_box.value = "".join(f"<div class='forge-launch-problem' style='color:#c62828'>✗ {html.escape(p)}</div>"
+                                      for p in self.problems)
+    self.preview.value = self._preview_html()
 
-    def _preview_html(self) -> str:
-        res = self.resources
-        if res is None: return "<i>(no preview: the resources do not validate)</i>"
-        L, why = _launch_module()
-        if L is None: return f"<i>(no preview: {html.escape(why)})</i>"
-        if res.cluster == "local":
-            return ("<pre class='forge-sbatch-preview' style='font-size:11px'>(cluster: local: the stage runs on this machine "
-                    "through submitit's LocalExecutor; no sbatch script)</pre>")
-        stages = self._cfg.stages if self.stage.value == "all" else [self.stage.value]
-        try: text = "\n".join(L.sbatch_preview(self.config, st, res) for st in stages[:1])
-        except Exception as e: text = f"(no preview: {type(e).__name__}: {e})"
-        if len(stages) > 1: text = f"# first of {len(stages)} chained jobs ({', '.join(stages)}); each next one: --dependency=afterok:<previous>\n" + text
-        return ("<pre class='forge-sbatch-preview' style='font-size:11px;max-height:22em;overflow:auto;"
-                f"background:#f7f7f7;padding:4px'>{html.escape(text)}</pre>")
+@patch
+def _preview_html(self:LaunchPanel) -> str:
+    res = self.resources
+    if res is None: return "<i>(no preview: the resources do not validate)</i>"
+    if res.cluster == "local":
+        return ("<pre class='forge-sbatch-preview' style='font-size:11px'>(cluster: local: the stage runs on this machine "
+                "through submitit's LocalExecutor; no sbatch script)</pre>")
+    stages = self._cfg.stages if self.stage.value == "all" else [self.stage.value]
+    try: text = "\n".join(L.sbatch_preview(self.config, st, res) for st in stages[:1])
+    except Exception as e: text = f"(no preview: {type(e).__name__}: {e})"
+    if len(stages) > 1: text = f"# first of {len(stages)} chained jobs ({', '.join(stages)}); each next one: --dependency=afterok:<previous>\n" + text
+    return ("<pre class='forge-sbatch-preview' style='font-size:11px;max-height:22em;overflow:auto;"
+            f"background:#f7f7f7;padding:4px'>{html.escape(text)}</pre>")
 
-    def launch(self):
-        "Submit the stage (what the Launch button does); returns the Job (a list for all stages), or None with the error shown."
-        self.update()
-        if self.problems: return None
-        L, _ = _launch_module()
-        self.launch_button.disabled = True
-        self.job_box.value = "<i>submitting…</i>"
-        parts = self.partitions if self.resources.cluster == "slurm" and self.partitions else None
-        try:
-            if self.stage.value == "all": jobs = L.launch_pipeline(self.config, partitions=parts)
-            else: jobs = [L.launch(self.config, stage=self.stage.value, resources=self.resources, partitions=parts)]
-        except Exception as e:
-            self.job_box.value = (f"<span class='forge-launch-error' style='color:#c62828'>launch failed: "
-                                  f"{html.escape(f'{type(e).__name__}: {e}')}</span>")
-            self.launch_button.disabled = False
-            return None
-        self.jobs += jobs
-        self.job_box.value = "<span class='forge-job-id'>submitted " + ", ".join(
-            f"<b>{html.escape(str(j.stage))}</b> of <b>{html.escape(j.run_name)}</b>: job <code>{html.escape(j.job_id)}</code>"
-            for j in jobs) + "</span>"
+# %% ../../nbs/widgets/62_launch_panel.ipynb #b2d58984
+@patch
+def load_partitions(self:LaunchPanel):
+    "Read the partitions and their free GPUs from the cluster (`sinfo`) into the dropdown."
+    try: self.partitions, self.partition_error = list(L.cluster_partitions()), None
+    except Exception as e:
+        self.partitions, self.partition_error = [], str(e)
+        self.partition_info.value = f"<span style='color:#c62828'>cannot read partitions: {html.escape(str(e))}</span>"
+        if not self._quiet: self.update()
+        return
+    old, quiet = self.partition.value, self._quiet
+    self._quiet = True
+    self.partition.options = [("(default)", "")] + partition_options(self.partitions)
+    self.partition.value = old if old in [v for _, v in self.partition.options] else ""
+    self._quiet = quiet
+    self.partition_info.value = f"<span style='color:#777'>{len(self.partitions)} partitions from sinfo</span>"
+    if not quiet: self.update()
+
+# %% ../../nbs/widgets/62_launch_panel.ipynb #767a6d9f
+@patch
+def launch(self:LaunchPanel):
+    "Submit the stage (what the Launch button does); returns the Job (a list for all stages), or None with the error shown."
+    self.update()
+    if self.problems: return None
+    self.launch_button.disabled = True
+    self.job_box.value = "<i>submitting…</i>"
+    parts = self.partitions if self.resources.cluster == "slurm" and self.partitions else None
+    try:
+        if self.stage.value == "all": jobs = L.launch_pipeline(self.config, partitions=parts)
+        else: jobs = [L.launch(self.config, stage=self.stage.value, resources=self.resources, partitions=parts)]
+    except Exception as e:
+        self.job_box.value = (f"<span class='forge-launch-error' style='color:#c62828'>launch failed: "
+                              f"{html.escape(f'{type(e).__name__}: {e}')}</span>")
         self.launch_button.disabled = False
-        if self.monitor is not None:
-            for j in jobs: self.monitor.add(j)
-        return jobs if self.stage.value == "all" else jobs[0]
+        return None
+    self.jobs += jobs
+    self.job_box.value = "<span class='forge-job-id'>submitted " + ", ".join(
+        f"<b>{html.escape(str(j.stage))}</b> of <b>{html.escape(j.run_name)}</b>: job <code>{html.escape(j.job_id)}</code>"
+        for j in jobs) + "</span>"
+    self.launch_button.disabled = False
+    if self.monitor is not None:
+        for j in jobs: self.monitor.add(j)
+    return jobs if self.stage.value == "all" else jobs[0]

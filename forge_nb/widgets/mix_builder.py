@@ -6,15 +6,20 @@ Docs: https://forge-nb.github.io/forge_nb/widgets/mix_builder.html.md"""
 
 # %% ../../nbs/widgets/64_mix_builder.ipynb #bc7282bd
 from __future__ import annotations
-import html, math
+import html
+from pathlib import Path
 
 # %% auto #0
-__all__ = ['scan_source', 'MixBuilder']
+__all__ = ['scan_source', 'source_from_inputs', 'estimate_tokens', 'realized_shares', 'mix_chart', 'mix_table_html',
+           'samples_html', 'MixBuilder']
 
 # %% ../../nbs/widgets/64_mix_builder.ipynb #5eff85a3
 import ipywidgets as W
+import numpy as np
+from fastcore.basics import patch
 from ..config import DataConfig, SourceConfig, ConfigError, validate_config
 from ..charts import bar_chart
+from ..data.mixing import plan_mix, mix_order
 
 # %% ../../nbs/widgets/64_mix_builder.ipynb #85b359e5
 def scan_source(src:SourceConfig,    # the source to count
@@ -29,15 +34,75 @@ def scan_source(src:SourceConfig,    # the source to count
         if len(first) < samples: first.append(text)
     return {"docs": stats.docs, "bytes": stats.bytes, "lengths": lengths, "complete": stats.docs < limit, "samples": first}
 
-# %% ../../nbs/widgets/64_mix_builder.ipynb #0575059b
-def _mixing():
-    try:
-        import forge_nb.data.mixing as M
-        return M, None
-    except Exception as e: return None, f"forge_nb.data.mixing is not available ({type(e).__name__}: {e})"
+# %% ../../nbs/widgets/64_mix_builder.ipynb #14ca6808
+def source_from_inputs(name:str,             # the name typed (empty: the path's file name)
+                       path:str,             # file, folder or glob
+                       kind:str="auto",      # format
+                       text_field:str="text",  # key holding the text
+                      ) -> SourceConfig:     # the validated source; raises `ConfigError`
+    "The `SourceConfig` of the builder's \"Add source\" row."
+    name, path = name.strip(), path.strip()
+    data = dict(name=name or Path(path).stem or "source", path=path, kind=kind, text_field=text_field or "text")
+    return validate_config(SourceConfig, data, "new source")
 
-def _rows(table) -> list[dict]: return [dict(r) for r in table]
+# %% ../../nbs/widgets/64_mix_builder.ipynb #9e439d91
+def estimate_tokens(nbytes,                   # bytes of a source (int) or of each document (a sequence)
+                    bytes_per_token:float=4.0,  # the estimate; <= 0 falls back to 4
+                   ):                         # tokens (at least 1), an int or an int64 array (one per document, +1 for EOS)
+    "Token estimate from UTF-8 bytes: a whole source, or each document of one."
+    bpt = bytes_per_token if bytes_per_token > 0 else 4.0
+    if np.ndim(nbytes) == 0: return max(1, int(nbytes / bpt))
+    return np.maximum(1, np.round(np.asarray(nbytes, dtype=np.float64) / bpt)).astype(np.int64) + 1
 
+# %% ../../nbs/widgets/64_mix_builder.ipynb #d172edeb
+def realized_shares(plan,                    # a `MixPlan` (its `realized` is filled in)
+                    lengths:list,            # per source, each document's length in tokens
+                    seed:int=0,              # the data config's seed
+                    max_docs:int=2_000_000,  # simulate at most this many documents
+                   ) -> bool:                # whether the realized shares were computed
+    "Simulate the document order (`mix_order`) and store the tokens drawn per stage and source in `plan.realized`."
+    per_doc = sum(int(l.sum()) for l in lengths) / max(1, sum(len(l) for l in lengths))
+    if any(len(l) == 0 for l in lengths) or plan.total_tokens / per_doc > max_docs: return False
+    plan.realized = mix_order(plan, lengths, seed=seed).realized
+    return True
+
+# %% ../../nbs/widgets/64_mix_builder.ipynb #dd036c9f
+def _error_html(msg:str) -> str:
+    return f"<span class='forge-field-error' style='color:#c62828'>✗ {html.escape(msg)}</span>"
+
+def _fmt_cell(col:str, v) -> str:
+    if isinstance(v, float): return f"{v:.1%}" if "share" in col or "realized" in col else f"{v:.2f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+def mix_chart(rows:list) -> str:
+    "Bar chart of each source's planned share (and realized share, when the rows have it)."
+    real = "realized_share" in rows[0]
+    return bar_chart([(r["source"], [r["share"]] + ([r["realized_share"]] if real else [])) for r in rows],
+                     ["planned share"] + (["realized share"] if real else []), title="token shares")
+
+def mix_table_html(rows:list,         # `MixPlan.table()` rows
+                   stages:int=1,      # stages in the plan: with more than one, per-stage columns are shown too
+                  ) -> str:
+    "The plan as an HTML table: tokens, shares, epochs (and per-stage shares for a curriculum)."
+    cols = [c for c in ["source", "tokens", "share", "realized_share", "planned_tokens", "epochs", "max_epochs"] if c in rows[0]]
+    cols += [c for c in rows[0] if c not in cols and stages > 1]
+    return ("<table class='forge-mix-table' style='font-size:11px;margin-left:1em'><tr>"
+            + "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(_fmt_cell(c, r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
+            + "</table>")
+
+def samples_html(scans:dict) -> str:
+    "Each source's counts and first documents (cut at 240 characters)."
+    out = []
+    for name, sc in scans.items():
+        head = (f"<b>{html.escape(name)}</b> <span style='color:#777'>{sc['docs']:,}{'' if sc['complete'] else '+'} docs, "
+                f"{sc['bytes']:,} bytes</span>")
+        docs = "".join(f"<div style='font:11px monospace;white-space:pre-wrap;border-left:3px solid #ddd;padding-left:4px;margin:2px 0'>"
+                       f"{html.escape(t[:240])}{'…' if len(t) > 240 else ''}</div>" for t in sc["samples"])
+        out.append(head + docs)
+    return "".join(out)
+
+# %% ../../nbs/widgets/64_mix_builder.ipynb #005f290c
 class MixBuilder(W.VBox):
     "Sources, weights or temperature, and the realized mix: shares, epochs per source, sample documents."
     def __init__(self,
@@ -47,154 +112,118 @@ class MixBuilder(W.VBox):
                 ):
         data = data or DataConfig()
         self.sources, self.scans, self.scan_limit, self._quiet, self.seed = [], {}, scan_limit, True, data.seed
-        self.name_in = W.Text(placeholder="name", layout=W.Layout(width="9em"))
-        self.path_in = W.Text(placeholder="path, folder or glob", layout=W.Layout(width="22em"))
-        self.kind_in = W.Dropdown(options=["auto", "jsonl", "parquet", "csv", "text"], value="auto", layout=W.Layout(width="7em"))
-        self.field_in = W.Text(value="text", placeholder="text field", layout=W.Layout(width="7em"))
-        self.add_button = W.Button(description="Add source", icon="plus", layout=W.Layout(width="auto"))
-        self.add_message = W.HTML()
-        self.strategy = W.ToggleButtons(options=["static", "temperature", "unimax"],
-                                        value=data.strategy if data.strategy != "external" else "static")
-        self.temperature = W.FloatLogSlider(value=data.temperature, base=10, min=-1, max=2, step=0.05,
-                                            description="temperature", continuous_update=False,
-                                            style={"description_width": "initial"})
-        self.max_epochs = W.FloatText(value=data.max_epochs, description="max epochs", layout=W.Layout(width="14em"))
-        self.total_tokens = W.Text(value=str(data.total_tokens or ""), placeholder="(all data once)",
-                                   description="total tokens", layout=W.Layout(width="22em"))
-        self.bytes_per_token = W.FloatText(value=bytes_per_token, description="bytes/token", layout=W.Layout(width="14em"))
-        self.weights_box, self.chart, self.table, self.samples, self.message = W.VBox(), W.HTML(), W.HTML(), W.HTML(), W.HTML()
-        self.add_button.on_click(lambda b: self.add_source(SourceConfig(
-            name=self.name_in.value.strip() or Path(self.path_in.value.strip()).stem or "source",
-            path=self.path_in.value.strip() or ".", kind=self.kind_in.value, text_field=self.field_in.value or "text")
-            if self._valid_new() else None))
-        for w in [self.strategy, self.temperature, self.max_epochs, self.total_tokens, self.bytes_per_token]:
-            w.observe(lambda ch: self.update(), "value")
-        super().__init__([
-            W.HTML("<b>Sources</b>"), W.HBox([self.name_in, self.path_in, self.kind_in, self.field_in, self.add_button]),
-            self.add_message, self.strategy, self.temperature, W.HBox([self.max_epochs, self.bytes_per_token]),
-            self.total_tokens, W.HTML("<b>Weights</b> (token shares, normalised)"), self.weights_box, self.message,
-            W.HBox([self.chart, self.table]), W.HTML("<b>Sample documents</b>"), self.samples])
+        self.plan, self.rows = None, []
+        super().__init__(self._controls(data, bytes_per_token))
         self.add_class("forge-mix-builder")
         for i, s in enumerate(data.sources):
             self.add_source(s, weight=(data.weights[i] if data.weights else 1.0), update=False)
         self._quiet = False
         self.update()
 
-    def _valid_new(self) -> bool:
-        try:
-            SourceConfig(name=self.name_in.value.strip() or Path(self.path_in.value.strip()).stem or "source",
-                         path=self.path_in.value.strip(), kind=self.kind_in.value)
-            return True
-        except Exception as e:
-            self.add_message.value = f"<span style='color:#c62828'>✗ {html.escape(str(e).splitlines()[-1] if str(e) else repr(e))}</span>"
-            return False
+# %% ../../nbs/widgets/64_mix_builder.ipynb #9c20cd3d
+@patch
+def _controls(self:MixBuilder, data:DataConfig, bytes_per_token:float) -> list:
+    "Make the inputs and outputs, wire them, and return the widget's rows."
+    lay = lambda w: W.Layout(width=w)
+    self.name_in = W.Text(placeholder="name", layout=lay("9em"))
+    self.path_in = W.Text(placeholder="path, folder or glob", layout=lay("22em"))
+    self.kind_in = W.Dropdown(options=["auto", "jsonl", "parquet", "csv", "text"], value="auto", layout=lay("7em"))
+    self.field_in = W.Text(value="text", placeholder="text field", layout=lay("7em"))
+    self.add_button = W.Button(description="Add source", icon="plus", layout=lay("auto"))
+    self.add_message = W.HTML()
+    self.strategy = W.ToggleButtons(options=["static", "temperature", "unimax"],
+                                    value=data.strategy if data.strategy != "external" else "static")
+    self.temperature = W.FloatLogSlider(value=data.temperature, base=10, min=-1, max=2, step=0.05, description="temperature",
+                                        continuous_update=False, style={"description_width": "initial"})
+    self.max_epochs = W.FloatText(value=data.max_epochs, description="max epochs", layout=lay("14em"))
+    self.total_tokens = W.Text(value=str(data.total_tokens or ""), placeholder="(all data once)", description="total tokens",
+                               layout=lay("22em"))
+    self.bytes_per_token = W.FloatText(value=bytes_per_token, description="bytes/token", layout=lay("14em"))
+    self.weights_box, self.chart, self.table, self.samples, self.message = W.VBox(), W.HTML(), W.HTML(), W.HTML(), W.HTML()
+    self.add_button.on_click(lambda b: self.add_from_inputs())
+    for w in [self.strategy, self.temperature, self.max_epochs, self.total_tokens, self.bytes_per_token]:
+        w.observe(lambda ch: self.update(), "value")
+    return [W.HTML("<b>Sources</b>"), W.HBox([self.name_in, self.path_in, self.kind_in, self.field_in, self.add_button]),
+            self.add_message, self.strategy, self.temperature, W.HBox([self.max_epochs, self.bytes_per_token]),
+            self.total_tokens, W.HTML("<b>Weights</b> (token shares, normalised)"), self.weights_box, self.message,
+            W.HBox([self.chart, self.table]), W.HTML("<b>Sample documents</b>"), self.samples]
 
-    def add_source(self, src:SourceConfig|None, weight:float=1.0, update:bool=True):
-        "Add (or replace, by name) a source: count it, give it a weight slider."
-        if src is None: return
-        try: self.scans[src.name] = scan_source(src, self.scan_limit)
-        except Exception as e:
-            self.add_message.value = f"<span class='forge-field-error' style='color:#c62828'>✗ {html.escape(f'{src.name}: {e}')}</span>"
-            return
-        self.add_message.value = ""
-        self.sources = [(s, row) for s, row in self.sources if s.name != src.name]
-        slider = W.FloatSlider(value=weight, min=0, max=1, step=0.01, description=src.name, continuous_update=False,
-                               style={"description_width": "8em"}, layout=W.Layout(width="30em"))
-        slider.observe(lambda ch: self.update(), "value")
-        rm = W.Button(icon="trash", tooltip=f"remove {src.name}", layout=W.Layout(width="3em"))
-        rm.on_click(lambda b, n=src.name: self.remove_source(n))
-        self.sources.append((src, W.HBox([slider, rm])))
-        self.weights_box.children = [row for _, row in self.sources]
-        if update: self.update()
+# %% ../../nbs/widgets/64_mix_builder.ipynb #2a6cfff5
+@patch(as_prop=True)
+def weights(self:MixBuilder) -> list[float]: return [row.children[0].value for _, row in self.sources]
 
-    def remove_source(self, name:str):
-        "Drop a source from the mix."
-        self.sources = [(s, r) for s, r in self.sources if s.name != name]
-        self.scans.pop(name, None)
-        self.weights_box.children = [row for _, row in self.sources]
-        self.update()
+@patch
+def token_counts(self:MixBuilder) -> dict:
+    "Estimated tokens per source: UTF-8 bytes / bytes per token."
+    return {s.name: estimate_tokens(self.scans[s.name]["bytes"], self.bytes_per_token.value) for s, _ in self.sources}
 
-    @property
-    def weights(self) -> list[float]: return [row.children[0].value for _, row in self.sources]
+@patch(as_prop=True)
+def data_config(self:MixBuilder) -> DataConfig:
+    "The mix as a `DataConfig` (sources, strategy, weights, temperature, caps, budget); raises `ConfigError` if invalid."
+    tt = self.total_tokens.value.strip().replace("_", "")
+    data = {"sources": [s.to_dict() for s, _ in self.sources], "strategy": self.strategy.value,
+            "temperature": self.temperature.value, "max_epochs": self.max_epochs.value,
+            "weights": self.weights if self.strategy.value == "static" else None,
+            "total_tokens": int(float(tt)) if tt.replace(".", "").replace("e", "").isdigit() else (tt or None)}
+    return validate_config(DataConfig, data, "mix builder", prefix=("data",))
 
-    def token_counts(self) -> dict:
-        "Estimated tokens per source: UTF-8 bytes / bytes per token."
-        bpt = self.bytes_per_token.value if self.bytes_per_token.value > 0 else 4.0
-        return {s.name: max(1, int(self.scans[s.name]["bytes"] / bpt)) for s, _ in self.sources}
+# %% ../../nbs/widgets/64_mix_builder.ipynb #5fa67b52
+@patch
+def update(self:MixBuilder):
+    "Re-plan the mix and redraw the chart, the table and the samples."
+    if self._quiet: return
+    for _, row in self.sources: row.children[0].disabled = self.strategy.value != "static"
+    self.temperature.disabled = self.strategy.value != "temperature"
+    self.samples.value = samples_html({s.name: self.scans[s.name] for s, _ in self.sources})
+    self.plan, self.rows = None, []
+    if not self.sources:
+        self.message.value = "<i>add a source to see the mix</i>"; self.chart.value = self.table.value = ""; return
+    try: cfg = self.data_config
+    except ConfigError as e:
+        self.message.value = "".join(f"<div>{_error_html(f'{l}: {m}')}</div>" for l, m, _ in e.errors); return
+    counts, notes = self.token_counts(), ["tokens estimated from UTF-8 bytes / bytes-per-token"]
+    try:
+        self.plan = plan_mix(cfg, [counts[s.name] for s, _ in self.sources], cfg.total_tokens, check=False)
+        try: self.plan.check()
+        except Exception as e: notes.insert(0, _error_html(str(e)))
+        lengths = [estimate_tokens(self.scans[s.name]["lengths"], self.bytes_per_token.value) for s, _ in self.sources]
+        if not realized_shares(self.plan, lengths, self.seed): notes.append("realized shares not computed (budget too large to simulate here)")
+    except Exception as e:
+        self.message.value = _error_html(f"{type(e).__name__}: {e}"); return
+    self.message.value = "<br>".join(n if n.startswith("<") else f"<span style='color:#777'>{html.escape(n)}</span>" for n in notes)
+    self.rows = [dict(r) for r in self.plan.table()]
+    self.chart.value, self.table.value = mix_chart(self.rows), mix_table_html(self.rows, len(self.plan.stage_names))
 
-    @property
-    def data_config(self) -> DataConfig:
-        "The mix as a `DataConfig` (sources, strategy, weights, temperature, caps, budget); raises `ConfigError` if invalid."
-        tt = self.total_tokens.value.strip().replace("_", "")
-        data = {"sources": [s.to_dict() for s, _ in self.sources], "strategy": self.strategy.value,
-                "temperature": self.temperature.value, "max_epochs": self.max_epochs.value,
-                "weights": self.weights if self.strategy.value == "static" else None,
-                "total_tokens": int(float(tt)) if tt.replace(".", "").replace("e", "").isdigit() else (tt or None)}
-        return validate_config(DataConfig, data, "mix builder", prefix=("data",))
+# %% ../../nbs/widgets/64_mix_builder.ipynb #5938848b
+@patch
+def add_source(self:MixBuilder, src:SourceConfig, weight:float=1.0, update:bool=True):
+    "Add (or replace, by name) a source: count it, give it a weight slider."
+    try: self.scans[src.name] = scan_source(src, self.scan_limit)
+    except Exception as e:
+        self.add_message.value = _error_html(f"{src.name}: {e}"); return
+    self.add_message.value = ""
+    self.sources = [(s, row) for s, row in self.sources if s.name != src.name]
+    slider = W.FloatSlider(value=weight, min=0, max=1, step=0.01, description=src.name, continuous_update=False,
+                           style={"description_width": "8em"}, layout=W.Layout(width="30em"))
+    slider.observe(lambda ch: self.update(), "value")
+    rm = W.Button(icon="trash", tooltip=f"remove {src.name}", layout=W.Layout(width="3em"))
+    rm.on_click(lambda b, n=src.name: self.remove_source(n))
+    self.sources.append((src, W.HBox([slider, rm])))
+    self.weights_box.children = [row for _, row in self.sources]
+    if update: self.update()
 
-    def update(self):
-        "Re-plan the mix and redraw the chart, the table and the samples."
-        if self._quiet: return
-        for _, row in self.sources: row.children[0].disabled = self.strategy.value != "static"
-        self.temperature.disabled = self.strategy.value != "temperature"
-        self.samples.value = self._samples_html()
-        self.plan = None
-        if not self.sources:
-            self.message.value = "<i>add a source to see the mix</i>"; self.chart.value = self.table.value = ""; return
-        try: cfg = self.data_config
-        except ConfigError as e:
-            self.message.value = "".join(f"<div class='forge-field-error' style='color:#c62828'>✗ {html.escape(f'{l}: {m}')}</div>"
-                                         for l, m, _ in e.errors)
-            return
-        M, why = _mixing()
-        if M is None:
-            self.message.value = f"<span style='color:#c62828'>{html.escape(why)}: no mix plan can be shown</span>"
-            self.chart.value = self.table.value = ""; return
-        counts = self.token_counts()
-        notes = ["tokens estimated from UTF-8 bytes / bytes-per-token"]
-        try:
-            self.plan = M.plan_mix(cfg, [counts[s.name] for s, _ in self.sources], cfg.total_tokens, check=False)
-            try: self.plan.check()
-            except Exception as e: notes.insert(0, f"<span class='forge-field-error' style='color:#c62828'>✗ {html.escape(str(e))}</span>")
-            self._realize(M)
-        except Exception as e:
-            self.message.value = f"<span class='forge-field-error' style='color:#c62828'>✗ {html.escape(f'{type(e).__name__}: {e}')}</span>"
-            return
-        if self.plan.realized is None: notes.append("realized shares not computed (budget too large to simulate here)")
-        self.message.value = "<br>".join(n if n.startswith("<") else f"<span style='color:#777'>{html.escape(n)}</span>" for n in notes)
-        self.rows = _rows(self.plan.table())
-        self._draw()
+@patch
+def add_from_inputs(self:MixBuilder):
+    "What \"Add source\" does: the source of the input row, or its error under the row."
+    try: src = source_from_inputs(self.name_in.value, self.path_in.value, self.kind_in.value, self.field_in.value)
+    except ConfigError as e:
+        self.add_message.value = _error_html("; ".join(f"{l.removeprefix('new source.')}: {m}" for l, m, _ in e.errors)); return
+    self.add_source(src)
 
-    def _realize(self, M, max_docs:int=2_000_000):
-        "Simulate the document order (`mix_order`) to get the shares actually drawn, when that is cheap enough."
-        import numpy as np
-        bpt = self.bytes_per_token.value if self.bytes_per_token.value > 0 else 4.0
-        lengths = [np.maximum(1, np.round(np.asarray(self.scans[s.name]["lengths"], dtype=np.float64) / bpt)).astype(np.int64) + 1
-                   for s, _ in self.sources]
-        per_doc = sum(l.sum() for l in lengths) / max(1, sum(len(l) for l in lengths))
-        if any(len(l) == 0 for l in lengths) or self.plan.total_tokens / per_doc > max_docs: return
-        self.plan.realized = M.mix_order(self.plan, lengths, seed=self.seed).realized
-
-    def _draw(self):
-        rows = self.rows
-        groups = ["planned share"] + (["realized share"] if "realized_share" in rows[0] else [])
-        self.chart.value = bar_chart([(r["source"], [r["share"]] + ([r["realized_share"]] if len(groups) > 1 else []))
-                                      for r in rows], groups, title="token shares")
-        cols = [c for c in ["source", "tokens", "share", "realized_share", "planned_tokens", "epochs", "max_epochs"] if c in rows[0]]
-        cols += [c for c in rows[0] if c not in cols and len(self.plan.stage_names) > 1]
-        fmt = lambda c, v: (f"{v:.1%}" if "share" in c or "realized" in c else f"{v:.2f}") if isinstance(v, float) else \
-                           (f"{v:,}" if isinstance(v, int) else str(v))
-        self.table.value = ("<table class='forge-mix-table' style='font-size:11px;margin-left:1em'><tr>"
-                            + "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols) + "</tr>"
-                            + "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c, r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
-                            + "</table>")
-
-    def _samples_html(self) -> str:
-        out = []
-        for s, _ in self.sources:
-            sc = self.scans[s.name]
-            head = f"<b>{html.escape(s.name)}</b> <span style='color:#777'>{sc['docs']:,}{'' if sc['complete'] else '+'} docs, {sc['bytes']:,} bytes</span>"
-            docs = "".join(f"<div style='font:11px monospace;white-space:pre-wrap;border-left:3px solid #ddd;padding-left:4px;margin:2px 0'>"
-                           f"{html.escape(t[:240])}{'…' if len(t) > 240 else ''}</div>" for t in sc["samples"])
-            out.append(head + docs)
-        return "".join(out)
+@patch
+def remove_source(self:MixBuilder, name:str):
+    "Drop a source from the mix."
+    self.sources = [(s, r) for s, r in self.sources if s.name != name]
+    self.scans.pop(name, None)
+    self.weights_box.children = [row for _, row in self.sources]
+    self.update()

@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/widgets/monitor.html.md"""
 
 # %% ../../nbs/widgets/63_monitor.ipynb #67082d4a
 from __future__ import annotations
-import html, threading, time
+import html, threading
 from pathlib import Path
 
 # %% auto #0
@@ -17,7 +17,8 @@ import ipywidgets as W
 from ..runs import read_metrics, RunDir
 from ..config import implemented_stages
 from ..charts import line_chart
-from ..launch import TERMINAL_STATES
+from fastcore.basics import patch
+from ..jobs import TERMINAL_STATES, attach
 
 # %% ../../nbs/widgets/63_monitor.ipynb #85a08dfe
 PLOTS = {"loss": "loss", "bpb": "bits per byte", "tokens_per_s": "tokens/s"}
@@ -87,7 +88,6 @@ class _JobCard:
             except Exception as e: text = f"({name} unavailable: {e})"
             if text: logs.append(f"--- {name} ---\n" + "\n".join(str(text).splitlines()[-log_lines:]))
         color = _STATE_COLORS.get(self.state.split()[0] if self.state else "", "#555")
-        last = self.records[-1] if self.records else {}
         step = next((r["step"] for r in reversed(self.records) if "step" in r), None)
         self.state_box.value = (f"<span class='forge-job-state' style='color:{color};font-weight:bold'>{html.escape(self.state)}</span>"
                                 f" · {len(self.records)} metrics records" + (f" · step {step}" if step is not None else ""))
@@ -95,11 +95,7 @@ class _JobCard:
                           f"margin:0;padding:3px'>{html.escape(chr(10).join(logs) or '(no log yet)')}</pre>")
         self.cancel_button.disabled = self.finished
 
-# %% ../../nbs/widgets/63_monitor.ipynb #5ebf78a8
-def _attach(run, stage=None, runs_dir="runs"):
-    from forge_nb.launch import attach
-    return attach(run, stage, runs_dir)
-
+# %% ../../nbs/widgets/63_monitor.ipynb #a5d984e6
 class JobMonitor(W.VBox):
     "Live view of jobs: state, log tail, loss / bpb / tokens-per-second plots; Refresh, auto-refresh, Cancel, Reattach."
     def __init__(self,
@@ -111,23 +107,7 @@ class JobMonitor(W.VBox):
                 ):
         self.cards, self._lock, self._thread, self._stop = [], threading.RLock(), None, threading.Event()
         self.interval, self.runs_dir = interval, runs_dir
-        self.cards_box = W.HBox(layout=W.Layout(flex_flow="row wrap"))
-        self.plots = {k: W.HTML(line_chart({}, title=t)) for k, t in PLOTS.items()}
-        for k, p in self.plots.items(): p.add_class(f"forge-plot-{k}")
-        self.refresh_button = W.Button(description="Refresh", icon="refresh", layout=W.Layout(width="auto"))
-        self.auto = W.Checkbox(value=False, description=f"auto-refresh every {interval:g} s", indent=False)
-        self.run_input = W.Text(placeholder="run name or run directory", layout=W.Layout(width="20em"))
-        self.stage_input = W.Dropdown(options=[("(latest)", "")] + [(s, s) for s in implemented_stages()], value=stage or "",
-                                      layout=W.Layout(width="9em"))
-        self.reattach_button = W.Button(description="Reattach", icon="link", layout=W.Layout(width="auto"))
-        self.message = W.HTML()
-        self.refresh_button.on_click(lambda b: self.refresh())
-        self.auto.observe(lambda ch: self.start() if ch["new"] else self.stop(), "value")
-        self.reattach_button.on_click(lambda b: self.reattach(self.run_input.value.strip(), self.stage_input.value or None))
-        super().__init__([
-            W.HBox([W.HTML("<b>Jobs</b>"), self.refresh_button, self.auto]),
-            W.HBox([self.run_input, self.stage_input, self.reattach_button]), self.message,
-            self.cards_box, W.HBox(list(self.plots.values()), layout=W.Layout(flex_flow="row wrap"))])
+        super().__init__(self._controls(stage))
         self.add_class("forge-job-monitor")
         for j in jobs:
             if isinstance(j, (str, Path)): self.reattach(j, stage, refresh=False)
@@ -135,68 +115,100 @@ class JobMonitor(W.VBox):
         if self.cards: self.refresh()
         if autorefresh: self.auto.value = True
 
-    @property
-    def jobs(self) -> list: return [c.job for c in self.cards]
+# %% ../../nbs/widgets/63_monitor.ipynb #b4e3aa14
+@patch
+def _controls(self:JobMonitor, stage:str|None) -> list:
+    "Make the buttons, inputs, cards row and plots, wire them, and return the monitor's rows."
+    self.cards_box = W.HBox(layout=W.Layout(flex_flow="row wrap"))
+    self.plots = {k: W.HTML(line_chart({}, title=t)) for k, t in PLOTS.items()}
+    for k, p in self.plots.items(): p.add_class(f"forge-plot-{k}")
+    self.refresh_button = W.Button(description="Refresh", icon="refresh", layout=W.Layout(width="auto"))
+    self.auto = W.Checkbox(value=False, description=f"auto-refresh every {self.interval:g} s", indent=False)
+    self.run_input = W.Text(placeholder="run name or run directory", layout=W.Layout(width="20em"))
+    self.stage_input = W.Dropdown(options=[("(latest)", "")] + [(s, s) for s in implemented_stages()], value=stage or "",
+                                  layout=W.Layout(width="9em"))
+    self.reattach_button = W.Button(description="Reattach", icon="link", layout=W.Layout(width="auto"))
+    self.message = W.HTML()
+    self.refresh_button.on_click(lambda b: self.refresh())
+    self.auto.observe(lambda ch: self.start() if ch["new"] else self.stop(), "value")
+    self.reattach_button.on_click(lambda b: self.reattach(self.run_input.value.strip(), self.stage_input.value or None))
+    return [
+        W.HBox([W.HTML("<b>Jobs</b>"), self.refresh_button, self.auto]),
+        W.HBox([self.run_input, self.stage_input, self.reattach_button]), self.message,
+        self.cards_box, W.HBox(list(self.plots.values()), layout=W.Layout(flex_flow="row wrap"))]
 
-    def add(self, job, refresh:bool=True):
-        "Watch one more job (e.g. one a LaunchPanel just submitted)."
-        with self._lock:
-            self.cards.append(_JobCard(job, self._cancel))
-            self.cards_box.children = [c.widget for c in self.cards]
-        if refresh: self.refresh()
-        return job
+# %% ../../nbs/widgets/63_monitor.ipynb #b31e8b0c
+@patch(as_prop=True)
+def jobs(self:JobMonitor) -> list: return [c.job for c in self.cards]
 
-    def reattach(self, run, stage=None, refresh:bool=True):
-        "Find a run's job again by run name or run directory (`forge_nb.launch.attach`) and watch it."
-        if not run: self.message.value = "<span style='color:#c62828'>give a run name or directory</span>"; return None
-        try: job = _attach(run, stage, self.runs_dir)
-        except Exception as e:
-            self.message.value = f"<span style='color:#c62828'>cannot reattach to {html.escape(str(run))}: {html.escape(f'{type(e).__name__}: {e}')}</span>"
-            return None
-        self.message.value = f"<span style='color:#777'>attached to {html.escape(str(run))}: job {html.escape(str(job.job_id))}</span>"
-        return self.add(job, refresh)
+@patch
+def add(self:JobMonitor, job, refresh:bool=True):
+    "Watch one more job (e.g. one a LaunchPanel just submitted)."
+    with self._lock:
+        self.cards.append(_JobCard(job, self._cancel))
+        self.cards_box.children = [c.widget for c in self.cards]
+    if refresh: self.refresh()
+    return job
 
-    def _cancel(self, card):
-        try:
-            card.job.cancel()
-            self.message.value = f"<span style='color:#777'>cancel sent to job {html.escape(str(card.job.job_id))}</span>"
-        except Exception as e:
-            self.message.value = f"<span style='color:#c62828'>cancel failed: {html.escape(str(e))}</span>"
-        self.refresh()
+@patch
+def reattach(self:JobMonitor, run, stage=None, refresh:bool=True):
+    "Find a run's job again by run name or run directory (`forge_nb.jobs.attach`) and watch it."
+    if not run: self.message.value = "<span style='color:#c62828'>give a run name or directory</span>"; return None
+    try: job = attach(run, stage, self.runs_dir)
+    except Exception as e:
+        self.message.value = f"<span style='color:#c62828'>cannot reattach to {html.escape(str(run))}: {html.escape(f'{type(e).__name__}: {e}')}</span>"
+        return None
+    self.message.value = f"<span style='color:#777'>attached to {html.escape(str(run))}: job {html.escape(str(job.job_id))}</span>"
+    return self.add(job, refresh)
 
-    def refresh(self):
-        "Read every job's state, logs and new metrics, and redraw the plots."
-        with self._lock:
-            for c in self.cards: c.read()
-            series = {k: {} for k in PLOTS}
-            for c in self.cards:
-                for k, v in metric_series(c.records, c.label if len(self.cards) > 1 else "").items(): series[k].update(v)
-            for k, t in PLOTS.items():
-                self.plots[k].value = line_chart(series[k], title=t, log_y=(k == "loss"))
-        return self
+@patch
+def _cancel(self:JobMonitor, card):
+    try:
+        card.job.cancel()
+        self.message.value = f"<span style='color:#777'>cancel sent to job {html.escape(str(card.job.job_id))}</span>"
+    except Exception as e:
+        self.message.value = f"<span style='color:#c62828'>cancel failed: {html.escape(str(e))}</span>"
+    self.refresh()
 
-    @property
-    def all_done(self) -> bool:
-        return bool(self.cards) and all(getattr(c, "finished", False) for c in self.cards)
+# %% ../../nbs/widgets/63_monitor.ipynb #88909363
+@patch
+def refresh(self:JobMonitor):
+    "Read every job's state, logs and new metrics, and redraw the plots."
+    with self._lock:
+        for c in self.cards: c.read()
+        series = {k: {} for k in PLOTS}
+        for c in self.cards:
+            for k, v in metric_series(c.records, c.label if len(self.cards) > 1 else "").items(): series[k].update(v)
+        for k, t in PLOTS.items():
+            self.plots[k].value = line_chart(series[k], title=t, log_y=(k == "loss"))
+    return self
 
-    def _loop(self):
-        while not self._stop.wait(self.interval):
-            try: self.refresh()
-            except Exception as e: self.message.value = f"<span style='color:#c62828'>refresh failed: {html.escape(str(e))}</span>"
-            if self.all_done: break
-        self._thread = None
-        if self.auto.value: self.auto.value = False
+# %% ../../nbs/widgets/63_monitor.ipynb #69ce3b71
+@patch(as_prop=True)
+def all_done(self:JobMonitor) -> bool:
+    return bool(self.cards) and all(getattr(c, "finished", False) for c in self.cards)
 
-    def start(self, interval:float|None=None):
-        "Refresh every `interval` seconds in a background thread until every job is done (or `stop()`)."
-        if interval: self.interval = interval
-        if self._thread is not None: return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="forge-job-monitor")
-        self._thread.start()
-        if not self.auto.value: self.auto.value = True
+@patch
+def _loop(self:JobMonitor):
+    while not self._stop.wait(self.interval):
+        try: self.refresh()
+        except Exception as e: self.message.value = f"<span style='color:#c62828'>refresh failed: {html.escape(str(e))}</span>"
+        if self.all_done: break
+    self._thread = None
+    if self.auto.value: self.auto.value = False
 
-    def stop(self):
-        "Stop automatic refreshing."
-        self._stop.set()
-        if self.auto.value: self.auto.value = False
+@patch
+def start(self:JobMonitor, interval:float|None=None):
+    "Refresh every `interval` seconds in a background thread until every job is done (or `stop()`)."
+    if interval: self.interval = interval
+    if self._thread is not None: return
+    self._stop.clear()
+    self._thread = threading.Thread(target=self._loop, daemon=True, name="forge-job-monitor")
+    self._thread.start()
+    if not self.auto.value: self.auto.value = True
+
+@patch
+def stop(self:JobMonitor):
+    "Stop automatic refreshing."
+    self._stop.set()
+    if self.auto.value: self.auto.value = False

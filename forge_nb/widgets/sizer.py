@@ -13,16 +13,11 @@ __all__ = ['ModelSizer']
 
 # %% ../../nbs/widgets/65_sizer.ipynb #9dd928f1
 import ipywidgets as W
-from ..config import PipelineConfig, ModelConfig, ResourcesConfig, ConfigError, validate_config
+from ..config import PipelineConfig, ModelConfig, ResourcesConfig, validate_config
 from ..charts import line_chart
+from .. import model as M
 
 # %% ../../nbs/widgets/65_sizer.ipynb #66c1d5de
-def _model_module():
-    try:
-        import forge_nb.model as M
-        return M, None
-    except Exception as e: return None, f"forge_nb.model is not available ({type(e).__name__}: {e})"
-
 class ModelSizer(W.VBox):
     "Depth dial with the model's shape, parameters, FLOPs/token, token budget and estimated time on chosen hardware."
     def __init__(self,
@@ -34,8 +29,7 @@ class ModelSizer(W.VBox):
         mc = pipe.model if pipe else (config or ModelConfig())
         res = pipe.resources if pipe else ResourcesConfig()
         self._base, self._quiet = mc, True
-        M, why = _model_module()
-        devices = list(M.GPU_PEAK_FLOPS) if M else []
+        devices = list(M.GPU_PEAK_FLOPS)
         lay, style = W.Layout(width="26em"), {"description_width": "9em"}
         self.arch = W.Dropdown(options=["llama", "mistral", "qwen2"], value=mc.arch, description="architecture", layout=lay, style=style)
         self.depth = W.IntSlider(value=mc.depth, min=1, max=max(max_depth, mc.depth), description="depth", layout=lay, style=style)
@@ -77,10 +71,6 @@ class ModelSizer(W.VBox):
         if self._quiet: return
         self.peak.disabled = self.device.value is not None
         self.figures = None
-        M, why = _model_module()
-        if M is None:
-            self.message.value = f"<span style='color:#c62828'>{html.escape(why)}: no figures can be shown</span>"
-            self.summary.value = self.curve.value = ""; return
         try:
             mc, V = self.model_config, self.vocab.value
             t = self.tokens.value.strip().replace("_", "").replace(",", "")

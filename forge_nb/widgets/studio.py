@@ -6,7 +6,6 @@ Docs: https://forge-nb.github.io/forge_nb/widgets/studio.html.md"""
 
 # %% ../../nbs/widgets/66_studio.ipynb #886ba013
 from __future__ import annotations
-import html
 
 # %% auto #0
 __all__ = ['Studio']
