@@ -15,12 +15,14 @@ __all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'profile_dirs', 'profile_path', '
            'parse_gres_gpus', 'parse_scontrol', 'partitions_from_scontrol', 'cluster_partitions', 'validate_resources',
            'ResourceError', 'DependencyNeverSatisfied', 'master_port_for', 'StageCall', 'slurm_parameters',
            'sbatch_preview', 'read_registry', 'register_job', 'update_job_record', 'sacct_states', 'local_state', 'Job',
-           'detached_local_executor', 'make_executor', 'submit', 'launch', 'launch_fn', 'launch_pipeline',
-           'find_run_dir', 'attach', 'list_jobs', 'cli_launch', 'cli_jobs', 'cli_logs', 'cli_cancel']
+           'detached_local_executor', 'make_executor', 'submit', 'MissingInputs', 'stage_inputs', 'missing_inputs',
+           'launch', 'launch_fn', 'launch_pipeline', 'find_run_dir', 'attach', 'list_jobs', 'cli_launch', 'cli_jobs',
+           'cli_logs', 'cli_cancel']
 
 # %% ../nbs/50_launch.ipynb #b03f74d0
 from .config import ResourcesConfig, PipelineConfig, ConfigError, load_config, override
-from .runs import RunDir, atomic_write_json, read_metrics, redact_secrets, stage_function, STAGES
+from .runs import RunDir, atomic_write_json, read_metrics, redact_secrets, stage_function
+from .config import STAGES
 
 # %% ../nbs/50_launch.ipynb #1e85282f
 def profile_dirs() -> list[Path]:
@@ -601,6 +603,27 @@ def submit(fn:Callable|str,                      # function, or `"stage:<name>"`
     register_job(run.root, rec)
     return Job(rec, sj)
 
+# %% ../nbs/50_launch.ipynb #5812260a
+class MissingInputs(ValueError):
+    "A stage would read run-dir paths that nothing makes; `errors` holds one message per path. Nothing was submitted."
+    def __init__(self, errors:list[str]):
+        self.errors = errors
+        super().__init__("missing stage inputs, nothing was submitted:\n  " + "\n  ".join(errors))
+
+def stage_inputs(cfg:PipelineConfig, stage:str) -> tuple:
+    "Run-dir paths `stage` reads: the registry's `needs`, less a `*/final` model when its section sets `base_model`."
+    own = getattr(getattr(cfg, stage, None), "base_model", None)
+    return tuple(n for n in STAGES[stage].needs if not (own and n.endswith("/final")))
+
+def missing_inputs(cfg:PipelineConfig, stages:list, run_dir:str|Path) -> list[str]:
+    "Inputs of `stages` (in order) that neither exist in `run_dir` nor are made by an earlier one of them."
+    made, out = set(), []
+    for st in stages:
+        out += [f"stage {st!r} needs {n!r} ({Path(run_dir)/n} does not exist and no earlier stage in this pipeline makes it)"
+                for n in stage_inputs(cfg, st) if n not in made and not (Path(run_dir)/n).exists()]
+        made |= set(STAGES[st].makes)
+    return out
+
 # %% ../nbs/50_launch.ipynb #d5bec140
 def launch(cfg:PipelineConfig,                   # the pipeline config
            stage:str="pretrain",                  # stage to run
@@ -610,12 +633,14 @@ def launch(cfg:PipelineConfig,                   # the pipeline config
            partitions:list|None=None,             # the cluster's partitions (None: ask scontrol)
           ) -> Job:
     "Submit one stage of `cfg`; return its `Job`."
-    if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
+    if not STAGES[stage].implemented: raise NotImplementedError(f"stage {stage!r} is not implemented yet ({STAGES[stage].entrypoint})")
     res = resolve_resources(resources or cfg.resources)
     errs = validate_resources(res, partitions)
     if errs: raise ResourceError(errs)
-    run = RunDir(Path(run_dir) if run_dir else RunDir.for_config(cfg).root).create()
-    run.save_config(cfg)
+    run = RunDir(Path(run_dir) if run_dir else RunDir.for_config(cfg).root)
+    if not depends_on and (miss := missing_inputs(cfg, [stage], run.root)): raise MissingInputs(miss)
+    run.create().save_config(cfg)
     return submit(f"stage:{stage}", cfg, str(run.root.absolute()), resources=res, run_dir=run.root, stage=stage,
                   depends_on=depends_on, partitions=partitions)
 
@@ -638,6 +663,8 @@ def launch_pipeline(cfg:PipelineConfig,          # the pipeline config
     for st in stages:   # every stage is checked before the first one is submitted
         errs = validate_resources(resolve_resources(resources.get(st) or cfg.resources), partitions)
         if errs: raise ResourceError([f"stage {st}: {e}" for e in errs])
+    miss = missing_inputs(cfg, stages, RunDir.for_config(cfg).root)
+    if miss: raise MissingInputs(miss)
     jobs = []
     for st in stages:
         jobs.append(launch(cfg, st, resources.get(st), depends_on=jobs[-1:], partitions=partitions))
