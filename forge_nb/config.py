@@ -170,6 +170,7 @@ class SFTConfig(ForgeConfig):
     sources: list[SourceConfig] = Field(default_factory=list, description="SFT data files (JSONL of `messages` or `prompt`/`completion`), mixed by token share.")
     weights: Optional[list[float]] = Field(None, description="Token share per SFT source (None: proportional to size).")
     doc_sources: list[SourceConfig] = Field(default_factory=list, description="Documents turned into SFT examples (questions over sections, definitions, FAQs, docstrings) before training.")
+    answer_chars: int = Field(1200, ge=20, description="Longest answer built from a document (cut at a paragraph); keep it under `max_seq_len` tokens.")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of documents (built examples) or examples (given files) held out for evaluation.")
     eval_dataset: Optional[str] = Field(None, description="Held-out JSONL (None: split off `heldout_fraction` of the data).")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")

@@ -240,7 +240,7 @@ def load_sft_data(sc:SFTConfig,          # the SFT config
     if sc.doc_sources:
         if examples_dir is None: raise DataError("sft.doc_sources: no folder to write the built examples to")
         if not (examples_dir/"stats.json").exists():
-            b = build_sft_examples(sc.doc_sources, examples_dir, sc.heldout_fraction, sc.seed)
+            b = build_sft_examples(sc.doc_sources, examples_dir, sc.heldout_fraction, sc.seed, max_answer_chars=sc.answer_chars)
             log(f"sft: built {b['train']} train / {b['heldout']} held-out examples from documents into {examples_dir}")
         named.append(("documents", str(examples_dir/"train.jsonl"), str(examples_dir/"heldout.jsonl")))
     if not named: raise DataError("sft: no data; set sft.dataset, sft.sources or sft.doc_sources")
