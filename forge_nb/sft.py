@@ -388,7 +388,8 @@ def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
         f"truncated {st['truncated']}, dropped {st['dropped_too_long']} too long")
     prompts, refs = eval_prompts(sc, data["heldout_convs"])
     ck = latest_sft_checkpoint(sd)
-    model = AutoModelForCausalLM.from_pretrained(str(base), local_files_only=True, dtype=torch.float32)
+    dev = torch.device(f"cuda:{env.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    model = AutoModelForCausalLM.from_pretrained(str(base), local_files_only=True, dtype=torch.float32).to(dev)
     before = None
     if env.is_main:
         if ck is None or not (sd.root/"eval_before.json").exists():
@@ -410,7 +411,7 @@ def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
     summary = {}
     if env.is_main:
         export_final(trainer, tok, sd.final, sc.lora.enabled)
-        final = AutoModelForCausalLM.from_pretrained(str(sd.final), local_files_only=True, dtype=torch.float32)
+        final = AutoModelForCausalLM.from_pretrained(str(sd.final), local_files_only=True, dtype=torch.float32).to(dev)
         after = evaluate_model(final, tok, data["heldout"], prompts, sc)
         table = [{"prompt": p, "reference": r, "before": b, "after": a} for p, r, b, a in zip(prompts, refs, before["answers"], after["answers"])]
         ev = {"heldout_examples": min(len(data["heldout"]), sc.eval_examples),
