@@ -239,8 +239,12 @@ def load_sft_data(sc:SFTConfig,          # the SFT config
     for s in sc.sources: named.append((s.name, s.path, None))
     if sc.doc_sources:
         if examples_dir is None: raise DataError("sft.doc_sources: no folder to write the built examples to")
-        if not (examples_dir/"stats.json").exists():
+        key = {"doc_sources": [d.to_dict() for d in sc.doc_sources], "heldout_fraction": sc.heldout_fraction,
+               "seed": sc.seed, "answer_chars": sc.answer_chars}
+        kf = examples_dir/"built_from.json"     # rebuilt when the documents' config changes; hand edits otherwise kept
+        if not ((examples_dir/"stats.json").exists() and kf.exists() and json.loads(kf.read_text()) == key):
             b = build_sft_examples(sc.doc_sources, examples_dir, sc.heldout_fraction, sc.seed, max_answer_chars=sc.answer_chars)
+            atomic_write_json(kf, key)
             log(f"sft: built {b['train']} train / {b['heldout']} held-out examples from documents into {examples_dir}")
         named.append(("documents", str(examples_dir/"train.jsonl"), str(examples_dir/"heldout.jsonl")))
     if not named: raise DataError("sft: no data; set sft.dataset, sft.sources or sft.doc_sources")
