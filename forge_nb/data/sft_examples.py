@@ -13,7 +13,7 @@ from typing import Iterator
 
 # %% auto #0
 __all__ = ['SECTION_QUESTIONS', 'TEMPLATES', 'sections', 'faq_pairs', 'definitions', 'code_symbols', 'examples_from_document',
-           'iter_source_documents', 'split_of', 'build_sft_examples']
+           'iter_source_documents', 'split_of', 'build_sft_examples', 'preview_examples']
 
 # %% ../../nbs/data/15_sft_examples.ipynb #ae49ad8d
 from ..config import SourceConfig
@@ -182,3 +182,19 @@ def build_sft_examples(sources:list[SourceConfig],   # documents to read (the da
              "documents": dict(docs), "table": table}
     atomic_write_text(out_dir/"stats.json", json.dumps(stats, indent=2) + "\n")
     return stats
+
+# %% ../../nbs/data/15_sft_examples.ipynb #0e7499e3
+def preview_examples(sources:list[SourceConfig],   # documents to read
+                     n:int=5,                      # examples to show
+                     width:int=160,                # characters of each answer shown
+                    ) -> list[dict]:               # rows: source, template, question, answer (shortened)
+    "The first `n` examples the builder would make from `sources`."
+    rows = []
+    for src in sources:
+        for text, title, label, is_code in iter_source_documents(src):
+            for e in examples_from_document(text, src.name, label, title, is_code):
+                a = e["messages"][1]["content"].replace("\n", " ⏎ ")
+                rows.append({"source": src.name, "template": e["template"], "question": e["messages"][0]["content"],
+                             "answer": a[:width] + ("…" if len(a) > width else "")})
+                if len(rows) >= n: return rows
+    return rows
