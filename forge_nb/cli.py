@@ -46,10 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the demo's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     p.add_argument("--foreground", action="store_true", help="run the stages in this process, not as jobs")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this finished stage and every stage after it")
 
-    p = add("run", help="run a config's stages in order (data → pretrain → ...) through the launcher")
+    p = add("run", help="run a config's stages in order (data → pretrain → ...) through the launcher; finished stages are skipped")
     _add_config_args(p, foreground=True)
     p.add_argument("--stage", action="append", help="run only this stage (repeatable; default: the config's stages)")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this finished stage and every stage after it")
 
     p = add("launch", help="submit one stage (or the pipeline) and return at once")
     _add_config_args(p)
@@ -114,12 +116,14 @@ def _cmd_config(args) -> int:
 # %% ../nbs/80_cli.ipynb #7c7aa67f
 def _cmd_run(args, stages=None, wait=True) -> int:
     from forge_nb.pipeline import run_pipeline
-    run_pipeline(_load(args), stages=stages or getattr(args, "stage", None), wait=wait, foreground=args.foreground); return 0
+    run_pipeline(_load(args), stages=stages or getattr(args, "stage", None), wait=wait, foreground=args.foreground,
+                 force=getattr(args, "force", None) or ()); return 0
 
 def _cmd_demo(args) -> int:
     from forge_nb.pipeline import demo_config, run_pipeline
     sets = list(args.overrides) + ([f"pretrain.steps={args.steps}"] if args.steps else [])
-    run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets), foreground=args.foreground); return 0
+    run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets), foreground=args.foreground,
+                 force=args.force); return 0
 
 def _cmd_docs(args) -> int:
     from forge_nb.docs import main as docs_main

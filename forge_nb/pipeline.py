@@ -6,15 +6,16 @@ Docs: https://forge-nb.github.io/forge_nb/pipeline.html.md"""
 
 # %% ../nbs/70_pipeline.ipynb #a7ba20a4
 from __future__ import annotations
-import ast, bdb, json, os, re, sys, sysconfig, time, traceback
+import ast, bdb, hashlib, json, os, re, sys, sysconfig, time, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['prepare_demo_corpus', 'demo_config', 'error_message', 'StageFailed', 'tiny_config', 'follow_jobs', 'bpb_table',
-           'run_foreground', 'run_pipeline']
+__all__ = ['DEMO_POLICY', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task', 'demo_config', 'error_message', 'StageFailed',
+           'tiny_config', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'recorded_key', 'is_current',
+           'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
-from .config import PipelineConfig, DataConfig, SourceConfig, override
+from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
 from .runs import RunDir, atomic_write_text, read_metrics
 
 # %% ../nbs/70_pipeline.ipynb #c03e40da
@@ -28,7 +29,8 @@ def _docstrings(stdlib:Path, limit:int):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 doc = ast.get_docstring(node)
                 if doc and len(doc) >= 40:
-                    yield {"text": doc, "module": f.stem}; n += 1
+                    name = f.stem if isinstance(node, ast.Module) else f"{f.stem}.{node.name}"
+                    yield {"text": doc, "module": f.stem, "name": name}; n += 1
                     if n >= limit: return
 
 def prepare_demo_corpus(folder:str|Path,          # where to write the JSONL sources
@@ -45,21 +47,97 @@ def prepare_demo_corpus(folder:str|Path,          # where to write the JSONL sou
         atomic_write_text(dstr, "".join(json.dumps(d) + "\n" for d in _docstrings(stdlib, max_docstrings)))
     return {"code": str(stdlib/"*.py"), "reference": str(docs), "docstrings": str(dstr)}
 
+# %% ../nbs/70_pipeline.ipynb #a655721f
+DEMO_POLICY = """\
+name: knowledge-base answers
+rules:
+  - name: cites_source
+    kind: required
+    regex: ['Source: (reference|docstrings)/\\S+']
+    description: "End with the page of the knowledge base the answer comes from ('Source: reference/<topic>' or 'Source: docstrings/<module.name>')."
+  - name: concise
+    kind: length
+    unit: words
+    max: 60
+    description: Stay under 60 words.
+  - name: grounded
+    kind: python
+    function: forge_nb.pipeline:grounded
+    pass_at: 0.8
+    description: Say only what the source says, at least 80% of the answer's words are words of the source passage.
+"""
+
+_WORD = re.compile(r"[A-Za-z]{4,}")
+
+def grounded(completion:str,   # the model's answer
+             prompt:str,       # the question
+             row:dict,         # the prompt's row: `context` holds the source passage
+            ):                 # (share of the answer's words found in the source, reason), or None without a source
+    "A policy rule: the share of the answer's words (4+ letters, its `Source:` line aside) that the source passage contains."
+    src = row.get("context")
+    if not src: return None
+    body = completion.split("Source:")[0]
+    words = [w.lower() for w in _WORD.findall(body)]
+    if not words: return 0.0, "no words"
+    known = {w.lower() for w in _WORD.findall(src)}
+    out = [w for w in words if w not in known]
+    share = 1 - len(out) / len(words)
+    return share, f"{share:.0%} of its words are in the source" + (f" (not: {', '.join(dict.fromkeys(out[:5]))})" if out else "")
+
+# %% ../nbs/70_pipeline.ipynb #e7b9040b
+def _prompt_rows(examples:list) -> list:
+    rows = []
+    for e in examples:
+        q, a = e["messages"][0]["content"], e["messages"][1]["content"]
+        rows.append({"prompt": q, "context": a.rsplit("\n\nSource:", 1)[0], "source": f"{e['source']}/{e['doc']}"})
+    return rows
+
+def prepare_demo_task(folder:str|Path,        # where to write the examples, prompts and policy
+                      sources:list,           # `SourceConfig`s of the documents (the knowledge base)
+                      answer_chars:int=200,   # longest answer built from a document
+                      max_per_source:int=4000,# examples per source (first documents first)
+                      n_prompts:int=256,      # RL training prompts (from the training documents)
+                      n_heldout:int=48,       # held-out RL prompts (from documents SFT never saw)
+                     ) -> dict:               # paths: train, heldout (SFT chat), prompts, heldout_prompts, policy
+    "The demo's SFT examples (by the SFT builder, from the knowledge base), RL prompts from them, and a three-rule policy."
+    from forge_nb.data.sft_examples import build_sft_examples
+    import random
+    folder = Path(folder); ex = folder/"sft-examples"
+    paths = {"train": ex/"train.jsonl", "heldout": ex/"heldout.jsonl", "prompts": folder/"rl-prompts.jsonl",
+             "heldout_prompts": folder/"rl-heldout.jsonl", "policy": folder/"policy.yaml"}
+    if not all(p.exists() for p in paths.values()):
+        build_sft_examples(sources, ex, heldout_fraction=0.1, seed=0, max_per_source=max_per_source, max_answer_chars=answer_chars)
+        read = lambda p: [json.loads(l) for l in open(p, encoding="utf-8") if l.strip()]
+        tr, ho = read(paths["train"]), read(paths["heldout"])
+        rng = random.Random(0)
+        pick = lambda rows, n: rng.sample(rows, min(n, len(rows)))
+        atomic_write_text(paths["prompts"], "".join(json.dumps(r) + "\n" for r in _prompt_rows(pick(tr, n_prompts))))
+        atomic_write_text(paths["heldout_prompts"], "".join(json.dumps(r) + "\n" for r in _prompt_rows(pick(ho, n_heldout))))
+        atomic_write_text(paths["policy"], DEMO_POLICY)
+    return {k: str(v) for k, v in paths.items()}
+
 # %% ../nbs/70_pipeline.ipynb #f2436201
 def demo_config(runs_dir:str="runs",    # folder of run directories
                 name:str="demo",        # run name
                 overrides:list=(),      # `dotted.path=value` overrides
                ) -> PipelineConfig:
-    "The demo pipeline: three standard-library sources mixed by token share, a tokenizer, a tiny Llama."
+    "The demo pipeline: three standard-library sources mixed by token share, a tokenizer, a tiny Llama, SFT on examples built from the docs, GRPO to a policy."
     src = prepare_demo_corpus(Path(runs_dir)/"demo-corpus")
+    task = prepare_demo_task(Path(runs_dir)/"demo-corpus", [SourceConfig(name=k, path=src[k]) for k in ("reference", "docstrings")])
     cfg = PipelineConfig(
-        name=name, runs_dir=runs_dir, stages=["data", "pretrain"],
+        name=name, runs_dir=runs_dir, stages=["data", "pretrain", "sft", "rl"],
         data=DataConfig(sources=[SourceConfig(name=k, path=v, kind="text" if k == "code" else "jsonl") for k, v in src.items()],
                         strategy="static", weights=[0.4, 0.2, 0.4], seq_len=128, val_docs=64, max_epochs=8),
         tokenizer={"vocab_size": 1024, "train_bytes": 3_000_000},
         model={"arch": "llama", "depth": 2, "aspect_ratio": 64, "head_dim": 64, "max_seq_len": 128},
         pretrain={"steps": 800, "micro_batch_size": 32, "eval_every": 200, "eval_batches": 8, "save_every": 200,
-                  "log_every": 20, "optim": {"lr": 5e-3, "warmup_steps": 40}})
+                  "log_every": 20, "optim": {"lr": 5e-3, "warmup_steps": 40}},
+        sft={"dataset": task["train"], "eval_dataset": task["heldout"], "max_seq_len": 128, "micro_batch_size": 16,
+             "lr": 1e-3, "warmup_steps": 10, "steps": 150, "log_every": 10, "eval_every": 50, "save_every": 50,
+             "eval_examples": 64, "n_eval_prompts": 4, "max_new_tokens": 48},
+        rl={"method": "grpo", "policy": task["policy"], "prompts": task["prompts"], "heldout_prompts": task["heldout_prompts"],
+            "heldout_chat": task["heldout"], "steps": 20, "lr": 2e-5, "batch_size": 8, "num_generations": 4, "beta": 0.0,
+            "max_completion_length": 48, "save_every": 10, "report_samples": 2, "temperature": 1.0})
     return override(cfg, *overrides) if overrides else cfg
 
 # %% ../nbs/70_pipeline.ipynb #ca0d7195
@@ -116,8 +194,8 @@ def _fmt_record(r:dict) -> str:
     parts += [f"{k}={v:.4f}" for k, v in r.items() if k.startswith("val/") and isinstance(v, float)]
     return f"[{r.get('stage', '?')}] " + " ".join(parts)
 
-def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None):
-    "Print each job's new metrics until all are done; raise `StageFailed` if one fails."
+def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None, on_done=None):
+    "Print each job's new metrics until all are done; raise `StageFailed` if one fails; `on_done(job, summary)` after each."
     out = out or sys.stdout
     seen = {}
     for job in jobs:
@@ -133,6 +211,7 @@ def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None):
             time.sleep(poll_s)
         try: res = job.result()
         except Exception as e: raise _job_failure(job, e) from None
+        if on_done: on_done(job, res)
         _print_summary(job.stage, res, out)
 
 def _print_summary(stage:str, res, out):
@@ -147,43 +226,167 @@ def bpb_table(summary:dict) -> str:
         rows.append(f"{s:<14}{v:>10.3f}" + (f"{u:>13.3f}{v / u:>8.2f}" if u else ""))
     return "\n".join(rows)
 
+# %% ../nbs/70_pipeline.ipynb #d1af90e2
+_SECTIONS = {"data": ("data", "tokenizer"), "pretrain": ("model", "pretrain")}
+
+def stage_sections(stage:str) -> tuple:
+    "The config sections a stage reads: its own, and the model's for pretraining, the tokenizer's for data."
+    return _SECTIONS.get(stage, (stage,))
+
+def _named_files(x) -> list:
+    "[path, bytes, mtime] of each existing file a config section names (datasets, prompts, a policy): editing one reruns the stage."
+    out = []
+    def walk(v):
+        if isinstance(v, dict): [walk(w) for w in v.values()]
+        elif isinstance(v, (list, tuple)): [walk(w) for w in v]
+        elif isinstance(v, str) and 0 < len(v) < 1024 and ("/" in v or "." in v):
+            try: p = Path(v).expanduser(); st = p.stat() if p.is_file() else None
+            except (OSError, ValueError): st = None
+            if st: out.append([v, st.st_size, st.st_mtime_ns])
+    walk(x); return out
+
+def _hash(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+def _producer(cfg:PipelineConfig, need:str) -> str|None:
+    return next((s for s in STAGES if need in STAGES[s].makes), None)
+
+def stage_key(cfg:PipelineConfig,   # the pipeline config
+              stage:str,            # the stage
+              run_dir:str|Path,     # its run directory (keys of stages made earlier are read there)
+              keys:dict|None=None,  # keys of the stages before it in this pipeline
+             ) -> str:              # a content hash: same key, same outputs
+    "What a stage's outputs are a function of: its config sections, the files they name, and the keys of the stages it reads."
+    from forge_nb.launch import stage_inputs
+    if stage == "data":                        # the data stage's own reuse key, the one its manifest records
+        from forge_nb.data.store import config_hash, input_fingerprint
+        return config_hash(cfg, input_fingerprint(cfg.data, cfg.tokenizer))
+    keys = keys or {}
+    secs = {s: getattr(cfg, s).to_dict() for s in stage_sections(stage) if getattr(cfg, s, None) is not None}
+    ups = {}
+    for n in stage_inputs(cfg, stage):
+        p = _producer(cfg, n)
+        ups[n] = keys.get(p) or recorded_key(run_dir, p) if p else None
+    return _hash({"stage": stage, "sections": secs, "files": _named_files(secs), "needs": ups})
+
+def _record_path(run_dir, stage) -> Path: return Path(run_dir)/stage/"stage.json"
+
+def recorded_key(run_dir:str|Path, stage:str) -> str|None:
+    "The key of the last finished run of `stage` in `run_dir` (the data stage: its manifest's `config_hash`)."
+    from forge_nb.runs import RunDir
+    if stage == "data":
+        from forge_nb.data.store import is_complete
+        out = RunDir(run_dir).stage("data").root
+        m = out/"manifest.json"
+        return json.loads(m.read_text()).get("config_hash") if is_complete(out) and m.exists() else None
+    p = _record_path(run_dir, stage)
+    try: rec = json.loads(p.read_text())
+    except (OSError, ValueError): return None
+    return rec.get("key") if rec.get("status") == "done" else None
+
+def is_current(cfg:PipelineConfig, stage:str, run_dir:str|Path, key:str) -> bool:
+    "Has `stage` finished in `run_dir` for this key, with every path it makes still there?"
+    return recorded_key(run_dir, stage) == key and all((Path(run_dir)/m).exists() for m in STAGES[stage].makes)
+
+def mark_stage(run_dir:str|Path, stage:str, key:str, status:str, **info):
+    "Record a stage as `running` (a rerun with another key starts it afresh) or `done` (later runs skip it)."
+    if stage == "data": return                 # the data stage records its key in its manifest
+    p = _record_path(run_dir, stage); p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(p, json.dumps({"key": key, "status": status, "time": time.time(), **info}, default=str, indent=1) + "\n")
+
+def prepare_stage(run_dir:str|Path, stage:str, key:str, force:bool=False, log=print):
+    "Before running a stage: clear what an earlier run with other inputs (or a forced rerun) left, so nothing stale resumes."
+    import shutil
+    d = Path(run_dir)/stage
+    if not d.exists(): return
+    try: old = json.loads(_record_path(run_dir, stage).read_text()).get("key")
+    except (OSError, ValueError): old = None
+    if stage == "data": old = recorded_key(run_dir, "data")
+    if force or (old is not None and old != key):
+        log(f"[{stage}] {'forced rerun' if force else 'inputs changed'}: removing the previous outputs in {d}")
+        shutil.rmtree(d)
+
+def plan_stages(cfg:PipelineConfig,       # the pipeline config
+                stages:list,              # the stages, in order
+                run_dir:str|Path,         # the run directory
+                force:list|tuple=(),      # stages to rerun (with every stage after them)
+               ) -> list:                 # [(stage, key, run?)]
+    "Which stages run and which are skipped: a stage runs when forced, after a forced one, or when its key changed."
+    bad = [f for f in force if f not in stages]
+    if bad: raise ValueError(f"--force {bad[0]}: not a stage of this pipeline ({', '.join(stages)})")
+    first = min((stages.index(f) for f in force), default=len(stages))
+    keys, out = {}, []
+    for i, st in enumerate(stages):
+        keys[st] = k = stage_key(cfg, st, run_dir, keys)
+        out.append((st, k, i >= first or not is_current(cfg, st, run_dir, k)))
+    return out
+
 # %% ../nbs/70_pipeline.ipynb #601057df
+def _peak_rss_gb() -> float:
+    "Peak resident memory of this process and of its finished child processes, in GiB (Linux: ru_maxrss is KiB)."
+    import resource
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
+
+def _skip_line(st:str, key:str) -> str:
+    return f"[{st}] skipped: it finished earlier with the same config and inputs (key {key[:12]}); `--force {st}` reruns it"
+
+def _record_timing(run:RunDir, timings:dict, t0:float):
+    "`<run>/pipeline.json`: each stage's wall time in this run (0 when skipped), the total and the peak memory."
+    atomic_write_text(run.root/"pipeline.json", json.dumps({"stages": timings, "wall_s": round(time.time() - t0, 1),
+                      "peak_rss_gb": round(_peak_rss_gb(), 2), "finished": time.time()}, indent=1) + "\n")
+
 def run_foreground(cfg:PipelineConfig,     # the pipeline to run
                    stages:list|None=None,  # subset of stages (default: cfg.stages)
                    log=print,              # where the stages' log lines go
                    out=None,               # where progress lines go (default: stdout)
-                  ) -> dict:               # stage -> the summary its entry point returned
-    "Run the stages one after another in this process (no job): `breakpoint()` and debuggers work."
+                   force:list|tuple=(),    # stages to rerun even when finished (and every stage after them)
+                  ) -> dict:               # stage -> the summary its entry point returned (`{"skipped": True, ...}` when skipped)
+    "Run the stages one after another in this process (no job): `breakpoint()` and debuggers work; finished stages are skipped."
     from forge_nb.runs import stage_function
     out = out or sys.stdout
     run = RunDir.for_config(cfg).create(); run.save_config(cfg)
     env = dict(cfg.resources.env); saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    results = {}
+    results, timings, t0 = {}, {}, time.time()
     try:
-        for st in list(stages or cfg.stages):
+        for st, key, todo in plan_stages(cfg, list(stages or cfg.stages), run.root, force):
+            if not todo:
+                print(_skip_line(st, key), file=out, flush=True)
+                results[st] = {"skipped": True, "key": key}; timings[st] = {"seconds": 0.0, "skipped": True}
+                continue
             fn = stage_function(st)
+            prepare_stage(run.root, st, key, force=st in force, log=lambda m: print(m, file=out, flush=True))
+            mark_stage(run.root, st, key, "running")
             print(f"[{st}] running in this process (foreground)", file=out, flush=True)
+            ts = time.time()
             try: results[st] = fn(cfg, str(run.root.absolute()), log=log)
             except bdb.BdbQuit: raise                              # `q` at a breakpoint: the user's stop, not a failure
             except Exception as e:
                 tb = "".join(traceback.format_exception(e))
                 path = atomic_write_text(run.logs/f"{st}-foreground.err", tb)
                 raise StageFailed(st, error_message(e), path, tb) from e
+            timings[st] = {"seconds": round(time.time() - ts, 1), "skipped": False}
+            mark_stage(run.root, st, key, "done", seconds=timings[st]["seconds"])
             _print_summary(st, results[st], out)
     finally:
         for k, v in saved.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
+        _record_timing(run, timings, t0)
     return results
 
 # %% ../nbs/70_pipeline.ipynb #eca8b868
+def _finish(run:RunDir, t0:float):
+    from forge_nb.report import write_report
+    print(f"forge_nb: finished in {time.time() - t0:.1f} s. Run directory:\n{run.tree()}", flush=True)
+    print(f"forge_nb: report: {write_report(run.root).absolute()}", flush=True)
+
 def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  stages:list|None=None,  # subset of stages (default: cfg.stages)
                  wait:bool=True,         # follow the jobs until they finish
                  foreground:bool=False,  # run the stages in this process instead (`run_foreground`): debuggers work
+                 force:list|tuple=(),    # stages to rerun even when finished, with every stage after them
                 ) -> list|dict:          # the launcher's Job handles (foreground: stage -> summary)
-    "Launch the config's stages in order through the launcher; optionally follow them to the end."
+    "Launch the config's stages in order through the launcher, skipping those finished for the same inputs; optionally follow them."
     from forge_nb.launch import launch_pipeline
     run = RunDir.for_config(cfg).create()
     stages = list(stages or cfg.stages)
@@ -191,11 +394,28 @@ def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
     where = "in this process (foreground)" if foreground else f"on {cfg.resources.cluster}"
     print(f"forge_nb: run {run.root} — stages {' → '.join(stages)} {where}", flush=True)
     if foreground:
-        res = run_foreground(cfg, stages)
-        print(f"forge_nb: finished in {time.time() - t0:.0f} s. Run directory:\n{run.tree()}", flush=True)
+        res = run_foreground(cfg, stages, force=force)
+        _finish(run, t0)
         return res
-    jobs = launch_pipeline(cfg, stages=stages)
+    plan = plan_stages(cfg, stages, run.root, force)
+    for st, key, todo in plan:
+        if not todo: print(_skip_line(st, key), flush=True)
+    todo = [(st, key) for st, key, t in plan if t]
+    timings = {st: {"seconds": 0.0, "skipped": True} for st, _, t in plan if not t}
+    if not todo:
+        _record_timing(run, timings, t0)
+        print("forge_nb: nothing to run, every stage is up to date", flush=True)
+        _finish(run, t0)
+        return []
+    for st, key in todo:
+        prepare_stage(run.root, st, key, force=st in force); mark_stage(run.root, st, key, "running")
+    jobs = launch_pipeline(cfg, stages=[st for st, _ in todo])
     if wait:
-        follow_jobs(jobs, run)
-        print(f"forge_nb: finished in {time.time() - t0:.0f} s. Run directory:\n{run.tree()}", flush=True)
+        keys, start = dict(todo), [time.time()]
+        def done(job, res):
+            timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
+            mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"])
+        try: follow_jobs(jobs, run, on_done=done)
+        finally: _record_timing(run, timings, t0)
+        _finish(run, t0)
     return jobs

@@ -1,0 +1,115 @@
+"""The whole lifecycle as one pipeline (data → pretrain → SFT → RL → report): finished stages are skipped on a rerun,
+changing one SFT field reruns SFT and RL only, `--force STAGE` reruns it and every stage after it, and the report
+renders in Chromium. A tiny pipeline in this process (`--foreground`) keeps each run to seconds of training."""
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+from forge_nb.config import SourceConfig, override, save_config
+from forge_nb.pipeline import tiny_config, prepare_demo_task, run_foreground
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["data", "pretrain", "sft", "rl"]
+
+
+def tiny_lifecycle(folder: Path):
+    "tiny_config's data + pretrain, then SFT on examples built from its reference topics and 2 GRPO steps on the demo policy."
+    cfg = tiny_config(folder, name="life", steps=6, eval_every=6, save_every=6)
+    task = prepare_demo_task(folder/"task", [SourceConfig(name="reference", path=str(folder/"ref.jsonl"))],
+                             n_prompts=16, n_heldout=4)
+    return cfg.model_copy(update={"stages": STAGES,
+        "sft": type(cfg.sft)(dataset=task["train"], eval_dataset=task["heldout"], max_seq_len=64, micro_batch_size=4, lr=3e-3,
+                             warmup_steps=1, steps=4, log_every=1, eval_every=4, save_every=4, eval_examples=8,
+                             n_eval_prompts=2, max_new_tokens=8),
+        "rl": type(cfg.rl)(policy=task["policy"], prompts=task["prompts"], heldout_prompts=task["heldout_prompts"], steps=2,
+                           batch_size=4, num_generations=2, beta=0.0, max_completion_length=12, save_every=2,
+                           report_samples=1, lr=1e-5)})
+
+
+def forge(*args, timeout=900):
+    r = subprocess.run([str(Path(sys.executable).parent/"forge-nb"), *args], capture_output=True, text=True, timeout=timeout,
+                       cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def ran(out: str) -> list:
+    "Stages that ran (not skipped), from the run's printed lines."
+    return [s for s in STAGES if f"[{s}] running in this process" in out]
+
+
+def skipped(out: str) -> list:
+    return [s for s in STAGES if f"[{s}] skipped:" in out]
+
+
+def mtimes(run: Path) -> dict:
+    "When each stage's main output was written (recounted from the files, not from the pipeline's own records)."
+    paths = {"data": "data/manifest.json", "pretrain": "pretrain/final/config.json", "sft": "sft/final/config.json",
+             "rl": "rl/final/config.json"}
+    return {s: (run/p).stat().st_mtime_ns for s, p in paths.items()}
+
+
+@pytest.mark.slow
+def test_rerun_skips_sft_change_reruns_sft_and_rl_force_reruns_after(tmp_path):
+    cfg = tiny_lifecycle(tmp_path)
+    yml = tmp_path/"life.yaml"; save_config(cfg, yml)
+    run = tmp_path/"life"
+    out = forge("run", str(yml), "--foreground")
+    assert ran(out) == STAGES and (run/"report.html").exists(), out[-2000:]
+    first = mtimes(run)
+    assert json.loads((run/"rl"/"report.json").read_text())["rules"].keys() == {"cites_source", "concise", "grounded"}
+
+    out = forge("run", str(yml), "--foreground")                    # again: every stage reused
+    assert ran(out) == [] and skipped(out) == STAGES, out[-2000:]
+    assert mtimes(run) == first
+    assert f"report: {(run/'report.html').absolute()}" in out
+
+    out = forge("run", str(yml), "--foreground", "--set", "sft.lr=0.002")   # one SFT field: SFT and RL only
+    assert ran(out) == ["sft", "rl"] and skipped(out) == ["data", "pretrain"], out[-2000:]
+    second = mtimes(run)
+    assert [s for s in STAGES if second[s] != first[s]] == ["sft", "rl"]
+
+    out = forge("run", str(yml), "--foreground", "--set", "sft.lr=0.002", "--force", "pretrain")   # it and every stage after
+    assert ran(out) == ["pretrain", "sft", "rl"] and skipped(out) == ["data"], out[-2000:]
+    third = mtimes(run)
+    assert [s for s in STAGES if third[s] != second[s]] == ["pretrain", "sft", "rl"]
+
+
+def test_force_names_a_stage_of_the_pipeline(tmp_path):
+    cfg = tiny_lifecycle(tmp_path)
+    with pytest.raises(ValueError, match="--force rl: not a stage of this pipeline"):
+        run_foreground(cfg, ["data"], force=["rl"], log=lambda *a: None)
+
+
+@pytest.mark.browser
+def test_report_renders_in_chromium(chromium, tmp_path, artifacts_dir):
+    "A report of a real (tiny) run: its SVG charts have bars and its tables have rows, in a real browser, offline."
+    from playwright.sync_api import sync_playwright
+    from forge_nb.report import write_report
+    cfg = tiny_lifecycle(tmp_path)
+    run_foreground(cfg, log=lambda *a: None, out=open(os.devnull, "w"))
+    page_path = write_report(tmp_path/"life")
+    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=args)
+        try:
+            page = b.new_page()
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_path.absolute().as_uri())
+            page.screenshot(path=str(artifacts_dir/"report.png"), full_page=True)
+            assert [u for u in requests if not u.startswith("file:")] == []          # nothing fetched: self-contained
+            for sid in ["time", "mix", "bpb", "sft", "rl", "samples", "artifacts"]:
+                sec = page.locator(f"section#{sid}")
+                assert sec.count() == 1 and sec.locator(".none").count() == 0, f"section {sid} is empty"
+            for sid in ["time", "mix", "bpb", "sft", "rl"]:                          # each chart drew bars of some width
+                rects = page.locator(f"section#{sid} svg rect")
+                assert rects.count() > 0, sid
+                assert max(rects.nth(i).bounding_box()["width"] for i in range(rects.count())) > 5, sid
+            rules = page.locator("section#rl table tbody tr td:first-child").all_inner_texts()
+            assert rules[:3] == ["cites_source", "concise", "grounded"]
+            doms = page.locator("section#bpb table tbody tr td:first-child").all_inner_texts()
+            assert sorted(doms) == sorted(json.loads((tmp_path/"life"/"pretrain"/"summary.json").read_text())["val_bpb"])
+            paths = page.locator("section#artifacts td:nth-child(2)").all_inner_texts()
+            assert str((tmp_path/"life"/"rl"/"final").absolute()) in paths
+        finally: b.close()
