@@ -82,13 +82,14 @@ def _sft(run:RunDir) -> str:
 def _rl(run:RunDir) -> tuple[str, str]:
     rep = _read_json(run.stage("rl").root/"report.json")
     if not rep or "rules" not in rep: return "<p class='none'>no RL compliance report (rl/report.json)</p>", ""
-    rows = [{"rule": n, "before RL": v["before"]["pass_rate"], "after RL": v["after"]["pass_rate"]} for n, v in rep["rules"].items()]
-    rows.append({"rule": "all rules", "before RL": rep["pass_rate"]["before"], "after RL": rep["pass_rate"]["after"]})
-    rows.append({"rule": "mean reward", "before RL": rep["reward"]["before"], "after RL": rep["reward"]["after"]})
-    chart = bar_chart([(r["rule"], [r["before RL"], r["after RL"]]) for r in rows[:-1]], ["SFT model", "after RL"],
-                      title="policy pass rate on held-out prompts", width=420)
+    rows = [(n, [v["before"]["pass_rate"], v["after"]["pass_rate"]]) for n, v in rep["rules"].items()]
+    rows.append(("all rules", [rep["pass_rate"]["before"], rep["pass_rate"]["after"]]))
+    chart = bar_chart(rows, ["SFT model", "after RL"], title="policy pass rate on held-out prompts", width=420)
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"
+    tab = [{"rule": n, "before RL": pct(b), "after RL": pct(a)} for n, (b, a) in rows]
+    tab.append({"rule": "mean reward", "before RL": f"{rep['reward']['before']:.3f}", "after RL": f"{rep['reward']['after']:.3f}"})
     body = (f"<p>policy <b>{html.escape(str(rep['policy']))}</b>, {rep['prompts']} held-out prompts × "
-            f"{rep['samples_per_prompt']} samples</p>" + str(chart) + _table(rows))
+            f"{rep['samples_per_prompt']} samples</p>" + str(chart) + _table(tab))
     samples = [{"model": who, "prompt": s["prompt"], "completion": s["completion"], "reward": s["reward"],
                 "passed": ", ".join(k for k, v in (s.get("passed") or {}).items() if v)}
                for who in ("before", "after") for s in rep[who].get("samples", [])]
@@ -102,8 +103,12 @@ _ARTIFACTS = [("config.yaml", "the resolved config"), ("pipeline.json", "wall ti
               ("logs", "job logs")]
 
 def _artifacts(run:RunDir) -> str:
-    rows = [{"artifact": what, "path": str((run.root/p).absolute()), "exists": "yes" if (run.root/p).exists() else "no"}
-            for p, what in _ARTIFACTS]
+    items = [(run.root/p, what) for p, what in _ARTIFACTS]
+    cfg = run.load_config() if run.config_path.exists() else None
+    if cfg is not None:   # inputs the config names outside the run directory
+        items += [(Path(v), what) for v, what in [(cfg.sft.dataset, "SFT training examples"), (cfg.sft.eval_dataset, "SFT held-out examples"),
+                  (cfg.rl.policy, "the policy"), (cfg.rl.prompts, "RL prompts"), (cfg.rl.heldout_prompts, "RL held-out prompts")] if v]
+    rows = [{"artifact": what, "path": str(p.absolute()), "exists": "yes" if p.exists() else "no"} for p, what in items]
     return _table(rows)
 
 def _times(run:RunDir) -> str:
