@@ -11,8 +11,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['DEMO_POLICY', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task', 'demo_config', 'error_message', 'StageFailed',
-           'tiny_config', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'recorded_key', 'is_current',
-           'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground', 'run_pipeline']
+           'tiny_config', 'progress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'recorded_key',
+           'is_current', 'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
 from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
@@ -194,10 +194,28 @@ def _fmt_record(r:dict) -> str:
     parts += [f"{k}={v:.4f}" for k, v in r.items() if k.startswith("val/") and isinstance(v, float)]
     return f"[{r.get('stage', '?')}] " + " ".join(parts)
 
-def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None, on_done=None):
-    "Print each job's new metrics until all are done; raise `StageFailed` if one fails; `on_done(job, summary)` after each."
+def _dur(s:float) -> str:
+    m, s = divmod(int(round(s)), 60); h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+def progress(step:int,               # this record's step
+             total:int|None,         # the stage's steps (None: unknown, e.g. SFT by epochs)
+             t:float,                # this record's time
+             first:tuple,            # (step, time) of the first training record seen
+            ) -> str:
+    "`step/total (share), steps per second, time left`, the rate measured since the first record."
+    s0, t0 = first
+    rate = (step - s0) / (t - t0) if t > t0 and step > s0 else None
+    out = f"{step}/{total} ({step / total:.0%})" if total else f"step {step}"
+    if rate: out += f", {rate:.3g} steps/s"
+    if rate and total: out += f", ETA {_dur(max(0, total - step) / rate)}"
+    return out
+
+def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None, on_done=None,
+                totals:dict|None=None):   # stage -> its total steps, for step/total and the ETA
+    "Print each job's new metrics (with progress) until all are done; raise `StageFailed` if one fails; `on_done(job, summary)` after each."
     out = out or sys.stdout
-    seen = {}
+    seen, first, totals = {}, {}, totals or {}
     for job in jobs:
         sd = run.stage(job.stage)
         print(f"[{job.stage}] job {job.job_id} ({job.state()})", file=out, flush=True)
@@ -206,7 +224,11 @@ def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None, on_done=None)
             recs = read_metrics(sd.metrics_path, seen.get(job.stage, 0))
             seen[job.stage] = seen.get(job.stage, 0) + len(recs)
             for r in recs:
-                if "loss" in r or any(k.startswith("val/") for k in r): print(_fmt_record(r), file=out, flush=True)
+                line = _fmt_record(r)
+                if "loss" in r and isinstance(r.get("step"), int) and "time" in r:
+                    f = first.setdefault(job.stage, (r["step"], r["time"]))
+                    line += " | " + progress(r["step"], totals.get(job.stage), r["time"], f)
+                if "loss" in r or any(k.startswith("val/") for k in r): print(line, file=out, flush=True)
             if done: break
             time.sleep(poll_s)
         try: res = job.result()
@@ -415,7 +437,8 @@ def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
         def done(job, res):
             timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
             mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"])
-        try: follow_jobs(jobs, run, on_done=done)
+        totals = {st: getattr(getattr(cfg, st, None), "steps", None) for st, _ in todo}
+        try: follow_jobs(jobs, run, on_done=done, totals=totals)
         finally: _record_timing(run, timings, t0)
         _finish(run, t0)
     return jobs
