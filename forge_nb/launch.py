@@ -225,7 +225,8 @@ class MissingInputs(ValueError):
     "A stage would read run-dir paths that nothing makes; `errors` holds one message per path. Nothing was submitted."
     def __init__(self, errors:list[str]):
         self.errors = errors
-        super().__init__("missing stage inputs, nothing was submitted:\n  " + "\n  ".join(errors))
+        sep = " " if len(errors) == 1 else "\n  "   # one input: one line (the CLI's error line names it)
+        super().__init__("missing stage inputs, nothing was submitted:" + sep + sep.join(errors))
 
 def stage_inputs(cfg:PipelineConfig, stage:str) -> tuple:
     "Run-dir paths `stage` reads: the registry's `needs`, less a `*/final` model when its section sets `base_model`."
