@@ -115,7 +115,7 @@ def _times(run:RunDir) -> str:
     t = stage_times(run); total = sum(t.values()) or 1
     p = _read_json(run.root/"pipeline.json") or {}
     rows = [{"stage": s, "seconds": round(v, 1), "share of time": f"{v / total:.0%}"} for s, v in t.items()]
-    last = (f"<p>last invocation: {p.get('wall_s')} s wall time, peak memory {p.get('peak_rss_gb')} GiB; "
+    last = (f"<p>last invocation: {p.get('wall_s')} s wall time, peak memory {p.get('peak_rss_gb')} GiB of the pipeline's own process (with --foreground, of the stages too); "
             f"skipped: {', '.join(s for s, v in (p.get('stages') or {}).items() if v.get('skipped')) or 'none'}</p>") if p else ""
     return (str(bar_chart([(s, [v]) for s, v in t.items()], ["seconds"], title="seconds per stage (when it last ran)",
                           width=420, fmt=lambda v: f"{v:.0f} s")) + _table(rows) + last)
