@@ -225,6 +225,13 @@ def _check_stage(stage:str):
     if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
     if not STAGES[stage].implemented: raise NotImplementedError(f"stage {stage!r} is not implemented yet ({STAGES[stage].entrypoint})")
 
+def _check_mix(cfg:PipelineConfig, stages:list):
+    "Refuse a data stage whose mix plan is infeasible before anything is submitted (the error the data job would end with)."
+    if "data" not in stages: return
+    from forge_nb.data.store import mix_plan_problem
+    from forge_nb.data.sources import DataError
+    if (problem := mix_plan_problem(cfg)): raise DataError(f"not submitted: {problem}")
+
 def _launch_checked(cfg:PipelineConfig, stage:str, res:ResourcesConfig, run_dir, depends_on) -> Job:
     run = RunDir(Path(run_dir) if run_dir else RunDir.for_config(cfg).root).create()
     run.save_config(cfg)
@@ -239,6 +246,7 @@ def launch(cfg:PipelineConfig,                   # the pipeline config
           ) -> Job:
     "Submit one stage of `cfg`; return its `Job`."
     _check_stage(stage)
+    _check_mix(cfg, [stage])
     return _launch_checked(cfg, stage, check_resources(resources or cfg.resources, partitions), run_dir, depends_on)
 
 def launch_fn(fn:Callable, *args, cfg:PipelineConfig|None=None, name:str|None=None, **kwargs) -> Job:
@@ -260,6 +268,7 @@ def launch_pipeline(cfg:PipelineConfig,          # the pipeline config
         except Exception: partitions = None        # validate_resources reports it
     errs = [f"stage {st}: {e}" for st in stages for e in validate_resources(asked[st], partitions)]
     if errs: raise ResourceError(errs)             # every stage is checked, once, before the first one is submitted
+    _check_mix(cfg, stages)
     jobs = []
     for st in stages: jobs.append(_launch_checked(cfg, st, asked[st], None, jobs[-1:]))
     return jobs

@@ -17,7 +17,7 @@ __all__ = ['field_kind', 'field_help', 'ConfigForm']
 import yaml
 import ipywidgets as W
 from pydantic import BaseModel
-from ..config import ForgeConfig, PipelineConfig, ConfigError, validate_config, load_config
+from ..config import ForgeConfig, PipelineConfig, ConfigError, validate_config, load_config, STAGES
 
 # %% ../../nbs/widgets/60_forms.ipynb #bd215cd7
 def _is_model(t) -> bool: return isinstance(t, type) and issubclass(t, BaseModel)
@@ -92,7 +92,8 @@ class _Field:
         self.input = self._make_input(value)
         self.input.observe(lambda ch: on_change(), "value")
         self.status = W.HTML(self._status_html(), layout=W.Layout(flex="1 1 auto"))
-        label = W.HTML(f"<code>{html.escape(name)}</code>", layout=W.Layout(width=_LABEL_W, min_width=_LABEL_W), tooltip=self.help)
+        label = W.HTML(f"<code style='overflow-wrap:anywhere;white-space:normal'>{html.escape(name)}</code>",   # long names wrap, not cut
+                       layout=W.Layout(width=_LABEL_W, min_width=_LABEL_W), tooltip=self.help)
         self.widget = W.HBox([label, self.input, self.status])
         self.widget.add_class("forge-field"); self.widget.add_class(_css(path))
 
@@ -104,7 +105,10 @@ class _Field:
         if k == "bool": return W.Checkbox(value=bool(v), indent=False, layout=lay)
         if k == "int" and not opt: return W.IntText(value=v, continuous_update=True, layout=lay)
         if k == "float" and not opt: return W.FloatText(value=v, continuous_update=True, layout=lay)
-        if k == "tags": return W.TagsInput(value=list(v or []), allowed_tags=list(self.extra), allow_duplicates=False, layout=lay)
+        if k == "tags":   # stage names: only the implemented ones are offered; a placeholder keeps the text input visible
+            allowed = [t for t in self.extra if t not in STAGES or STAGES[t].implemented or t in (v or [])]   # (a loaded value stays)
+            return W.TagsInput(value=list(v or []), allowed_tags=allowed, allow_duplicates=False, layout=lay,
+                               placeholder="add: " + ", ".join(map(str, allowed))[:40])
         ph = "(empty: none)" if opt else ("YAML, e.g. [a, b] or {k: v}" if k == "yaml" else "")
         return W.Text(value=_to_text(v, k), placeholder=ph, continuous_update=True, layout=lay)
 
@@ -163,6 +167,8 @@ class _ModelForm:
             self.fields[name] = f
         self.error_box = W.HTML()
         parts = [self.error_box, *rows]
+        if depth == 0:   # a registered stage that is not implemented gets no tab (its section is kept as it is)
+            nested = [f for f in nested if f.name not in STAGES or STAGES[f.name].implemented]
         if nested:
             self.nested = W.Tab() if depth == 0 else W.Accordion()
             self.nested.children = [f.widget for f in nested]

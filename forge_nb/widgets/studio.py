@@ -12,6 +12,7 @@ __all__ = ['Studio']
 
 # %% ../../nbs/widgets/66_studio.ipynb #8532db6c
 import ipywidgets as W
+from pathlib import Path
 from ..config import PipelineConfig
 from .forms import ConfigForm
 from .launch_panel import LaunchPanel
@@ -30,7 +31,8 @@ class Studio(W.Tab):
         self.form = ConfigForm(cfg)
         self.monitor = JobMonitor(runs_dir=cfg.runs_dir)
         self.launch_panel = LaunchPanel(self.form, stage=stage, monitor=self.monitor, load_partitions=False)
-        self.mix = MixBuilder(cfg.data)
+        self.mix = MixBuilder(cfg.data, pipeline=cfg)   # planned with the pretraining budget, as the data stage plans it
+        self.form.on_change(self.mix.set_pipeline)
         self.sizer = ModelSizer(cfg)
         self.use_mix = W.Button(description="Use this mix", icon="check", button_style="primary")
         self.use_model = W.Button(description="Use this model", icon="check", button_style="primary")
@@ -41,6 +43,9 @@ class Studio(W.Tab):
                                    self.launch_panel, self.monitor],
                          titles=("config", "data mix", "model size", "launch", "jobs"))
         self.add_class("forge-studio")
+        if (Path(cfg.runs_dir)/cfg.name/"jobs.json").exists():   # re-created (e.g. after a kernel restart): show the run's jobs
+            try: self.monitor.watch_run(cfg.name)
+            except Exception as e: self.monitor.message.value = f"<span style='color:#c62828'>cannot read the run's jobs: {e}</span>"
 
     def _replace(self, **parts) -> PipelineConfig|None:
         cfg = self.form.config
