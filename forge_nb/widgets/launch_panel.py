@@ -193,7 +193,7 @@ def update(self:LaunchPanel):
     self.problems = self.check()
     self.launch_button.disabled = bool(self.problems)
     self.launch_button.tooltip = "; ".join(self.problems) or "Submit this stage"
-    self.problems_box.value = "".join(f"<div class='forge-launch-problem' style='color:#c62828'>✗ {html.escape(p)}</div>"
+    self.problems_box.value = "".join(f"<div class='forge-launch-problem' style='color:#c62828;white-space:pre-line'>✗ {html.escape(p)}</div>"
                                       for p in self.problems)
     self.preview.value = self._preview_html()
 

@@ -175,7 +175,8 @@ def data_config(self:MixBuilder) -> DataConfig:
 def budget(self:MixBuilder, data:DataConfig) -> int|None:
     "The token budget of the plan: `total_tokens` if set, else the pipeline's pretraining budget (`resolve_total_tokens`, the data stage's own)."
     if data.total_tokens or self.pipeline is None: return data.total_tokens
-    return resolve_total_tokens(self.pipeline.model_copy(update={"data": data}))
+    # the pipeline's own data section (its seq_len), not the builder's: only the budget fields differ
+    return resolve_total_tokens(self.pipeline.model_copy(update={"data": self.pipeline.data.model_copy(update={"total_tokens": None})}))
 
 @patch
 def set_pipeline(self:MixBuilder, cfg:PipelineConfig|None):

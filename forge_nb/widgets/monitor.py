@@ -121,6 +121,7 @@ class _JobCard:
                                 f" · {len(self.records)} metrics records" + (f" · step {step}" if step is not None else ""))
         st0 = self.state.split(" ")[0]
         self.reason = dependency_failure(self.job) if st0 in ("CANCELLED", "PENDING") else None
+        if self.reason and st0 == "PENDING": self.reason = self.reason.replace("cancelled because", "will never start because", 1)
         reason = (f"<div class='forge-job-reason' style='color:#6d4c41'>{html.escape(self.reason)}</div>" if self.reason else "")
         if reason != self.reason_box.value: self.reason_box.value = reason
         empty = "(no log: the job never started)" if self.reason else "(no log yet)"
