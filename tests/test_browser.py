@@ -382,6 +382,15 @@ def test_infeasible_plan_and_bpb_plot_in_jupyterlab(lab, browser, artifacts_dir)
     page = open_and_run_all(browser, lab, "issue17_e2e.ipynb", ".forge-job-monitor .forge-job-card .forge-job-state", artifacts_dir)
     mon = page.locator(".forge-job-monitor:has(.forge-job-card)")   # the demo monitor (the Studio's own sits in a closed tab)
     studio = page.locator(".forge-studio")
+    # 8. the stages tag box's text input shows without a click; a long field name wraps instead of being cut off
+    assert _svg_box(studio.locator(".forge-f-stages input").first)["width"] > 30, "the tag box's text input is hidden"
+    studio.locator(".forge-f-stages").first.screenshot(path=str(artifacts_dir/"browser-17-stages-tags.png"))
+    studio.locator('.lm-TabBar-tabLabel:text-is("pretrain")').first.click()
+    name = studio.locator(".forge-f-pretrain-activation_checkpointing code")
+    name.wait_for(timeout=15000)
+    assert name.evaluate("e => e.getBoundingClientRect().right <= e.closest('.widget-html').getBoundingClientRect().right + 1"), "label cut off"
+    studio.locator(".forge-f-pretrain-activation_checkpointing").screenshot(path=str(artifacts_dir/"browser-17-form-label.png"))
+    studio.locator('.lm-TabBar-tabLabel:text-is("data")').first.click()
     # 1. the mix tab: the plan uses the pretraining budget and says it is infeasible
     studio.locator('.lm-TabBar-tabLabel:text-is("data mix")').click()
     studio.locator(".forge-mix-infeasible").wait_for(timeout=15000)

@@ -83,6 +83,10 @@ _LABEL_W, _INPUT_W = "13em", "18em"
 
 def _css(path) -> str: return "forge-f-" + "-".join(str(p) for p in path)
 
+# ipywidgets' TagsInput hides its text input (an inline display:none) once it holds a tag, until the box is clicked:
+# a stylesheet rule with !important keeps it shown, so adding a stage needs no hunt for the empty space to click
+_FORM_CSS = "<style>.forge-form .jupyter-widget-tagsinput > .widget-text { display: inline-block !important; }</style>"
+
 class _Field:
     "One scalar (or YAML) field of a config: a row with its name, its input and its help or error."
     def __init__(self, name, finfo, value, path, on_change):
@@ -92,7 +96,7 @@ class _Field:
         self.input = self._make_input(value)
         self.input.observe(lambda ch: on_change(), "value")
         self.status = W.HTML(self._status_html(), layout=W.Layout(flex="1 1 auto"))
-        label = W.HTML(f"<code style='overflow-wrap:anywhere;white-space:normal'>{html.escape(name)}</code>",   # long names wrap, not cut
+        label = W.HTML(f"<code style='overflow-wrap:anywhere;white-space:normal'>{html.escape(name).replace('_', '_<wbr>')}</code>",   # long names wrap (at _), not cut
                        layout=W.Layout(width=_LABEL_W, min_width=_LABEL_W), tooltip=self.help)
         self.widget = W.HBox([label, self.input, self.status])
         self.widget.add_class("forge-field"); self.widget.add_class(_css(path))
@@ -305,7 +309,7 @@ class ConfigForm(W.VBox):
         self.config_cls, self._config, self.errors, self._callbacks, self._quiet = cls, None, [], [], False
         self._form = _ModelForm(cls, value, (), self._changed)
         self.status = W.HTML()
-        super().__init__([self.status, self._form.widget])
+        super().__init__([self.status, self._form.widget, W.HTML(_FORM_CSS, layout=W.Layout(display="none"))])
         self.add_class("forge-form")
         self._changed()
 
