@@ -170,6 +170,8 @@ def check(self:LaunchPanel) -> list[str]:
         else: problems += list(L.validate_resources(res))
     except Exception as e: problems.append(f"{type(e).__name__}: {e}")
     stages = self._cfg.stages if self.stage.value == "all" else [self.stage.value]
+    if (todo := [s for s in stages if s not in implemented_stages()]):   # e.g. a loaded config that lists one
+        problems.append(f"stage{'s' * (len(todo) > 1)} {', '.join(todo)} not implemented yet: remove {'them' if len(todo) > 1 else 'it'} from `stages`")
     if "data" in stages and (p := self.mix_problem()): problems.append(p)
     return problems
 
