@@ -230,7 +230,9 @@ def _check_mix(cfg:PipelineConfig, stages:list):
     if "data" not in stages: return
     from forge_nb.data.store import mix_plan_problem
     from forge_nb.data.sources import DataError
-    if (problem := mix_plan_problem(cfg)): raise DataError(f"not submitted: {problem}")
+    try: problem = mix_plan_problem(cfg)
+    except Exception: return                       # a source that cannot be read: the data job reports it, with its log
+    if problem: raise DataError(f"not submitted: {problem}")
 
 def _launch_checked(cfg:PipelineConfig, stage:str, res:ResourcesConfig, run_dir, depends_on) -> Job:
     run = RunDir(Path(run_dir) if run_dir else RunDir.for_config(cfg).root).create()

@@ -427,13 +427,28 @@ def preview_data(cfg:PipelineConfig,     # the pipeline config (its `data` is pr
     return DataPreview(samples, lengths, plan, stats, problem, data.seq_len)
 
 # %% ../../nbs/data/14_store.ipynb #26026eff
-def mix_plan_problem(cfg:PipelineConfig,   # the pipeline config that will be launched
-                     sample_docs:int=200,  # documents per source tokenized to measure bytes per token (with a tokenizer)
-                    ) -> str|None:         # the data stage's `infeasible mix plan` error, or None when the plan fits
+def mix_plan_problem(cfg:PipelineConfig,     # the pipeline config that will be launched
+                     sample_docs:int=200,    # documents per source tokenized to measure bytes per token (with a tokenizer)
+                     doc_limit:int=200_000,  # a source with more documents is left to the data stage (counting it costs too much here)
+                    ) -> str|None:           # the data stage's `infeasible mix plan` error, or None when the plan fits
     "Check the mix plan before anything is submitted: the same budget (`resolve_total_tokens`) and caps the data stage uses."
     if not cfg.data.sources: return None
-    tok = cfg.tokenizer.path or None
-    return preview_data(cfg, tokenizer=tok, sample_docs=sample_docs, show=0).problem
+    tok = load_tokenizer(cfg.tokenizer.path) if cfg.tokenizer.path else None
+    sizes = []
+    for s in cfg.data.sources:
+        st, docs = SourceStats(), []
+        for t in iter_documents(s, st, limit=doc_limit):
+            if tok is not None and len(docs) < sample_docs: docs.append(t)
+        if st.docs >= doc_limit: return None
+        bpt = 4.0
+        if docs:
+            _, l = encode_documents(tok, docs, tok.eos_token_id)
+            bpt = sum(len(t.encode("utf-8", "replace")) for t in docs) / max(int(l.sum()), 1)
+        sizes.append(int(st.bytes / bpt))
+    plan = plan_mix(cfg.data, sizes, resolve_total_tokens(cfg), check=False)
+    try: plan.check()
+    except DataError as e: return str(e)
+    return None
 
 
 # %% ../../nbs/data/14_store.ipynb #fbf5c035
