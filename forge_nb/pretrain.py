@@ -535,7 +535,7 @@ def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
                 rep.validation(step, val.validate(state.model, step))
                 rep.samples(step, val.samples(state.model, step))
                 if ckpt.due(step): ckpt.save(state, tokens=step * batch_tokens)
-            if guard.requested():   # preempted or out of time: checkpoint this step if it fits, then requeue
+            if guard.requested(step):   # preempted or out of time: checkpoint this step if it fits, then requeue
                 guard.stop(step, lambda: ckpt.save(state, tokens=step * batch_tokens), ckpt.save_s, ckpt.latest)
     final = export_model(state, cfg, store, sd.final)
     return _summarize(sd, state, store, start, batch_tokens, rep.tps, env, final, ckpt.latest, log)
