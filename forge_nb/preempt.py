@@ -75,7 +75,7 @@ class PreemptionGuard:
                  handler=None):               # what to hand over to (default: the signal's handler at entry, submitit's in a job)
         self.log, self.metrics, self.name, self.margin_s, self._handler = log, metrics, name, margin_s, handler
         self.sig = sig or preempt_signal()
-        self.at = self.deadline = self.step = None
+        self.at = self.deadline = self.step = self.signum = None
         self._known = threading.Event()   # set once the deadline has been looked up
         self.deadline_from, self.saving, self.installed, self._prev, self._orig, self._timer = "unknown", False, False, None, None, None
 
@@ -129,7 +129,9 @@ class PreemptionGuard:
     def requested(self, step:int|None=None) -> bool:
         "Has any rank been told to stop? (Call at every step boundary, on every rank; `step`: the step just finished.)"
         self.step = step if step is not None else self.step
-        return agree_max(1.0 if self.at is not None else 0.0) > 0
+        if agree_max(1.0 if self.at is not None else 0.0) == 0: return False
+        if self.at is None: self.request(self.sig)   # signalled on another rank only: a notice here too (finds the deadline)
+        return True
 
     def grace_left(self) -> float|None:
         "Seconds until the job is stopped, if known."
@@ -173,7 +175,7 @@ class PreemptionGuard:
 
     def exit_for_requeue(self):
         "Hand over to the replaced handler (submitit's checkpoint-and-requeue); without one, raise `Preempted`."
-        prev, signum = self._prev, getattr(self, "signum", self.sig)
+        prev, signum = self._prev, self.signum or self.sig
         self.saving = True
         self._restore()
         if callable(prev):
