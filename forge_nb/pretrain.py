@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/pretrain.html.md"""
 
 # %% ../nbs/21_pretrain.ipynb #d7ccfed1
 from __future__ import annotations
-import contextlib, functools, json, math, os, random, resource, time
+import contextlib, functools, json, math, random, resource, time
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -5,7 +5,7 @@ says so, and resumes from its last periodic checkpoint. Both finish with every l
 
     pytest tests/test_preempt_slurm.py      # about 2 minutes (both jobs run at once)
 """
-import json, os, re, subprocess, sys, time
+import os, re, subprocess, sys, time
 from pathlib import Path
 
 import pytest
