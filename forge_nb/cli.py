@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--stage", help="stage to launch (default: all of the config's stages, with dependencies)")
 
-    for st, doc in [("data", "mix, tokenize, pack and store the training data"), ("pretrain", "pretrain a model from scratch")]:
-        p = sub.add_parser(st, help=f"{doc} (launches the `{st}` stage and waits)")
+    from forge_nb.config import STAGES
+    for st in STAGES.values():                      # one verb per implemented stage, from the stage registry
+        if not st.implemented: continue
+        p = sub.add_parser(st.name, help=f"{st.title} (launches the `{st.name}` stage and waits)")
         _add_config_args(p)
 
     p = sub.add_parser("jobs", help="list submitted jobs and their states")
@@ -118,13 +120,13 @@ def main(argv:list|None=None) -> int:
     "Entry point of the `forge-nb` console script."
     ap = build_parser()
     args = ap.parse_args(argv)
-    from forge_nb.config import ConfigError
+    from forge_nb.config import ConfigError, STAGES
     try:
         if args.cmd is None: ap.print_help(); return 0
         if args.cmd == "config": return _cmd_config(args)
         if args.cmd == "demo": return _cmd_demo(args)
         if args.cmd == "run": return _cmd_run(args)
-        if args.cmd in ("data", "pretrain"): return _cmd_run(args, stages=[args.cmd])
+        if args.cmd in STAGES: return _cmd_run(args, stages=[args.cmd])
         if args.cmd == "launch": return _cmd_launch(args)
         if args.cmd == "docs": return _cmd_docs(args)
         from forge_nb import launch

@@ -6,15 +6,16 @@ Docs: https://forge-nb.github.io/forge_nb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #17f53b25
 from __future__ import annotations
-import json, math
+import importlib.util, json, math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 # %% auto #0
-__all__ = ['SourceKind', 'StageName', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig', 'TokenizerConfig',
-           'ModelConfig', 'OptimConfig', 'PretrainConfig', 'SFTConfig', 'RLConfig', 'ResourcesConfig', 'PipelineConfig',
-           'ConfigError', 'validate_config', 'load_config', 'save_config', 'config_from_yaml', 'override',
-           'config_schema', 'field_docs', 'show_fields']
+__all__ = ['SourceKind', 'STAGES', 'StageName', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig', 'TokenizerConfig',
+           'ModelConfig', 'OptimConfig', 'PretrainConfig', 'SFTConfig', 'RLConfig', 'ResourcesConfig', 'Stage',
+           'register_stage', 'implemented_stages', 'PipelineConfig', 'ConfigError', 'validate_config', 'load_config',
+           'save_config', 'config_from_yaml', 'override', 'config_schema', 'field_docs', 'show_fields']
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
@@ -194,8 +195,47 @@ class ResourcesConfig(ForgeConfig):
     signal_delay_s: int = Field(120, ge=0, description="Seconds before the time limit at which the job is told to checkpoint.")
     max_requeues: int = Field(3, ge=0, description="Requeues after preemption or time-out.")
 
+# %% ../nbs/00_config.ipynb #009424ca
+@dataclass(frozen=True)
+class Stage:
+    "A pipeline stage: its name (also its config section and run-directory folder), entry point and data flow."
+    name:str               # stage name: the `PipelineConfig` section, the run-dir folder, the `forge-nb` verb
+    entrypoint:str         # "module:function", called as `fn(cfg, run_dir, log=print) -> dict` (a JSON-able summary)
+    needs:tuple = ()       # run-dir paths it reads that an earlier stage makes
+    makes:tuple = ()       # run-dir paths it writes for later stages
+    title:str = ""         # one line for forms, help texts and the CLI
+
+    @property
+    def module(self) -> str: return self.entrypoint.split(":")[0]
+
+    @property
+    def implemented(self) -> bool:
+        "Whether the stage's module exists (faces offer only implemented stages)."
+        try: return importlib.util.find_spec(self.module) is not None
+        except ModuleNotFoundError: return False
+
+STAGES:dict = {}
+
+def register_stage(name:str, entrypoint:str, needs=(), makes=(), title:str="") -> Stage:
+    "Register a stage (in pipeline order); re-registering a name replaces it in place."
+    STAGES[name] = st = Stage(name, entrypoint, tuple(needs), tuple(makes), title)
+    return st
+
+def implemented_stages() -> list:
+    "Names of the registered stages whose module exists, in pipeline order."
+    return [s.name for s in STAGES.values() if s.implemented]
+
+register_stage("data", "forge_nb.data.store:run_data_stage", makes=("data",),
+               title="mix, tokenize, pack and store the training data")
+register_stage("pretrain", "forge_nb.pretrain:run_pretrain", needs=("data",), makes=("pretrain/final",),
+               title="pretrain a model from scratch")
+register_stage("sft", "forge_nb.sft:run_sft", needs=("pretrain/final",), makes=("sft/final",),
+               title="supervised fine-tuning on conversations and examples built from documents")
+register_stage("rl", "forge_nb.rl:run_rl", needs=("sft/final",), makes=("rl/final",),
+               title="align a model to internal policies (GRPO, DPO, reward models)")
+
 # %% ../nbs/00_config.ipynb #b8b3fd6a
-StageName = Literal["data", "pretrain", "sft", "rl"]
+StageName = Literal[tuple(STAGES)]   # the registered stages, so the schema (and the forms) list them
 
 class PipelineConfig(ForgeConfig):
     "A whole run: data → pretrain → SFT → RL, each with its own config, sharing one run directory."

@@ -20,7 +20,8 @@ __all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'profile_dirs', 'profile_path', '
 
 # %% ../nbs/50_launch.ipynb #b03f74d0
 from .config import ResourcesConfig, PipelineConfig, ConfigError, load_config, override
-from .runs import RunDir, atomic_write_json, read_metrics, redact_secrets, stage_function, STAGES
+from .runs import RunDir, atomic_write_json, read_metrics, redact_secrets, stage_function
+from .config import STAGES
 
 # %% ../nbs/50_launch.ipynb #1e85282f
 def profile_dirs() -> list[Path]:
@@ -610,7 +611,8 @@ def launch(cfg:PipelineConfig,                   # the pipeline config
            partitions:list|None=None,             # the cluster's partitions (None: ask scontrol)
           ) -> Job:
     "Submit one stage of `cfg`; return its `Job`."
-    if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
+    if not STAGES[stage].implemented: raise NotImplementedError(f"stage {stage!r} is not implemented yet ({STAGES[stage].entrypoint})")
     res = resolve_resources(resources or cfg.resources)
     errs = validate_resources(res, partitions)
     if errs: raise ResourceError(errs)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json, os, re, shutil, time, contextlib, uuid
 from pathlib import Path
 from typing import Iterator
+from .config import STAGES
 
 # %% auto #0
-__all__ = ['MARKER', 'STAGES', 'STAGE_ENTRYPOINTS', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_dir',
-           'is_complete', 'MetricsLog', 'read_metrics', 'redact_secrets', 'StageDir', 'RunDir', 'stage_function']
+__all__ = ['MARKER', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_dir', 'is_complete', 'MetricsLog',
+           'read_metrics', 'redact_secrets', 'StageDir', 'RunDir', 'stage_function']
 
 # %% ../nbs/01_runs.ipynb #db847ed0
 def _fsync_dir(path:Path):
@@ -109,7 +110,6 @@ def read_metrics(path:str|Path, since:int=0) -> list[dict]:
     return out
 
 # %% ../nbs/01_runs.ipynb #c5ec09ae
-STAGES = ("data", "pretrain", "sft", "rl")
 _SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE)", re.I)
 
 def redact_secrets(d:dict) -> dict:
@@ -181,8 +181,8 @@ class RunDir:
     def name(self) -> str: return self.root.name
 
     def stage(self, name:str) -> StageDir:
-        "The folder of stage `name` (`data`, `pretrain`, `sft`, `rl`)."
-        if name not in STAGES: raise ValueError(f"unknown stage {name!r}; expected one of {STAGES}")
+        "The folder of stage `name` (a registered stage: `forge_nb.config.STAGES`)."
+        if name not in STAGES: raise ValueError(f"unknown stage {name!r}; expected one of {list(STAGES)}")
         return StageDir(self.root/name, name)
 
     def create(self) -> "RunDir":
@@ -216,20 +216,14 @@ class RunDir:
     def __repr__(self): return f"RunDir({str(self.root)!r})"
 
 # %% ../nbs/01_runs.ipynb #467936db
-STAGE_ENTRYPOINTS = {
-    "data": "forge_nb.data.store:run_data_stage",
-    "pretrain": "forge_nb.pretrain:run_pretrain",
-    "sft": "forge_nb.sft:run_sft",
-    "rl": "forge_nb.rl.train:run_rl",
-}
-
 def stage_function(name:str):
     "Import and return the entry point of stage `name`."
     import importlib
-    if name not in STAGE_ENTRYPOINTS: raise ValueError(f"unknown stage {name!r}; expected one of {list(STAGE_ENTRYPOINTS)}")
-    mod, fn = STAGE_ENTRYPOINTS[name].split(":")
+    if name not in STAGES: raise ValueError(f"unknown stage {name!r}; expected one of {list(STAGES)}")
+    st = STAGES[name]
+    mod, fn = st.entrypoint.split(":")
     try: return getattr(importlib.import_module(mod), fn)
     except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("forge_nb"):
-            raise NotImplementedError(f"stage {name!r} is not implemented yet ({STAGE_ENTRYPOINTS[name]})") from None
+        if e.name and st.module.startswith(e.name):
+            raise NotImplementedError(f"stage {name!r} is not implemented yet ({st.entrypoint})") from None
         raise

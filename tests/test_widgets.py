@@ -122,7 +122,7 @@ def test_from_run(tmp_path):
     assert ConfigForm.from_run(run.root).config == cfg
 
 def test_launch_panel_follows_form_and_blocks_bad_requests():
-    form = ConfigForm(PipelineConfig())
+    form = ConfigForm(PipelineConfig(stages=["data"]))
     panel = LaunchPanel(form, load_partitions=False)
     panel.nodes.value = 3
     assert panel.config.resources.nodes == 3
@@ -130,8 +130,8 @@ def test_launch_panel_follows_form_and_blocks_bad_requests():
     assert panel.launch_button.disabled and "pretrain.optim.lr" in panel.problems_box.value
     form.widget_for("pretrain.optim.lr").value = 0.01
     assert panel.config.pretrain.optim.lr == 0.01
-    panel.stage.value = "rl"
-    assert panel.launch_button.disabled and "stage `rl`" in panel.problems_box.value
+    panel.stage.value = "pretrain"
+    assert panel.launch_button.disabled and "stage `pretrain`" in panel.problems_box.value
 
 def test_monitor_plots_metrics_of_a_run(tmp_path):
     class FileJob:   # the Job interface, backed by a real run directory

@@ -10,11 +10,11 @@ import html, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['partition_label', 'partition_options', 'find_profiles', 'LaunchPanel']
+__all__ = ['partition_label', 'partition_options', 'find_profiles', 'stage_options', 'LaunchPanel']
 
 # %% ../../nbs/widgets/62_launch_panel.ipynb #e741e1ed
 import ipywidgets as W
-from ..config import PipelineConfig, ResourcesConfig, ConfigError, validate_config
+from ..config import PipelineConfig, ResourcesConfig, ConfigError, validate_config, implemented_stages
 
 # %% ../../nbs/widgets/62_launch_panel.ipynb #bfd8ce8b
 def _launch_module():
@@ -54,7 +54,9 @@ def find_profiles(dirs:list|None=None) -> list[str]:
     return sorted({p.stem for d in map(Path, dirs) if d.is_dir() for p in d.glob("*.y*ml")})
 
 # %% ../../nbs/widgets/62_launch_panel.ipynb #8d712807
-_STAGES = [("all stages (chained)", "all")] + [(s, s) for s in ("data", "pretrain", "sft", "rl")]
+def stage_options() -> list:
+    "The launch panel's stage choices: the whole chain, then each implemented stage (from the stage registry)."
+    return [("all stages (chained)", "all")] + [(s, s) for s in implemented_stages()]
 
 class LaunchPanel(W.VBox):
     "Resources, sbatch preview and a Launch button for one stage of a config (or of a `ConfigForm`)."
@@ -70,7 +72,7 @@ class LaunchPanel(W.VBox):
         self._auto_load, self.partition_error = load_partitions, None
         res = self._cfg.resources
         lay = W.Layout(width="24em")
-        self.stage = W.Dropdown(options=_STAGES, value=stage, description="stage", layout=lay)
+        self.stage = W.Dropdown(options=stage_options(), value=stage, description="stage", layout=lay)
         self.cluster = W.ToggleButtons(options=["local", "slurm"], value=res.cluster, style={"button_width": "8em"})
         # "" stands for None in these dropdowns (a None value would show as an empty box)
         self.profile = W.Dropdown(options=[("(none)", "")] + [(p, p) for p in find_profiles()], description="profile", layout=lay)

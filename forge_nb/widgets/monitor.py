@@ -15,6 +15,7 @@ __all__ = ['PLOTS', 'metric_series', 'event_marks', 'JobMonitor']
 # %% ../../nbs/widgets/63_monitor.ipynb #0324fbd8
 import ipywidgets as W
 from ..runs import read_metrics, RunDir
+from ..config import implemented_stages
 from ..charts import line_chart
 from ..launch import TERMINAL_STATES
 
@@ -128,7 +129,7 @@ class JobMonitor(W.VBox):
         self.refresh_button = W.Button(description="Refresh", icon="refresh", layout=W.Layout(width="auto"))
         self.auto = W.Checkbox(value=False, description=f"auto-refresh every {interval:g} s", indent=False)
         self.run_input = W.Text(placeholder="run name or run directory", layout=W.Layout(width="20em"))
-        self.stage_input = W.Dropdown(options=[("(latest)", "")] + [(s, s) for s in ("data", "pretrain", "sft", "rl")], value=stage or "",
+        self.stage_input = W.Dropdown(options=[("(latest)", "")] + [(s, s) for s in implemented_stages()], value=stage or "",
                                       layout=W.Layout(width="9em"))
         self.reattach_button = W.Button(description="Reattach", icon="link", layout=W.Layout(width="auto"))
         self.message = W.HTML()
