@@ -31,8 +31,9 @@ def line_chart(series:dict,            # label -> list of (x, y) points
                xlabel:str="step",      # x axis label
                width:int=340, height:int=200,
                log_y:bool=False,       # log scale for y (values <= 0 are dropped)
+               marks:dict|None=None,   # label -> x values drawn as dashed vertical lines (events, e.g. a preemption)
               ) -> str:                # an <svg> element
-    "An SVG line chart with one polyline and one dot per point for each series."
+    "An SVG line chart with one polyline and one dot per point for each series, and optional vertical marks."
     pts = {k: [(float(x), float(y)) for x, y in v if y is not None and math.isfinite(y) and (y > 0 or not log_y)]
            for k, v in series.items()}
     allp = [p for v in pts.values() for p in v]
@@ -44,7 +45,8 @@ def line_chart(series:dict,            # label -> list of (x, y) points
         out.append(f"<text x='{width/2}' y='{height/2}' text-anchor='middle' fill='#999'>no data yet</text></svg>")
         return Chart("".join(out))
     fy = (lambda y: math.log10(y)) if log_y else (lambda y: y)
-    x0, x1 = min(p[0] for p in allp), max(p[0] for p in allp)
+    mark_xs = [float(x) for xs in (marks or {}).values() for x in xs]
+    x0, x1 = min([p[0] for p in allp] + mark_xs), max([p[0] for p in allp] + mark_xs)
     y0, y1 = min(fy(p[1]) for p in allp), max(fy(p[1]) for p in allp)
     if x1 == x0: x0, x1 = x0 - 1, x1 + 1
     if y1 == y0: y0, y1 = y0 - abs(y0) * 0.1 - 1e-9, y1 + abs(y1) * 0.1 + 1e-9
@@ -65,6 +67,9 @@ def line_chart(series:dict,            # label -> list of (x, y) points
         r = 4 if len(v) == 1 else 2   # a lone point (a marker such as "this model") is drawn larger
         out += [f"<circle class='forge-point' cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='{r}' fill='{c}'><title>"
                 f"{html.escape(k)}: {x:g}, {y:.4g}</title></circle>" for x, y in v]
+    for label, xs in (marks or {}).items():
+        out += [f"<line class='forge-mark' x1='{sx(x):.1f}' x2='{sx(x):.1f}' y1='{T}' y2='{height-B}' stroke='#ef6c00' "
+                f"stroke-dasharray='3,2'><title>{html.escape(label)} at {x:g}</title></line>" for x in xs]
     x_leg = width - R   # legend: one line above the plot, right-aligned, last series rightmost
     for i, k in reversed(list(enumerate(pts))):
         out.append(f"<text x='{x_leg}' y='13' text-anchor='end' fill='{COLORS[i % len(COLORS)]}'>{html.escape(k)}</text>")
