@@ -22,6 +22,7 @@ from .runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, read
 from .policy import (Policy, load_policy, load_prompts, load_pairs, check_prompts, reward_functions, score_rows,
                              summarize, text_of)
 from .charts import bar_chart
+from .preempt import preemption_callback
 
 # %% ../nbs/41_rl.ipynb #ae01cdb4
 _PRODUCTS = ["Basic", "Pro", "Team", "Enterprise", "Starter", "Plus", "Max", "Student", "Family", "Business"]
@@ -350,6 +351,8 @@ def _resume(sd, log) -> str|None:
 def _train(tr, sd, log, steps:int):
     "Train, resuming from the newest checkpoint; one at the last step only restores the weights (transformers would run one more step)."
     _quiet(tr)
+    main = int(os.environ.get("RANK", "0")) == 0   # preemption: save at the signalled step, then requeue (forge_nb.preempt)
+    tr.add_callback(preemption_callback(log=log, metrics=sd.metrics if main else None, name="rl"))
     ck = _resume(sd, log)
     if ck is not None and int(Path(ck).name.split("-")[-1]) >= steps:
         tr._load_from_checkpoint(ck)

@@ -233,3 +233,27 @@ def test_grpo_two_ranks_on_slurm(slurm_cluster, tmp_path, task, base_model):
     recs = [r for r in read_metrics(tmp_path / "s" / "rl" / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert (tmp_path / "s" / "rl" / "final" / "COMPLETE").exists()
+
+
+@pytest.mark.slow
+def test_grpo_preempted_saves_at_the_signalled_step(tmp_path, task, base_model):
+    "The preemption signal mid-run: GRPO saves a checkpoint of the step it was at (no periodic save is due), records it, stops; the rerun finishes equal to an undisturbed run."
+    from forge_nb.rl import latest_checkpoint
+    cfg = _cfg(tmp_path, "p", base_model=str(base_model), policy=task["policy"], prompts=task["prompts"], steps=8, lr=1e-4,
+               batch_size=8, num_generations=4, max_completion_length=16, beta=0.0, save_every=100)
+    ref = tmp_path / "ref"; _finish(_start(cfg, ref))
+    expected = _rewards(ref)
+    run = tmp_path / "preempted"
+    p = _start(cfg, run)
+    while p.poll() is None and max([s for s, _ in _rewards(run)] or [0]) < 3: time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be signalled"
+    os.kill(p.pid, signal.SIGUSR2)             # what SLURM sends before preempting (submitit's checkpoint signal)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode != 0 and "preempted" in out, out[-3000:]
+    ev = [r for r in read_metrics(run / "rl" / "metrics.jsonl") if r.get("event") == "preempted"]
+    assert len(ev) == 1 and ev[0]["checkpoint"], ev
+    ck = latest_checkpoint(run / "rl" / "checkpoints")
+    assert ck is not None and int(ck.name.split("-")[1]) == ev[0]["step"] and 3 <= ev[0]["step"] < 8, (ck, ev)
+    assert not (run / "rl" / "final" / "COMPLETE").exists()
+    _finish(_start(cfg, run))
+    assert _rewards(run) == expected, "the run resumed from the preemption checkpoint is not exact"
