@@ -11,7 +11,7 @@ import pytest
 
 from forge_nb.config import PipelineConfig, SourceConfig, save_config
 from forge_nb.runs import RunDir, read_metrics
-from tiny_pipeline import tiny_pipeline_config
+from forge_nb.pipeline import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = """
@@ -28,7 +28,7 @@ def pretrained(tmp_path_factory):
     from forge_nb.data.store import run_data_stage
     from forge_nb.pretrain import run_pretrain
     d = tmp_path_factory.mktemp("pre")
-    cfg = tiny_pipeline_config(d, steps=12, save_every=12, eval_every=12)
+    cfg = tiny_config(d, steps=12, save_every=12, eval_every=12)
     run_data_stage(cfg, d/"t", log=lambda *a: None)
     run_pretrain(cfg, d/"t", log=lambda *a, **k: None)
     assert (d/"t"/"pretrain"/"final"/"config.json").exists()
@@ -118,6 +118,31 @@ def test_resume_after_sigkill_continues_from_checkpoint(tmp_path, pretrained):
     print(f"killed after checkpoint {killed_at}; max |loss - uninterrupted| over 16 steps = {diff:.2e}")
     assert diff < 1e-4, list(zip(expected, got))
     assert json.loads((sd.root/"summary.json").read_text())["resumed_from"].endswith(f"checkpoint-{killed_at}")
+
+
+def test_preemption_saves_at_the_signalled_step(tmp_path, pretrained):
+    "The preemption signal mid-run (no periodic save due): SFT saves the step it was at, records it, stops; the rerun resumes there and equals an uninterrupted run."
+    cfg, pre = pretrained
+    c = sft_config(cfg, pre, steps=16, save_every=100, eval_every=100)
+    ref = tmp_path/"ref"
+    _finish(_start(c, ref))
+    expected = _losses(ref)
+    run = tmp_path/"preempted"
+    sd = RunDir(run).stage("sft")
+    p = _start(c, run)
+    while p.poll() is None and max([s for s, _ in _losses(run)] or [0]) < 4: time.sleep(0.02)
+    assert p.poll() is None, "the run finished before it could be signalled: make it longer"
+    os.kill(p.pid, signal.SIGUSR2)                # what SLURM sends before preempting (submitit's checkpoint signal)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode != 0 and "preempted" in out, out[-3000:]
+    ev = [r for r in read_metrics(sd.metrics_path) if r.get("event") == "preempted"]
+    assert len(ev) == 1 and ev[0]["checkpoint"] and 4 <= ev[0]["step"] < 16, ev
+    from forge_nb.sft import latest_sft_checkpoint
+    assert latest_sft_checkpoint(sd).name == f"checkpoint-{ev[0]['step']}" and not (sd.final/"COMPLETE").exists()
+    _finish(_start(c, run))
+    got = _losses(run)
+    assert [s for s, _ in got] == list(range(1, 17)), "resumed metrics have gaps or duplicates"
+    assert max(abs(a - b) for (_, a), (_, b) in zip(expected, got)) < 1e-4, list(zip(expected, got))
 
 
 def _free_port() -> int:
