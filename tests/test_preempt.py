@@ -13,7 +13,7 @@ import pytest
 
 from forge_nb.config import save_config
 from forge_nb.runs import RunDir, read_metrics
-from tiny_pipeline import tiny_pipeline_config
+from forge_nb.pipeline import tiny_config
 
 DRIVER = """
 import sys
@@ -28,7 +28,7 @@ STEPS = 30
 def store_dir(tmp_path_factory):
     from forge_nb.data.store import run_data_stage
     d = tmp_path_factory.mktemp("store")
-    run_data_stage(tiny_pipeline_config(d), d / "t", log=lambda *a: None)
+    run_data_stage(tiny_config(d), d / "t", log=lambda *a: None)
     return d / "t" / "data"
 
 
@@ -63,7 +63,7 @@ def _losses(run: Path) -> list:
 
 
 def test_signal_to_one_rank_stops_all_at_one_step_with_a_checkpoint(tmp_path, store_dir):
-    cfg = tiny_pipeline_config(tmp_path, steps=STEPS, save_every=10, eval_every=STEPS, keep_last=10,
+    cfg = tiny_config(tmp_path, steps=STEPS, save_every=10, eval_every=STEPS, keep_last=10,
                                micro_batch_size=2, parallel="ddp")
     ref = _run_dir(tmp_path, "ref", store_dir)
     outs = _wait(_start_ranks(cfg, ref))

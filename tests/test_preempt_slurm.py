@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import job_probes
-from tiny_pipeline import tiny_pipeline_config
+from forge_nb.pipeline import tiny_config
 from forge_nb.config import ResourcesConfig, save_config
 from forge_nb.runs import RunDir, read_metrics
 from forge_nb import launch as L
@@ -29,7 +29,7 @@ run_pretrain(load_config(sys.argv[1]), sys.argv[2], log=lambda *a, **k: None)
 
 
 def _config(d: Path):
-    return tiny_pipeline_config(d, steps=STEPS, save_every=SAVE_EVERY, eval_every=STEPS, keep_last=5, micro_batch_size=2)
+    return tiny_config(d, steps=STEPS, save_every=SAVE_EVERY, eval_every=STEPS, keep_last=5, micro_batch_size=2)
 
 
 def _run_dir(tmp: Path, name: str, data: Path) -> Path:
