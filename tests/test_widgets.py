@@ -351,3 +351,57 @@ def test_rl_tab_builds_a_grpo_config_that_runs(tmp_path, chat_task):
     assert (rl/"final"/"COMPLETE").exists() and (rl/"final"/"config.json").exists()
     assert [r["step"] for r in read_metrics(rl/"metrics.jsonl") if "reward" in r] == [1, 2]
     assert json.loads((rl/"report.json").read_text())["rules"]
+
+
+def _cells(html_text: str, cls: str) -> list:
+    "The rows (lists of cell texts) of the table with class `cls` in an HTML string."
+    import html as h, re
+    t = re.search(rf"<table class='{cls}'.*?</table>", html_text, re.S).group(0)
+    return [[h.unescape(c) for c in re.findall(r"<td>(.*?)</td>", r, re.S)] for r in re.findall(r"<tr>(.*?)</tr>", t, re.S)][1:]
+
+def test_studio_previews_sft_examples_of_the_doc_sources(tmp_path):
+    "The studio's `sft examples` tab shows the examples the SFT stage would build from the form's `sft.doc_sources`: first examples, counts per source and template recounted from the builder's files, refreshed when the sources change."
+    from collections import Counter
+    from forge_nb.widgets.studio import Studio
+    from forge_nb.data.sft_examples import build_sft_examples
+    (tmp_path/"handbook").mkdir()   # one document per file: the held-out split is by document
+    for i in range(12):
+        (tmp_path/"handbook"/f"t{i:02d}.md").write_text(f"# Topic {i}\n\nTopic {i} is handled by team {i % 3} within {i + 2} days.\n\n"
+                                                     + "Q: Who approves refunds?\nA: The billing team approves every refund.\n" * (i == 0))
+    (tmp_path/"kb.jsonl").write_text("".join(json.dumps({"title": f"Plan {i}", "text": f"Plan {i} costs {10 * i} EUR a month and includes {i} seats."}) + "\n"
+                                             for i in range(6)))
+    studio = Studio(PipelineConfig(name="prev", runs_dir=str(tmp_path/"runs")))
+    assert "sft examples" in studio.titles and studio.children[studio.titles.index("sft examples")] is studio.sft_preview
+    pv = studio.sft_preview
+    assert "No <code>sft.doc_sources</code>" in pv.output.value
+    form = studio.form
+    form.list_editor("sft.doc_sources").add_button.click()
+    form.widget_for("sft.doc_sources.0.name").value = "handbook"
+    form.widget_for("sft.doc_sources.0.path").value = str(tmp_path/"handbook")
+    form.widget_for("sft.heldout_fraction").value = 0.3
+    pv.button.click()
+
+    def expected(sources):   # recount from the files the builder writes, per (source, template): [train, heldout]
+        d = tmp_path/f"built{len(sources)}"
+        build_sft_examples(sources, d, 0.3, 0)
+        c = Counter()
+        for split in ("train", "heldout"):
+            for l in (d/f"{split}.jsonl").read_text().splitlines():
+                e = json.loads(l); c[(e["source"], e["template"], split)] += 1
+        return sorted([s, t, str(c[(s, t, "train")]), str(c[(s, t, "heldout")])] for s, t in {(s, t) for s, t, _ in c})
+
+    got = _cells(pv.output.value, "forge-sft-counts")
+    assert got == expected(form.config.sft.doc_sources), got
+    assert {r[1] for r in got} == {"section", "faq"} and sum(int(r[2]) for r in got) > 0 and sum(int(r[3]) for r in got) > 0, got
+    shown = _cells(pv.output.value, "forge-sft-examples")
+    assert len(shown) == 5 and shown[0][:3] == ["handbook", "section", "Give an overview of Topic 0."], shown
+    assert shown[1][:3] == ["handbook", "faq", "Who approves refunds?"] and shown[1][3].startswith("The billing team approves every refund.")
+    # adding a source through the form refreshes the preview with no click
+    form.list_editor("sft.doc_sources").add_button.click()
+    form.widget_for("sft.doc_sources.1.name").value = "kb"
+    form.widget_for("sft.doc_sources.1.path").value = str(tmp_path/"kb.jsonl")
+    got = _cells(pv.output.value, "forge-sft-counts")
+    assert got == expected(form.config.sft.doc_sources) and "kb" in {r[0] for r in got}, got
+    # a path that does not exist: the error is shown, nothing raised
+    form.widget_for("sft.doc_sources.1.path").value = str(tmp_path/"missing.jsonl")
+    assert "does not exist" in pv.output.value and "forge-field-error" in pv.output.value
