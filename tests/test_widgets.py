@@ -319,7 +319,7 @@ def test_sft_tab_builds_a_config_that_runs(tmp_path, chat_task):
         (str(model), 3, [3.0, 1.0], True, 4, ["q_proj", "v_proj"])
     assert sc.eval_prompts == ["What is the price: Max?", "Who approves refunds?"]
     assert [s.path for s in sc.doc_sources] == [str(tmp_path/"handbook.md")]
-    s = run_sft(cfg, tmp_path/"run", log=lambda *a, **k: None)
+    run_sft(cfg, tmp_path/"run", log=lambda *a, **k: None)
     sd = RunDir(tmp_path/"run").stage("sft")
     assert (sd.final/"config.json").exists() and not any(p.name.startswith("adapter_") for p in sd.final.iterdir())
     summ = json.loads((sd.root/"summary.json").read_text())
@@ -346,7 +346,7 @@ def test_rl_tab_builds_a_grpo_config_that_runs(tmp_path, chat_task):
     _type(form, "rl.batch_size", 3)          # not a multiple of the group size: the form says so and holds no config
     assert form.config is None and "num_generations" in form.errors[0][1]
     _type(form, "rl.batch_size", 4)
-    s = run_rl(form.config, tmp_path/"run", log=lambda *a, **k: None)
+    run_rl(form.config, tmp_path/"run", log=lambda *a, **k: None)
     rl = tmp_path/"run"/"rl"
     assert (rl/"final"/"COMPLETE").exists() and (rl/"final"/"config.json").exists()
     assert [r["step"] for r in read_metrics(rl/"metrics.jsonl") if "reward" in r] == [1, 2]

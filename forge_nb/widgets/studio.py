@@ -14,7 +14,7 @@ __all__ = ['sft_example_counts', 'SFTPreview', 'Studio']
 import html, json, tempfile
 import ipywidgets as W
 from ..data.sft_examples import build_sft_examples, preview_examples
-from ..config import PipelineConfig
+from ..config import PipelineConfig, SFTConfig
 from .forms import ConfigForm
 from .launch_panel import LaunchPanel
 from .monitor import JobMonitor
