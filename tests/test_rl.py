@@ -257,3 +257,29 @@ def test_grpo_preempted_saves_at_the_signalled_step(tmp_path, task, base_model):
     assert not (run / "rl" / "final" / "COMPLETE").exists()
     _finish(_start(cfg, run))
     assert _rewards(run) == expected, "the run resumed from the preemption checkpoint is not exact"
+
+
+@pytest.mark.slow
+def test_grpo_lora_writes_a_merged_plain_model(tmp_path, task, base_model):
+    "GRPO with `rl.lora`: rl/final is a plain model (no adapter files, no lora weights) that loads without peft and differs from the SFT model."
+    import torch
+    from transformers import AutoModelForCausalLM
+    from forge_nb.rl import run_rl
+    cfg = _cfg(tmp_path, "l", base_model=str(base_model), policy=task["policy"], prompts=task["prompts"], steps=3, lr=5e-3,
+               batch_size=8, num_generations=4, max_completion_length=16, beta=0.0, save_every=100, lora=True, lora_r=4, lora_alpha=8)
+    run_rl(cfg, tmp_path / "l", log=lambda *a, **k: None)
+    final = RunDir(tmp_path / "l").stage("rl").final
+    files = {p.name for p in final.iterdir()}
+    assert (final / "COMPLETE").exists() and not {f for f in files if f.startswith("adapter_")}, files
+    recs = [r for r in read_metrics(tmp_path / "l" / "rl" / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert any(r["frac_reward_zero_std"] < 1 for r in recs), "every group had equal rewards: no gradient reached the adapter"
+    ids = torch.arange(3, 35).unsqueeze(0)
+    logits = []
+    for folder in (base_model, final):
+        m = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+        assert not any("lora" in n for n, _ in m.named_parameters())
+        with torch.no_grad(): logits.append(m(input_ids=ids).logits)
+    diff = (logits[0] - logits[1]).abs().max().item()
+    print(f"GRPO LoRA: max |logit(rl/final) - logit(base)| = {diff:.3e}")
+    assert diff > 1e-4, "the merged model equals the base: the adapter did not train or was not merged"

@@ -189,3 +189,33 @@ def test_sft_two_nodes_matches_one_process(slurm_cluster, tmp_path, pretrained):
     print(f"2 nodes vs one process: max |loss diff| over 6 steps = {diff:.2e}")
     assert diff < 1e-3 * max(x for _, x in a)
     assert json.loads((tmp_path/"two_nodes"/"sft"/"summary.json").read_text())["world_size"] == 2
+
+
+def _logits(folder, ids):
+    import torch
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    with torch.no_grad(): return m(input_ids=ids).logits
+
+
+def test_lora_run_writes_a_merged_plain_model(tmp_path, pretrained):
+    "SFT with `sft.lora.enabled`: sft/final is a plain model (no adapter files) that loads without peft and differs from the base (it trained)."
+    import torch
+    cfg, pre = pretrained
+    run = tmp_path/"lora"
+    out = _finish(_start(sft_config(cfg, pre, steps=6, save_every=100, eval_every=100, n_eval_prompts=0,
+                                    lora={"enabled": True, "r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}), run))
+    assert "LoRA r=4" in out, out[-2000:]
+    sd = RunDir(run).stage("sft")
+    files = {p.name for p in sd.final.iterdir()}
+    assert not {f for f in files if f.startswith("adapter_")}, files
+    assert "config.json" in files and any(f.endswith(".safetensors") for f in files)
+    assert json.loads((sd.root/"summary.json").read_text())["lora"] is True
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(sd.final, local_files_only=True)
+    assert not any("lora" in n for n, _ in m.named_parameters()), "adapter weights left unmerged"
+    ids = torch.arange(3, 35).unsqueeze(0)
+    base, tuned = _logits(pre/"pretrain"/"final", ids), _logits(sd.final, ids)
+    diff = (base - tuned).abs().max().item()
+    print(f"LoRA SFT: max |logit(final) - logit(base)| = {diff:.3e}")
+    assert diff > 1e-3, "the merged model equals the base: the adapter did not train or was not merged"
