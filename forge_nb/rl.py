@@ -324,10 +324,11 @@ def train_args(rc:RLConfig, cls, output_dir:str|Path, **extra):
     return cls(**kw)
 
 def _peft_config(rc:RLConfig, task_type="CAUSAL_LM"):
-    if not rc.lora: return None
+    if not rc.lora.enabled: return None
     try: from peft import LoraConfig
     except ImportError: raise ConfigError([("rl.lora", "LoRA needs the `peft` package: pip install peft", None)]) from None
-    return LoraConfig(r=rc.lora_r, lora_alpha=rc.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type=task_type)
+    return LoraConfig(r=rc.lora.r, lora_alpha=rc.lora.alpha, lora_dropout=rc.lora.dropout, target_modules=list(rc.lora.target_modules),
+                      task_type=task_type)
 
 # %% ../nbs/41_rl.ipynb #2b091981
 def _prompt_dataset(rows:list):

@@ -266,7 +266,7 @@ def test_grpo_lora_writes_a_merged_plain_model(tmp_path, task, base_model):
     from transformers import AutoModelForCausalLM
     from forge_nb.rl import run_rl
     cfg = _cfg(tmp_path, "l", base_model=str(base_model), policy=task["policy"], prompts=task["prompts"], steps=3, lr=5e-3,
-               batch_size=8, num_generations=4, max_completion_length=16, beta=0.0, save_every=100, lora=True, lora_r=4, lora_alpha=8)
+               batch_size=8, num_generations=4, max_completion_length=16, beta=0.0, save_every=100, lora={"enabled": True, "r": 4, "alpha": 8})
     run_rl(cfg, tmp_path / "l", log=lambda *a, **k: None)
     final = RunDir(tmp_path / "l").stage("rl").final
     files = {p.name for p in final.iterdir()}

@@ -336,13 +336,13 @@ def test_rl_tab_builds_a_grpo_config_that_runs(tmp_path, chat_task):
     form = ConfigForm(PipelineConfig(name="rltab", runs_dir=str(tmp_path), stages=["rl"]))
     for path, v in [("rl.method", "grpo"), ("rl.base_model", str(model)), ("rl.policy", task["policy"]), ("rl.prompts", task["prompts"]),
                     ("rl.heldout_prompts", task["heldout"]), ("rl.steps", 2), ("rl.lr", 1e-3), ("rl.batch_size", 4), ("rl.num_generations", 2),
-                    ("rl.max_completion_length", 8), ("rl.beta", 0.0), ("rl.loss_type", "dapo"), ("rl.lora", True), ("rl.lora_r", 4),
+                    ("rl.max_completion_length", 8), ("rl.beta", 0.0), ("rl.loss_type", "dapo"), ("rl.lora.enabled", True), ("rl.lora.r", 4),
                     ("rl.report_samples", 1), ("rl.save_every", 2)]:
         _type(form, path, v)
     cfg = form.config
     assert cfg is not None, form.errors
     rc = cfg.rl
-    assert (rc.method, rc.policy, rc.steps, rc.num_generations, rc.loss_type, rc.lora, rc.lora_r) == ("grpo", task["policy"], 2, 2, "dapo", True, 4)
+    assert (rc.method, rc.policy, rc.steps, rc.num_generations, rc.loss_type, rc.lora.enabled, rc.lora.r) == ("grpo", task["policy"], 2, 2, "dapo", True, 4)
     _type(form, "rl.batch_size", 3)          # not a multiple of the group size: the form says so and holds no config
     assert form.config is None and "num_generations" in form.errors[0][1]
     _type(form, "rl.batch_size", 4)
