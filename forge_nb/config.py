@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 # %% auto #0
 __all__ = ['SourceKind', 'STAGES', 'StageName', 'SECRET_NAME', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig',
-           'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'SFTConfig', 'RLConfig',
+           'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig', 'RLConfig',
            'ResourcesConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig', 'ConfigError',
            'validate_config', 'load_config', 'config_from_yaml', 'override', 'atomic_write_bytes', 'atomic_write_text',
            'atomic_write_json', 'is_secret_name', 'redact_secrets', 'save_config', 'config_schema', 'field_docs',
@@ -156,15 +156,59 @@ class PretrainConfig(ForgeConfig):
     peak_flops: Optional[float] = Field(None, gt=0, description="Peak FLOP/s per device for MFU (None: look up the device).")
 
 # %% ../nbs/00_config.ipynb #5befc4db
+class LoraSettings(ForgeConfig):
+    "Low-rank adapters (PEFT LoRA) instead of full fine-tuning; the adapter is merged into a plain model on export."
+    enabled: bool = Field(False, description="Train LoRA adapters instead of every weight.")
+    r: int = Field(16, ge=1, description="Rank of each adapter.")
+    alpha: float = Field(32.0, gt=0, description="Adapter scale numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                      description="Names of the linear layers that get adapters.")
+
 class SFTConfig(ForgeConfig):
     "Supervised fine-tuning of a pretrained model on chat data (TRL `SFTTrainer`)."
     base_model: Optional[str] = Field(None, description="Model folder to start from (None: the pipeline's pretrained model).")
-    dataset: Optional[str] = Field(None, description="Chat data: a JSONL file of `messages` lists.")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    dataset: Optional[str] = Field(None, description="One JSONL file of `messages` or `prompt`/`completion` records (shorthand for one source).")
+    sources: list[SourceConfig] = Field(default_factory=list, description="SFT data files (JSONL of `messages` or `prompt`/`completion`), mixed by token share.")
+    weights: Optional[list[float]] = Field(None, description="Token share per SFT source (None: proportional to size).")
+    doc_sources: list[SourceConfig] = Field(default_factory=list, description="Documents turned into SFT examples (questions over sections, definitions, FAQs, docstrings) before training.")
+    answer_chars: int = Field(1200, ge=20, description="Longest answer built from a document (cut at a paragraph); keep it under `max_seq_len` tokens.")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of documents (built examples) or examples (given files) held out for evaluation.")
+    eval_dataset: Optional[str] = Field(None, description="Held-out JSONL (None: split off `heldout_fraction` of the data).")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    schedule: Literal["cosine", "linear", "constant_with_warmup"] = Field("cosine", description="Learning-rate schedule after warmup.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     epochs: float = Field(1.0, gt=0, description="Passes over the SFT data.")
-    max_seq_len: int = Field(512, ge=8, description="Longest training example in tokens.")
-    micro_batch_size: int = Field(8, ge=1, description="Examples per rank per forward pass.")
-    assistant_only_loss: bool = Field(True, description="Train only on assistant turns.")
+    steps: Optional[int] = Field(None, ge=1, description="Optimizer steps (overrides `epochs`).")
+    max_seq_len: int = Field(512, ge=8, description="Longest training example in tokens (and the packed sequence length).")
+    micro_batch_size: int = Field(8, ge=1, description="Examples (or packed sequences) per rank per forward pass.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    packing: bool = Field(True, description="Pack examples best-fit into sequences, padding-free (examples never attend to each other).")
+    assistant_only_loss: bool = Field(True, description="Train only on assistant turns (and their end-of-turn token).")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters instead of full fine-tuning.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="`auto`: bf16 on GPU, fp32 on CPU.")
+    too_long: Literal["truncate", "drop"] = Field("truncate", description="An example longer than `max_seq_len`: cut it or drop it (counted either way).")
+    on_bad_record: Literal["error", "skip"] = Field("error", description="A malformed record: stop with file and line (`error`) or skip and count it (`skip`).")
+    log_every: int = Field(10, ge=1, description="Steps between `metrics.jsonl` records.")
+    eval_every: int = Field(50, ge=1, description="Steps between held-out loss passes.")
+    eval_examples: int = Field(64, ge=1, description="Held-out examples scored in each evaluation.")
+    save_every: int = Field(50, ge=1, description="Steps between checkpoints.")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    eval_prompts: list[str] = Field(default_factory=list, description="Fixed prompts generated before and after training (empty: the first held-out prompts).")
+    n_eval_prompts: int = Field(4, ge=0, description="Held-out prompts generated when `eval_prompts` is empty.")
+    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per evaluation prompt.")
+    seed: int = Field(0, description="Seed for the mix, the split, the order and initialisation of adapters.")
+
+    @model_validator(mode="after")
+    def _weights_match(self):
+        n = len(self.sources) + (1 if self.dataset else 0) + (1 if self.doc_sources else 0)
+        if self.weights is not None and len(self.weights) != n:
+            raise ValueError(f"weights: expected {n} weights (one per SFT source: `dataset`, then `sources`, then the built "
+                             f"examples when `doc_sources` is set), got {len(self.weights)}")
+        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+            raise ValueError(f"weights: must be >= 0 and not all 0, got {self.weights}")
+        return self
 
 class RLConfig(ForgeConfig):
     "Alignment to internal policy rules on TRL: GRPO with one reward per rule, DPO on preference pairs, or a reward model."
@@ -186,9 +230,7 @@ class RLConfig(ForgeConfig):
     max_completion_length: int = Field(64, ge=1, description="Longest sampled completion in tokens.")
     max_length: int = Field(512, ge=8, description="Longest prompt + answer in tokens (DPO, reward model).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (GRPO rollouts, pair building, report).")
-    lora: bool = Field(False, description="Train LoRA adapters (needs `peft`); merged into `rl/final`.")
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters instead of full training (the same settings as `sft.lora`); merged into `rl/final`.")
     use_vllm: bool = Field(False, description="GRPO generation with vLLM in colocate mode (GPU, vLLM installed).")
     pair_samples: int = Field(4, ge=2, description="Samples per prompt when building pairs from the policy.")
     pair_margin: float = Field(0.5, ge=0, description="Keep (best, worst) only when their rewards differ by at least this.")

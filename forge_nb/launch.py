@@ -12,10 +12,10 @@ from typing import Callable
 
 # %% auto #0
 __all__ = ['DependencyNeverSatisfied', 'master_port_for', 'StageCall', 'slurm_parameters', 'sbatch_preview',
-           'detached_local_executor', 'make_executor', 'submit', 'launch', 'launch_fn', 'launch_pipeline',
-           'profile_dirs', 'profile_path', 'resolve_resources', 'cluster_partitions', 'validate_resources',
-           'check_resources', 'ResourceError', 'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states',
-           'Job', 'attach', 'list_jobs', 'find_run_dir']
+           'detached_local_executor', 'make_executor', 'submit', 'MissingInputs', 'stage_inputs', 'missing_inputs',
+           'launch', 'launch_fn', 'launch_pipeline', 'profile_dirs', 'profile_path', 'resolve_resources',
+           'cluster_partitions', 'validate_resources', 'check_resources', 'ResourceError', 'TERMINAL_STATES',
+           'FAILED_STATES', 'read_registry', 'sacct_states', 'Job', 'attach', 'list_jobs', 'find_run_dir']
 
 # %% ../nbs/52_launch.ipynb #b03f74d0
 from .config import ResourcesConfig, PipelineConfig, STAGES, redact_secrets
@@ -220,6 +220,27 @@ def submit(fn:Callable|str,                      # function, or `"stage:<name>"`
     "Check the request, submit `fn(*args, **kwargs)` as a job, register it in the run's `jobs.json`, return its `Job`."
     return _submit(fn, args, kwargs, check_resources(resources, partitions), run_dir, name, stage, depends_on)
 
+# %% ../nbs/52_launch.ipynb #5812260a
+class MissingInputs(ValueError):
+    "A stage would read run-dir paths that nothing makes; `errors` holds one message per path. Nothing was submitted."
+    def __init__(self, errors:list[str]):
+        self.errors = errors
+        super().__init__("missing stage inputs, nothing was submitted:\n  " + "\n  ".join(errors))
+
+def stage_inputs(cfg:PipelineConfig, stage:str) -> tuple:
+    "Run-dir paths `stage` reads: the registry's `needs`, less a `*/final` model when its section sets `base_model`."
+    own = getattr(getattr(cfg, stage, None), "base_model", None)
+    return tuple(n for n in STAGES[stage].needs if not (own and n.endswith("/final")))
+
+def missing_inputs(cfg:PipelineConfig, stages:list, run_dir:str|Path) -> list[str]:
+    "Inputs of `stages` (in order) that neither exist in `run_dir` nor are made by an earlier one of them."
+    made, out = set(), []
+    for st in stages:
+        out += [f"stage {st!r} needs {n!r} ({Path(run_dir)/n} does not exist and no earlier stage in this pipeline makes it)"
+                for n in stage_inputs(cfg, st) if n not in made and not (Path(run_dir)/n).exists()]
+        made |= set(STAGES[st].makes)
+    return out
+
 # %% ../nbs/52_launch.ipynb #d5bec140
 def _check_stage(stage:str):
     if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
@@ -248,8 +269,11 @@ def launch(cfg:PipelineConfig,                   # the pipeline config
           ) -> Job:
     "Submit one stage of `cfg`; return its `Job`."
     _check_stage(stage)
+    res = check_resources(resources or cfg.resources, partitions)
+    root = Path(run_dir) if run_dir else RunDir.for_config(cfg).root
+    if not depends_on and (miss := missing_inputs(cfg, [stage], root)): raise MissingInputs(miss)
     _check_mix(cfg, [stage])
-    return _launch_checked(cfg, stage, check_resources(resources or cfg.resources, partitions), run_dir, depends_on)
+    return _launch_checked(cfg, stage, res, run_dir, depends_on)
 
 def launch_fn(fn:Callable, *args, cfg:PipelineConfig|None=None, name:str|None=None, **kwargs) -> Job:
     "Submit any function with `cfg`'s resources into `cfg`'s run directory (tests, probes, one-off jobs)."
@@ -270,6 +294,8 @@ def launch_pipeline(cfg:PipelineConfig,          # the pipeline config
         except Exception: partitions = None        # validate_resources reports it
     errs = [f"stage {st}: {e}" for st in stages for e in validate_resources(asked[st], partitions)]
     if errs: raise ResourceError(errs)             # every stage is checked, once, before the first one is submitted
+    miss = missing_inputs(cfg, stages, RunDir.for_config(cfg).root)
+    if miss: raise MissingInputs(miss)
     _check_mix(cfg, stages)
     jobs = []
     for st in stages: jobs.append(_launch_checked(cfg, st, asked[st], None, jobs[-1:]))

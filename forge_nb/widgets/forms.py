@@ -23,7 +23,7 @@ from ..config import ForgeConfig, PipelineConfig, ConfigError, validate_config, 
 def _is_model(t) -> bool: return isinstance(t, type) and issubclass(t, BaseModel)
 
 def field_kind(annotation) -> tuple:
-    "(kind, optional, extra) for a field annotation; kind is one of choice, bool, int, float, str, model, model_list, tags, yaml."
+    "(kind, optional, extra) for a field annotation; kind is one of choice, bool, int, float, str, model, model_list, tags, lines, yaml."
     optional = False
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
@@ -38,6 +38,7 @@ def field_kind(annotation) -> tuple:
         (item,) = typing.get_args(annotation) or (Any,)
         if _is_model(item): return "model_list", optional, item
         if typing.get_origin(item) is Literal: return "tags", optional, typing.get_args(item)
+        if item is str: return "lines", optional, None
     return "yaml", optional, None
 
 # %% ../../nbs/widgets/60_forms.ipynb #79ec2d0a
@@ -58,21 +59,24 @@ _SKIP = object()  # a field whose input could not be parsed: left out, its error
 
 def _to_text(v, kind) -> str:
     if v is None: return ""
+    if kind == "lines": return "\n".join(v)
     if kind == "yaml": return yaml.safe_dump(v, default_flow_style=True, allow_unicode=True, width=10**6).strip()
     return str(v)
 
 def _from_text(s:str, kind:str, optional:bool, finfo):
-    s = s.strip() if kind != "str" else s
+    s = s.strip() if kind != "str" or optional else s   # an optional path pasted with a stray space or newline
     if s == "" and (optional or kind != "str"):
         if optional: return None
         if kind == "yaml" and finfo.default_factory: return finfo.default_factory()
         if kind in ("int", "float"): raise _ParseError("a number is required")
+        if kind == "lines": return []
     if kind == "int":
         try: return int(s)
         except ValueError: raise _ParseError(f"expected a whole number, got {s!r}") from None
     if kind == "float":
         try: return float(s)
         except ValueError: raise _ParseError(f"expected a number, got {s!r}") from None
+    if kind == "lines": return [l.strip() for l in s.splitlines() if l.strip()]
     if kind == "yaml":
         try: return yaml.safe_load(s)
         except yaml.YAMLError as e: raise _ParseError(f"not valid YAML: {getattr(e, 'problem', e)}") from None
@@ -113,13 +117,16 @@ class _Field:
             allowed = [t for t in self.extra if t not in STAGES or STAGES[t].implemented or t in (v or [])]   # (a loaded value stays)
             return W.TagsInput(value=list(v or []), allowed_tags=allowed, allow_duplicates=False, layout=lay,
                                placeholder="add: " + ", ".join(map(str, allowed))[:40])
+        if k == "lines":
+            return W.Textarea(value=_to_text(v, k), placeholder="one per line", rows=max(2, min(6, len(v or []))),
+                              continuous_update=True, layout=lay)
         ph = "(empty: none)" if opt else ("YAML, e.g. [a, b] or {k: v}" if k == "yaml" else "")
         return W.Text(value=_to_text(v, k), placeholder=ph, continuous_update=True, layout=lay)
 
     def parse(self):
         "The input's value as plain data; raises `_ParseError` when it cannot be read."
         v = self.input.value
-        if isinstance(self.input, W.Text): return _from_text(v, self.kind, self.optional, self.finfo)
+        if isinstance(self.input, (W.Text, W.Textarea)): return _from_text(v, self.kind, self.optional, self.finfo)
         return list(v) if self.kind == "tags" else v
 
     def collect(self, errors:list):
@@ -127,7 +134,7 @@ class _Field:
         except _ParseError as e: errors.append((self.path, str(e))); return _SKIP
 
     def set(self, v):
-        if isinstance(self.input, W.Text): self.input.value = _to_text(v, self.kind)
+        if isinstance(self.input, (W.Text, W.Textarea)): self.input.value = _to_text(v, self.kind)
         elif self.kind == "tags": self.input.value = list(v or [])
         else: self.input.value = v
 

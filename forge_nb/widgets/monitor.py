@@ -10,7 +10,7 @@ import html, threading
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PLOTS', 'metric_series', 'job_error', 'dependency_failure', 'JobMonitor']
+__all__ = ['PLOTS', 'metric_series', 'event_marks', 'job_error', 'dependency_failure', 'JobMonitor']
 
 # %% ../../nbs/widgets/63_monitor.ipynb #0324fbd8
 import ipywidgets as W
@@ -41,6 +41,18 @@ def metric_series(records:list,   # metrics.jsonl records
             elif k in ("tokens_per_s", "tok_per_s", "tokens_per_sec"): plot, name = "tokens_per_s", label or k
             else: continue
             out[plot].setdefault(name, []).append((step, float(v)))
+    return out
+
+# %% ../../nbs/widgets/63_monitor.ipynb #3049385f
+def event_marks(records:list,   # metrics.jsonl records
+                label:str="",   # prefix of each mark's name (the job)
+               ) -> dict:       # mark name -> [step, ...]
+    "Steps of the recorded preemptions, by whether a checkpoint was written: marks for the loss plot."
+    out = {}
+    for r in records:
+        if r.get("event") != "preempted" or r.get("step") is None: continue
+        name = "preempted, checkpoint saved" if r.get("checkpoint") else "preempted, no checkpoint"
+        out.setdefault(f"{label} {name}" if label else name, []).append(r["step"])
     return out
 
 # %% ../../nbs/widgets/63_monitor.ipynb #424ca9bc
@@ -222,11 +234,13 @@ def refresh(self:JobMonitor):
     "Read every job's state, logs and new metrics, and redraw the plots."
     with self._lock:
         for c in self.cards: c.read()
-        series = {k: {} for k in PLOTS} | {"bpb_baselines": {}}
+        series, marks = {k: {} for k in PLOTS} | {"bpb_baselines": {}}, {}
         for c in self.cards:
-            for k, v in metric_series(c.records, c.label if len(self.cards) > 1 else "").items(): series[k].update(v)
+            label = c.label if len(self.cards) > 1 else ""
+            for k, v in metric_series(c.records, label).items(): series[k].update(v)
+            marks.update(event_marks(c.records, label))
         for k, t in PLOTS.items():
-            self.plots[k].value = line_chart(series[k], title=t, log_y=(k == "loss"),
+            self.plots[k].value = line_chart(series[k], title=t, log_y=(k == "loss"), marks=marks if k == "loss" else None,
                                              hlines=series["bpb_baselines"] if k == "bpb" else None)
     if self.follow and self.cards and not self.all_done and self._thread is None: self.start()   # a live job: follow it without being asked
     return self
