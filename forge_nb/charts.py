@@ -31,12 +31,14 @@ def line_chart(series:dict,            # label -> list of (x, y) points
                xlabel:str="step",      # x axis label
                width:int=340, height:int=200,
                log_y:bool=False,       # log scale for y (values <= 0 are dropped)
+               hlines:dict|None=None,  # label -> y of a dashed horizontal reference line (e.g. a baseline); the y range follows the curves
+               marks:dict|None=None,   # label -> x values drawn as dashed vertical lines (events, e.g. a preemption)
               ) -> str:                # an <svg> element
-    "An SVG line chart with one polyline and one dot per point for each series."
+    "An SVG line chart with one polyline and one dot per point for each series, and optional vertical marks."
     pts = {k: [(float(x), float(y)) for x, y in v if y is not None and math.isfinite(y) and (y > 0 or not log_y)]
            for k, v in series.items()}
     allp = [p for v in pts.values() for p in v]
-    L, R, T, B = 48, 10, 22, 30
+    L, R, T, B = 48, 10, 34, 30   # the legend has its own row under the title
     out = [f"<svg class='forge-chart' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
            f"viewBox='0 0 {width} {height}' style='font:10px sans-serif'>",
            f"<text x='{L}' y='13' font-weight='bold'>{html.escape(title)}</text>"]
@@ -44,7 +46,8 @@ def line_chart(series:dict,            # label -> list of (x, y) points
         out.append(f"<text x='{width/2}' y='{height/2}' text-anchor='middle' fill='#999'>no data yet</text></svg>")
         return Chart("".join(out))
     fy = (lambda y: math.log10(y)) if log_y else (lambda y: y)
-    x0, x1 = min(p[0] for p in allp), max(p[0] for p in allp)
+    mark_xs = [float(x) for xs in (marks or {}).values() for x in xs]
+    x0, x1 = min([p[0] for p in allp] + mark_xs), max([p[0] for p in allp] + mark_xs)
     y0, y1 = min(fy(p[1]) for p in allp), max(fy(p[1]) for p in allp)
     if x1 == x0: x0, x1 = x0 - 1, x1 + 1
     if y1 == y0: y0, y1 = y0 - abs(y0) * 0.1 - 1e-9, y1 + abs(y1) * 0.1 + 1e-9
@@ -65,9 +68,24 @@ def line_chart(series:dict,            # label -> list of (x, y) points
         r = 4 if len(v) == 1 else 2   # a lone point (a marker such as "this model") is drawn larger
         out += [f"<circle class='forge-point' cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='{r}' fill='{c}'><title>"
                 f"{html.escape(k)}: {x:g}, {y:.4g}</title></circle>" for x, y in v]
-    x_leg = width - R   # legend: one line above the plot, right-aligned, last series rightmost
+    for j, (k, yv) in enumerate((hlines or {}).items()):   # reference lines: inside the range a dashed line, outside an arrow at the edge
+        if yv is None or not math.isfinite(yv) or (log_y and yv <= 0): continue
+        lab = f"{k} {yv:.3g}"
+        if y0 <= fy(yv) <= y1:
+            y = sy(yv)
+            out.append(f"<g class='forge-hline'><line x1='{L}' x2='{width-R}' y1='{y:.1f}' y2='{y:.1f}' stroke='#888' "
+                       f"stroke-dasharray='4 3'/><text x='{width-R-2}' y='{y-2:.1f}' text-anchor='end' fill='#666'>{html.escape(lab)}</text></g>")
+        else:
+            up = fy(yv) > y1
+            y = T + 9 + 10 * j if up else height - B - 3 - 10 * j
+            out.append(f"<g class='forge-hline'><text x='{width-R-2}' y='{y:.1f}' text-anchor='end' fill='#666'>"
+                       f"{'↑' if up else '↓'} {html.escape(lab)}</text></g>")
+    for label, xs in (marks or {}).items():
+        out += [f"<line class='forge-mark' x1='{sx(x):.1f}' x2='{sx(x):.1f}' y1='{T}' y2='{height-B}' stroke='#ef6c00' "
+                f"stroke-dasharray='3,2'><title>{html.escape(label)} at {x:g}</title></line>" for x in xs]
+    x_leg = width - R   # legend: one line under the title, above the plot, right-aligned, last series rightmost
     for i, k in reversed(list(enumerate(pts))):
-        out.append(f"<text x='{x_leg}' y='13' text-anchor='end' fill='{COLORS[i % len(COLORS)]}'>{html.escape(k)}</text>")
+        out.append(f"<text x='{x_leg}' y='27' text-anchor='end' fill='{COLORS[i % len(COLORS)]}'>{html.escape(k)}</text>")
         x_leg -= 6 * len(k) + 10
     out.append("</svg>")
     return Chart("".join(out))

@@ -247,10 +247,18 @@ def _check_stage(stage:str):
     if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
     if not STAGES[stage].implemented: raise NotImplementedError(f"stage {stage!r} is not implemented yet ({STAGES[stage].entrypoint})")
 
+def _check_mix(cfg:PipelineConfig, stages:list):
+    "Refuse a data stage whose mix plan is infeasible before anything is submitted (the error the data job would end with)."
+    if "data" not in stages: return
+    from forge_nb.data.store import mix_plan_problem
+    from forge_nb.data.sources import DataError
+    try: problem = mix_plan_problem(cfg)
+    except Exception: return                       # a source that cannot be read: the data job reports it, with its log
+    if problem: raise DataError(f"not submitted: {problem}")
+
 def _launch_checked(cfg:PipelineConfig, stage:str, res:ResourcesConfig, run_dir, depends_on) -> Job:
-    run = RunDir(Path(run_dir) if run_dir else RunDir.for_config(cfg).root)
-    if not depends_on and (miss := missing_inputs(cfg, [stage], run.root)): raise MissingInputs(miss)
-    run.create().save_config(cfg)
+    run = RunDir(Path(run_dir) if run_dir else RunDir.for_config(cfg).root).create()
+    run.save_config(cfg)
     return _submit(f"stage:{stage}", (cfg, str(run.root.absolute())), {}, res, run.root, None, stage, depends_on)
 
 def launch(cfg:PipelineConfig,                   # the pipeline config
@@ -262,7 +270,11 @@ def launch(cfg:PipelineConfig,                   # the pipeline config
           ) -> Job:
     "Submit one stage of `cfg`; return its `Job`."
     _check_stage(stage)
-    return _launch_checked(cfg, stage, check_resources(resources or cfg.resources, partitions), run_dir, depends_on)
+    res = check_resources(resources or cfg.resources, partitions)
+    root = Path(run_dir) if run_dir else RunDir.for_config(cfg).root
+    if not depends_on and (miss := missing_inputs(cfg, [stage], root)): raise MissingInputs(miss)
+    _check_mix(cfg, [stage])
+    return _launch_checked(cfg, stage, res, run_dir, depends_on)
 
 def launch_fn(fn:Callable, *args, cfg:PipelineConfig|None=None, name:str|None=None, **kwargs) -> Job:
     "Submit any function with `cfg`'s resources into `cfg`'s run directory (tests, probes, one-off jobs)."
@@ -285,6 +297,7 @@ def launch_pipeline(cfg:PipelineConfig,          # the pipeline config
     if errs: raise ResourceError(errs)             # every stage is checked, once, before the first one is submitted
     miss = missing_inputs(cfg, stages, RunDir.for_config(cfg).root)
     if miss: raise MissingInputs(miss)
+    _check_mix(cfg, stages)
     jobs = []
     for st in stages: jobs.append(_launch_checked(cfg, st, asked[st], None, jobs[-1:]))
     return jobs

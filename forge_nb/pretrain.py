@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/pretrain.html.md"""
 
 # %% ../nbs/21_pretrain.ipynb #d7ccfed1
 from __future__ import annotations
-import contextlib, functools, json, math, os, random, resource, time
+import contextlib, functools, json, math, random, resource, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +16,17 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['lr_multiplier', 'make_scheduler', 'make_optimizer', 'Runtime', 'make_runtime', 'model_inputs', 'rng_state',
-           'set_rng_state', 'seed_everything', 'full_model_state', 'save_weights', 'load_weights', 'TrainState',
-           'grad_sync', 'lm_loss_sum', 'train_step', 'check_batch', 'step_loss', 'build_state', 'parallelize',
-           'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops', 'export_model', 'run_pretrain']
+           'set_rng_state', 'save_rng_states', 'load_rng_state', 'seed_everything', 'full_model_state', 'save_weights',
+           'load_weights', 'TrainState', 'grad_sync', 'lm_loss_sum', 'train_step', 'check_batch', 'step_loss',
+           'build_state', 'parallelize', 'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops',
+           'due', 'Checkpointer', 'Validator', 'Reporter', 'export_model', 'open_store', 'run_pretrain']
 
 # %% ../nbs/21_pretrain.ipynb #0da20b59
 from .config import PipelineConfig, OptimConfig, PretrainConfig
-from .runs import RunDir, atomic_dir, atomic_write_json, read_metrics
+from .runs import RunDir, StageDir, atomic_dir, atomic_write_json, read_metrics
 from .distributed import DistEnv, dist_env, init_distributed, shutdown_distributed
 from .model import build_model, flops_per_token, model_summary, peak_flops_for
+from .preempt import PreemptionGuard
 
 # %% ../nbs/21_pretrain.ipynb #def36ea1
 def lr_multiplier(step:int,            # optimizer step, 0-based
@@ -89,14 +91,41 @@ def model_inputs(batch:dict, rt:Runtime) -> dict:
 
 # %% ../nbs/21_pretrain.ipynb #89588fd4
 def rng_state() -> dict:
-    "Every random generator's state in this process."
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    "Every random generator's state in this process: Python's and NumPy's as plain lists, torch's (and CUDA's) as tensors."
+    ver, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"python": [ver, list(mt), gauss], "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 def set_rng_state(s:dict):
     "Restore what `rng_state` returned."
-    random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
-    if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    ver, mt, gauss = s["python"]
+    random.setstate((ver, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+
+def save_rng_states(states:list,   # one `rng_state()` per rank
+                    folder:Path):  # the checkpoint folder being written
+    "Write every rank's random states without pickle: tensors to `rng.safetensors`, the rest to `rng.json`."
+    from safetensors.torch import save_file
+    tensors, plain = {}, []
+    for r, s in enumerate(states):
+        tensors[f"{r}/torch"] = s["torch"].clone()   # own storage: safetensors refuses shared tensors
+        for i, c in enumerate(s["cuda"]): tensors[f"{r}/cuda/{i}"] = c.clone()
+        plain.append({"python": s["python"], "numpy": s["numpy"], "cuda_devices": len(s["cuda"])})
+    save_file(tensors, str(folder/"rng.safetensors"))
+    atomic_write_json(folder/"rng.json", plain)
+
+def load_rng_state(folder:Path, rank:int=0) -> dict:
+    "Rank `rank`'s random states from a checkpoint folder (rank 0's when the checkpoint had fewer ranks)."
+    from safetensors.torch import load_file
+    plain = json.loads((folder/"rng.json").read_text())
+    r = rank if rank < len(plain) else 0
+    t = load_file(str(folder/"rng.safetensors"))
+    return {"python": plain[r]["python"], "numpy": plain[r]["numpy"], "torch": t[f"{r}/torch"],
+            "cuda": [t[f"{r}/cuda/{i}"] for i in range(plain[r]["cuda_devices"])]}
 
 def seed_everything(seed:int):
     "Seed Python, NumPy and torch (all devices)."
@@ -151,6 +180,7 @@ class TrainState:
     def save(self, path:str|Path, **info) -> Path:
         "Write a checkpoint folder atomically (every rank calls this; rank 0 writes)."
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, StateDictOptions
+        t0 = time.perf_counter()
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         msd, osd = full_model_state(self.model), get_optimizer_state_dict(self.model, self.optimizer, options=opts)
         per_rank = _gather({"rng": rng_state(), "loader": self.loader.state_dict()})
@@ -159,9 +189,10 @@ class TrainState:
             with atomic_dir(path) as tmp:
                 save_weights(msd, tmp/"model.safetensors")
                 torch.save(osd, tmp/"optimizer.pt"); torch.save(self.scheduler.state_dict(), tmp/"scheduler.pt")
-                torch.save([r["rng"] for r in per_rank], tmp/"rng.pt")
+                save_rng_states([r["rng"] for r in per_rank], tmp)
                 atomic_write_json(tmp/"loader.json", [r["loader"] for r in per_rank])
-                atomic_write_json(tmp/"trainer_state.json", {"step": self.step, "world_size": len(per_rank), **info})
+                atomic_write_json(tmp/"trainer_state.json", {"step": self.step, "world_size": len(per_rank),
+                                                             "save_s": round(time.perf_counter() - t0, 3), **info})
         _barrier()
         return path
 
@@ -173,8 +204,8 @@ class TrainState:
         set_optimizer_state_dict(self.model, self.optimizer, torch.load(path/"optimizer.pt", weights_only=True), options=opts)
         self.scheduler.load_state_dict(torch.load(path/"scheduler.pt", weights_only=True))
         rank = torch.distributed.get_rank() if _dist_on() else 0
-        rngs, loaders = torch.load(path/"rng.pt", weights_only=False), json.loads((path/"loader.json").read_text())
-        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+        set_rng_state(load_rng_state(path, rank))
+        loaders = json.loads((path/"loader.json").read_text())
         self.loader.load_state_dict(loaders[rank] if rank < len(loaders) else loaders[0])
         self.step = json.loads((path/"trainer_state.json").read_text())["step"]
         return self
@@ -334,6 +365,117 @@ def device_peak_flops(rt:Runtime, pc:PretrainConfig) -> float|None:
     if rt.device.type == "cuda": return peak_flops_for(torch.cuda.get_device_name(rt.device))
     return None
 
+# %% ../nbs/21_pretrain.ipynb #1dec86c0
+def due(step:int, every:int, last:int) -> bool:
+    "Is `step` one of every `every` steps, or the last one? (`every` 0: only the last)"
+    return step == last or (every > 0 and step % every == 0)
+
+class Checkpointer:
+    "A stage's checkpoints: resume from the latest, save on schedule (timed), keep the last few."
+    def __init__(self, sd:StageDir, pc:PretrainConfig, is_main:bool=True, log=print):
+        self.sd, self.every, self.keep, self.last, self.is_main, self.log = sd, pc.save_every, pc.keep_last, pc.steps, is_main, log
+        self.save_s = None   # seconds the last save took (this process's, else the checkpoint's own record)
+
+    @property
+    def latest(self) -> Path|None: return self.sd.latest_checkpoint()
+
+    def resume(self, state:TrainState) -> int:
+        "Load the latest complete checkpoint into `state`, if there is one; return the step to start from."
+        ck = self.latest
+        if ck is None: return 0
+        state.load(ck)
+        self.save_s = json.loads((ck/"trainer_state.json").read_text()).get("save_s")
+        self.log(f"pretrain: resuming from {ck} (step {state.step})")
+        return state.step
+
+    def due(self, step:int) -> bool: return due(step, self.every, self.last)
+
+    def save(self, state:TrainState, **info) -> Path:
+        "Write `state` as `step_<step>` (unless that checkpoint exists already), time it, prune old ones."
+        path = self.sd.checkpoint_path(state.step)
+        if path == self.latest: return path
+        t = time.perf_counter()
+        state.save(path, **info)
+        self.save_s = time.perf_counter() - t
+        if self.is_main: self.sd.prune_checkpoints(self.keep)
+        return path
+
+# %% ../nbs/21_pretrain.ipynb #c859c076
+class Validator:
+    "Per-source validation bits per byte and sample texts, each on its own schedule."
+    def __init__(self, store, rt:Runtime, pc:PretrainConfig):
+        self.store, self.rt, self.pc = store, rt, pc
+
+    def validate(self, model, step:int) -> dict:
+        "`val/<source>/loss` and `val/<source>/bpb` when `step` is an evaluation step, else `{}`."
+        if not due(step, self.pc.eval_every, self.pc.steps): return {}
+        return evaluate(model, self.store, self.rt, self.pc.micro_batch_size, self.pc.eval_batches)
+
+    def samples(self, model, step:int) -> dict:
+        "One sampled text per source when `step` is a sampling step, else `{}`."
+        if not (self.pc.sample_every and step % self.pc.sample_every == 0): return {}
+        return sample_texts(model, self.store, self.rt, seed=self.pc.seed + step)
+
+# %% ../nbs/21_pretrain.ipynb #e8019563
+def _tensorboard(path:Path, purge_step:int|None):
+    try: from torch.utils.tensorboard import SummaryWriter
+    except Exception: return None
+    return SummaryWriter(str(path), purge_step=purge_step)
+
+class Reporter:
+    "The metrics log, TensorBoard and progress lines of a run; throughput with validation and saving left out."
+    def __init__(self, sd:StageDir, pc:PretrainConfig, batch_tokens:int, env:DistEnv, log=print,
+                 start:int=0, fpt:float=0.0, peak:float|None=None):
+        self.pc, self.batch_tokens, self.log, self.W, self.fpt, self.peak = pc, batch_tokens, log, env.world_size, fpt, peak
+        if env.is_main: sd.mkdirs(); sd.metrics.truncate_after(start)
+        self.metrics = sd.metrics if env.is_main else None   # rank 0 writes
+        self.tb = _tensorboard(sd.root/"tb", start + 1 if start else None) if env.is_main else None
+        self.t0, self.paused_s, self.tokens_since, self.tps = time.perf_counter(), 0.0, 0, []
+
+    def record(self, step:int, **scalars):
+        "One metrics record (and its numbers to TensorBoard)."
+        if self.metrics is not None: self.metrics.log(step=step, **scalars)
+        if self.tb is not None:
+            for k, v in scalars.items():
+                if isinstance(v, (int, float)): self.tb.add_scalar(k, v, step)
+
+    def train_step(self, step:int, out:dict):
+        "Count the step's tokens; every `log_every` steps (and the last) record loss, lr, grad norm, throughput, memory."
+        self.tokens_since += self.batch_tokens
+        if not due(step, self.pc.log_every, self.pc.steps): return
+        loss, gn = step_loss(out), _scalar(out["grad_norm"])
+        dt = max(time.perf_counter() - self.t0 - self.paused_s, 1e-9)
+        s = dict(loss=loss, lr=out["lr"], grad_norm=gn, tokens=step * self.batch_tokens,
+                 tokens_per_s=self.tokens_since / dt, mem_gb=memory_gb(out["loss_sum"].device))
+        if self.peak: s["mfu"] = self.fpt * s["tokens_per_s"] / (self.peak * self.W)
+        self.tps.append(s["tokens_per_s"])
+        self.record(step, **s)
+        self.log(f"step {step}/{self.pc.steps} loss {loss:.4f} lr {out['lr']:.2e} gnorm {gn:.3f} {s['tokens_per_s']:,.0f} tok/s")
+        self.t0, self.paused_s, self.tokens_since = time.perf_counter(), 0.0, 0
+
+    def validation(self, step:int, ev:dict):
+        if not ev: return
+        self.record(step, **ev)
+        self.log("  " + "  ".join(f"{k} {v:.4f}" for k, v in ev.items() if k.endswith("bpb")))
+
+    def samples(self, step:int, smp:dict):
+        if not smp: return
+        if self.metrics is not None: self.metrics.log(step=step, samples=smp)
+        for k, v in smp.items(): self.log(f"  [{k}] {v!r}")
+
+    @contextlib.contextmanager
+    def paused(self):
+        "Time spent in this block is not training time (validation, sampling, checkpoints)."
+        t = time.perf_counter()
+        try: yield
+        finally: self.paused_s += time.perf_counter() - t
+
+    def close(self):
+        if self.tb is not None: self.tb.close()
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
 # %% ../nbs/21_pretrain.ipynb #3a372d59
 def export_model(state:TrainState, cfg:PipelineConfig, store, dest:str|Path) -> Path:
     "Save the trained model + the store's tokenizer with `save_pretrained` into `dest`, atomically (rank 0 writes)."
@@ -350,10 +492,14 @@ def export_model(state:TrainState, cfg:PipelineConfig, store, dest:str|Path) -> 
     return dest
 
 # %% ../nbs/21_pretrain.ipynb #545e3fdd
-def _tensorboard(path:Path, purge_step:int|None):
-    try: from torch.utils.tensorboard import SummaryWriter
-    except Exception: return None
-    return SummaryWriter(str(path), purge_step=purge_step)
+def open_store(cfg:PipelineConfig, run:RunDir):
+    "The run's token store, checked against the model's context length."
+    from forge_nb.data.store import TokenStore
+    store = TokenStore(run.stage("data").root)
+    if store.seq_len > cfg.model.max_seq_len:
+        raise ValueError(f"model.max_seq_len ({cfg.model.max_seq_len}) is shorter than the token store's sequences "
+                         f"({store.seq_len}, {store.path/'manifest.json'}): set model.max_seq_len >= {store.seq_len}")
+    return store
 
 def run_pretrain(cfg:PipelineConfig,   # the pipeline config (model, pretrain, data.seed)
                  run_dir:str|Path,     # the run directory (its `data/` holds the token store)
@@ -368,69 +514,52 @@ def run_pretrain(cfg:PipelineConfig,   # the pipeline config (model, pretrain, d
 
 # %% ../nbs/21_pretrain.ipynb #169879d8
 def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
-    from forge_nb.data.store import TokenStore
-    pc, sd = cfg.pretrain, run.stage("pretrain")
-    store = TokenStore(run.stage("data").root)
-    if store.seq_len > cfg.model.max_seq_len:
-        raise ValueError(f"model.max_seq_len ({cfg.model.max_seq_len}) is shorter than the token store's sequences "
-                         f"({store.seq_len}, {store.path/'manifest.json'}): set model.max_seq_len >= {store.seq_len}")
+    pc, sd, store = cfg.pretrain, run.stage("pretrain"), open_store(cfg, run)
     rt = make_runtime(pc, env)
     if rt.device.type == "cpu": torch.use_deterministic_algorithms(True, warn_only=True)
     state = build_state(cfg, store, rt, env)
-    ck = sd.latest_checkpoint()
-    if ck is not None: state.load(ck); log(f"pretrain: resuming from {ck} (step {state.step})")
-    start = state.step
-    if env.is_main: sd.mkdirs(); sd.metrics.truncate_after(start)
-    metrics = sd.metrics
-    T, W, A, B = store.seq_len, env.world_size, pc.grad_accum, pc.micro_batch_size
-    batch_tokens = W * A * B * T
+    ckpt = Checkpointer(sd, pc, env.is_main, log)
+    start = ckpt.resume(state)
+    T, A = store.seq_len, pc.grad_accum
+    batch_tokens = env.world_size * A * pc.micro_batch_size * T
     fpt, peak = flops_per_token(cfg.model, store.vocab_size, T), device_peak_flops(rt, pc)
-    if start == 0:
-        hw = dict(peak_flops=peak, n_devices=W, mfu=0.4) if peak else {}
-        log(model_summary(cfg.model, store.vocab_size, T, train_tokens=pc.steps * batch_tokens, **hw))
-        log(f"pretrain: {pc.steps} steps × {batch_tokens:,} tokens ({W} rank(s) × {A} accum × {B} seq × {T}) on {rt.device}"
-            f"{', bf16' if rt.amp_dtype else ', fp32'}, parallel={pc.parallel}")
-        if env.is_main: metrics.log(step=0, **{f"val/{s}/unigram_bpb": v for s, v in unigram_bpb(store, B, pc.eval_batches).items()})
-    tb = _tensorboard(sd.root/"tb", start + 1 if start else None) if env.is_main else None
-    t0, paused, tokens_since, tps_hist = time.perf_counter(), 0.0, 0, []
-    while state.step < pc.steps:
-        out = train_step(state, [check_batch(next(state.loader), store.vocab_size) for _ in range(A)], rt)
-        step, tokens_since, scalars = state.step, tokens_since + batch_tokens, {}
-        if step % pc.log_every == 0 or step == pc.steps:
-            loss, gn = step_loss(out), _scalar(out["grad_norm"])
-            dt = max(time.perf_counter() - t0 - paused, 1e-9)
-            scalars = dict(loss=loss, lr=out["lr"], grad_norm=gn, tokens=step * batch_tokens,
-                           tokens_per_s=tokens_since / dt, mem_gb=memory_gb(rt.device))
-            if peak: scalars["mfu"] = fpt * scalars["tokens_per_s"] / (peak * W)
-            tps_hist.append(scalars["tokens_per_s"])
-            if env.is_main: metrics.log(step=step, **scalars)
-            log(f"step {step}/{pc.steps} loss {loss:.4f} lr {out['lr']:.2e} gnorm {gn:.3f} {scalars['tokens_per_s']:,.0f} tok/s")
-            t0, paused, tokens_since = time.perf_counter(), 0.0, 0
-        tp = time.perf_counter()
-        if step % pc.eval_every == 0 or step == pc.steps:
-            ev = evaluate(state.model, store, rt, B, pc.eval_batches)
-            if env.is_main: metrics.log(step=step, **ev)
-            log("  " + "  ".join(f"{k} {v:.4f}" for k, v in ev.items() if k.endswith("bpb")))
-            scalars.update(ev)
-        if pc.sample_every and step % pc.sample_every == 0:
-            smp = sample_texts(state.model, store, rt, seed=pc.seed + step)
-            if env.is_main: metrics.log(step=step, samples=smp)
-            for k, v in smp.items(): log(f"  [{k}] {v!r}")
-        if tb is not None:
-            for k, v in scalars.items(): tb.add_scalar(k, v, step)
-        if step % pc.save_every == 0 or step == pc.steps:
-            state.save(sd.checkpoint_path(step), tokens=step * batch_tokens)
-            if env.is_main: sd.prune_checkpoints(pc.keep_last)
-        paused += time.perf_counter() - tp
-    if tb is not None: tb.close()
+    val = Validator(store, rt, pc)
+    with Reporter(sd, pc, batch_tokens, env, log, start, fpt, peak) as rep, \
+         PreemptionGuard(log, rep.metrics, "pretrain") as guard:
+        if start == 0: _introduce(cfg, store, rt, env, batch_tokens, peak, rep, log)
+        while state.step < pc.steps:
+            out = train_step(state, [check_batch(next(state.loader), store.vocab_size) for _ in range(A)], rt)
+            step = state.step
+            rep.train_step(step, out)
+            with rep.paused():
+                rep.validation(step, val.validate(state.model, step))
+                rep.samples(step, val.samples(state.model, step))
+                if ckpt.due(step): ckpt.save(state, tokens=step * batch_tokens)
+            if guard.requested(step):   # preempted or out of time: checkpoint this step if it fits, then requeue
+                guard.stop(step, lambda: ckpt.save(state, tokens=step * batch_tokens), ckpt.save_s, ckpt.latest)
     final = export_model(state, cfg, store, sd.final)
+    return _summarize(sd, state, store, start, batch_tokens, rep.tps, env, final, ckpt.latest, log)
+
+def _introduce(cfg, store, rt, env, batch_tokens, peak, rep, log):
+    "What a fresh run prints first: the model, the budget, the unigram baseline."
+    pc, T, W = cfg.pretrain, store.seq_len, env.world_size
+    hw = dict(peak_flops=peak, n_devices=W, mfu=0.4) if peak else {}
+    log(model_summary(cfg.model, store.vocab_size, T, train_tokens=pc.steps * batch_tokens, **hw))
+    log(f"pretrain: {pc.steps} steps × {batch_tokens:,} tokens ({W} rank(s) × {pc.grad_accum} accum × {pc.micro_batch_size} seq "
+        f"× {T}) on {rt.device}{', bf16' if rt.amp_dtype else ', fp32'}, parallel={pc.parallel}")
+    if rep.metrics is not None:
+        rep.metrics.log(step=0, **{f"val/{s}/unigram_bpb": v for s, v in unigram_bpb(store, pc.micro_batch_size, pc.eval_batches).items()})
+
+def _summarize(sd, state, store, start, batch_tokens, tps, env, final, checkpoint, log) -> dict:
+    "The stage's summary (also `summary.json`), from what `metrics.jsonl` holds."
     recs = read_metrics(sd.metrics_path)
     last = lambda key: next((r[key] for r in reversed(recs) if key in r), None)
-    val = {s: last(f"val/{s}/bpb") for s in store.val_sources}
-    summary = dict(steps=state.step, resumed_from=start or None, final_loss=last("loss"), val_bpb=val,
+    summary = dict(steps=state.step, resumed_from=start or None, final_loss=last("loss"),
+                   val_bpb={s: last(f"val/{s}/bpb") for s in store.val_sources},
                    unigram_bpb={s: last(f"val/{s}/unigram_bpb") for s in store.val_sources},
-                   tokens=state.step * batch_tokens, tokens_per_s=float(np.median(tps_hist)) if tps_hist else None,
-                   world_size=W, final=str(final), checkpoint=str(sd.latest_checkpoint()))
+                   tokens=state.step * batch_tokens, tokens_per_s=float(np.median(tps)) if tps else None,
+                   world_size=env.world_size, final=str(final), checkpoint=str(checkpoint),
+                   preemptions=sum(r.get("event") == "preempted" for r in recs))
     if env.is_main: atomic_write_json(sd.root/"summary.json", summary)
     log(f"pretrain: done, model in {final}")
     return summary

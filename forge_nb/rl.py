@@ -22,6 +22,7 @@ from .runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, read
 from .policy import (Policy, load_policy, load_prompts, load_pairs, check_prompts, reward_functions, score_rows,
                              summarize, text_of)
 from .charts import bar_chart
+from .preempt import preemption_callback
 
 # %% ../nbs/41_rl.ipynb #ae01cdb4
 _PRODUCTS = ["Basic", "Pro", "Team", "Enterprise", "Starter", "Plus", "Max", "Student", "Family", "Business"]
@@ -323,10 +324,11 @@ def train_args(rc:RLConfig, cls, output_dir:str|Path, **extra):
     return cls(**kw)
 
 def _peft_config(rc:RLConfig, task_type="CAUSAL_LM"):
-    if not rc.lora: return None
+    if not rc.lora.enabled: return None
     try: from peft import LoraConfig
     except ImportError: raise ConfigError([("rl.lora", "LoRA needs the `peft` package: pip install peft", None)]) from None
-    return LoraConfig(r=rc.lora_r, lora_alpha=rc.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type=task_type)
+    return LoraConfig(r=rc.lora.r, lora_alpha=rc.lora.alpha, lora_dropout=rc.lora.dropout, target_modules=list(rc.lora.target_modules),
+                      task_type=task_type)
 
 # %% ../nbs/41_rl.ipynb #2b091981
 def _prompt_dataset(rows:list):
@@ -350,6 +352,8 @@ def _resume(sd, log) -> str|None:
 def _train(tr, sd, log, steps:int):
     "Train, resuming from the newest checkpoint; one at the last step only restores the weights (transformers would run one more step)."
     _quiet(tr)
+    main = int(os.environ.get("RANK", "0")) == 0   # preemption: save at the signalled step, then requeue (forge_nb.preempt)
+    tr.add_callback(preemption_callback(log=log, metrics=sd.metrics if main else None, name="rl"))
     ck = _resume(sd, log)
     if ck is not None and int(Path(ck).name.split("-")[-1]) >= steps:
         tr._load_from_checkpoint(ck)

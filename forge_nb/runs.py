@@ -68,9 +68,9 @@ class MetricsLog:
         return read_metrics(self.path, since)
 
     def truncate_after(self, step:int):
-        "Drop records with `step` > `step` (a resumed run re-logs from its checkpoint; no duplicates)."
+        "Drop records with `step` > `step` (a resumed run re-logs from its checkpoint; no duplicates); events (`event` key, e.g. a preemption) stay."
         if not self.path.exists(): return
-        keep = [r for r in self.read() if r.get("step", -1) <= step]
+        keep = [r for r in self.read() if r.get("step", -1) <= step or "event" in r]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
 def read_metrics(path:str|Path, since:int=0) -> list[dict]:

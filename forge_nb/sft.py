@@ -6,9 +6,9 @@ Docs: https://forge-nb.github.io/forge_nb/sft.html.md"""
 
 # %% ../nbs/30_sft.ipynb #cc414a3c
 from __future__ import annotations
-import hashlib, json, math, os, time
+import hashlib, json, math, time
 from collections import Counter
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,10 @@ __all__ = ['ROLES', 'ReadStats', 'normalize_record', 'read_sft_file', 'base_mode
 # %% ../nbs/30_sft.ipynb #58fdb04b
 from .config import PipelineConfig, SFTConfig, SourceConfig, DataConfig
 from .runs import RunDir, StageDir, atomic_dir, atomic_write_json, read_metrics
-from .distributed import dist_env, init_distributed, shutdown_distributed
-from .data.sources import DataError, resolve_files, markdown_table
+from .distributed import init_distributed, shutdown_distributed
+from .data.sources import DataError, resolve_files
 from .data.mixing import plan_mix, mix_order
+from .preempt import preemption_callback
 
 # %% ../nbs/30_sft.ipynb #38e84fcb
 ROLES = ("system", "user", "assistant")
@@ -405,7 +406,8 @@ def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
         if ck is None: sd.metrics.log(step=0, **{"val/sft/loss": before["loss"], "val/sft/bpb": before["bpb"]})
     args = trl_args(sc, sd.checkpoints)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(data["train"]), processing_class=tok,
-                         peft_config=lora_config(sc), callbacks=[_metrics_callback(sd, data["heldout"], tok, sc, env.is_main, log)])
+                         peft_config=lora_config(sc), callbacks=[_metrics_callback(sd, data["heldout"], tok, sc, env.is_main, log),
+                                    preemption_callback(log=log, metrics=sd.metrics if env.is_main else None, name="sft")])
     log(f"sft: {'LoRA r=' + str(sc.lora.r) if sc.lora.enabled else 'full fine-tuning'} from {base} on {trainer.args.device}"
         f"{' bf16' if args.bf16 else ' fp32'}, {env.world_size} rank(s), packing={'bfd, padding-free' if sc.packing else 'off'}"
         + (f"; resuming from {ck}" if ck else ""))

@@ -81,3 +81,16 @@ def write_marker(path: str, value: str) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(f"{value} {time.time()}\n")
     return value
+
+
+def paced_pretrain(cfg, run_dir: str, step_sleep_s: float) -> dict:
+    """The real pretraining stage, each optimizer step followed by `step_sleep_s` of sleep (a tiny model steps in
+    milliseconds; a test needs time to displace the job mid-run). Nothing else of the stage is changed."""
+    import forge_nb.pretrain as P
+    real = P.train_step
+    def paced(state, batches, rt):
+        out = real(state, batches, rt)
+        time.sleep(step_sleep_s)
+        return out
+    P.train_step = paced
+    return P.run_pretrain(cfg, run_dir)

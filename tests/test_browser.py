@@ -278,7 +278,8 @@ def test_form_launch_and_monitor_on_slurm(slurm_cluster, lab, browser, artifacts
     assert losses and losses[-1]["step"] == 24
     wait_until(lambda: points.count() == len(losses), 15, f"{len(losses)} loss points (one per metrics.jsonl record)")
     assert page.locator(".forge-plot-tokens_per_s circle.forge-point").count() == len(losses)
-    bpb = sum(1 for r in read_metrics(run_dir/"pretrain"/"metrics.jsonl") for k in r if "bpb" in k and isinstance(r[k], float))
+    bpb = sum(1 for r in read_metrics(run_dir/"pretrain"/"metrics.jsonl") for k in r
+              if "bpb" in k and "unigram" not in k and isinstance(r[k], float))   # the unigram baselines are reference lines
     assert bpb > 0, "the stage logged no per-domain bits per byte"
     wait_until(lambda: page.locator(".forge-plot-bpb circle.forge-point").count() == bpb, 15, f"{bpb} bits-per-byte points")
     page.close()
@@ -337,3 +338,153 @@ def test_monitor_follows_a_slurm_job_live(slurm_cluster, lab, browser, artifacts
     assert second.locator(".forge-job-card code").inner_text().strip() == job_id
     page.close()
     print(f"live monitor browser test on SLURM: {time.time() - t0:.1f} s")
+
+# ------------------------------------------------------------------ issue 17: the widgets as a new user meets them
+
+def _svg_box(loc) -> dict:
+    b = loc.bounding_box(); assert b, "not rendered"; return b
+
+def test_infeasible_plan_and_bpb_plot_in_jupyterlab(lab, browser, artifacts_dir):
+    """A Studio whose pretraining budget (steps × batch × seq_len) needs more of a source than its epoch cap allows:
+    the mix tab shows the infeasible plan, and Launch is disabled with the data stage's error before anything is
+    submitted. A monitor's bits-per-byte plot: curves span the plot height, the unigram baselines are reference marks,
+    the legend does not cover the title, and the log box shows the tail."""
+    t0 = time.time()
+    root = lab["root"]
+    for name, n in [("prose", 40), ("code", 120)]:
+        (root/f"{name}17.jsonl").write_text("".join(json.dumps({"text": f"{name} document {i} " * 30}) + "\n" for i in range(n)))
+    write_notebook(root/"issue17_e2e.ipynb", [
+        """
+        from pathlib import Path
+        from forge_nb.config import PipelineConfig
+        from forge_nb.widgets.studio import Studio
+        cfg = PipelineConfig(name="infeasible17", runs_dir="runs17", stages=["data", "pretrain"],
+                             data=dict(sources=[dict(name="prose", path="prose17.jsonl"), dict(name="code", path="code17.jsonl")],
+                                       strategy="static", weights=[0.5, 0.5], seq_len=64),
+                             pretrain=dict(steps=2500, micro_batch_size=4))
+        studio = Studio(cfg, stage="all")
+        studio
+        """,
+        """
+        from forge_nb.runs import RunDir
+        from forge_nb.widgets.monitor import JobMonitor
+        class Demo:   # a job's interface, backed by a run directory: no scheduler needed to draw the plots
+            def __init__(self, run_dir): self.run_dir, self.stage, self.job_id, self.run_name = Path(run_dir), "pretrain", "17", "bpb17"
+            def state(self): return "COMPLETED"
+            def stdout(self, tail=15): return "\\n".join(f"step {i}" for i in range(300))
+            def stderr(self, tail=15): return "\\n".join(f"warn {i}" for i in range(300))
+        log = RunDir("runs17/bpb17").stage("pretrain").metrics
+        log.log(step=0, **{"val/prose/unigram_bpb": 2.44, "val/code/unigram_bpb": 2.31})
+        for s in range(1, 11): log.log(step=20 * s, loss=3.0 / s, **{"val/prose/bpb": 0.1 + 0.4 / s, "val/code/bpb": 0.08 + 0.3 / s})
+        bpb_monitor = JobMonitor(Demo("runs17/bpb17"))
+        bpb_monitor
+        """])
+    page = open_and_run_all(browser, lab, "issue17_e2e.ipynb", ".forge-job-monitor .forge-job-card .forge-job-state", artifacts_dir)
+    mon = page.locator(".forge-job-monitor:has(.forge-job-card)")   # the demo monitor (the Studio's own sits in a closed tab)
+    studio = page.locator(".forge-studio")
+    # 8. the stages tag box's text input shows without a click; a long field name wraps instead of being cut off
+    assert _svg_box(studio.locator(".forge-f-stages input").first)["width"] > 30, "the tag box's text input is hidden"
+    studio.locator(".forge-f-stages").first.screenshot(path=str(artifacts_dir/"browser-17-stages-tags.png"))
+    studio.locator('.lm-TabBar-tabLabel:text-is("pretrain")').first.click()
+    name = studio.locator(".forge-f-pretrain-activation_checkpointing code")
+    name.wait_for(timeout=15000)
+    assert name.evaluate("e => e.getBoundingClientRect().right <= e.closest('.widget-html').getBoundingClientRect().right + 1"), "label cut off"
+    studio.locator(".forge-f-pretrain-activation_checkpointing").screenshot(path=str(artifacts_dir/"browser-17-form-label.png"))
+    studio.locator('.lm-TabBar-tabLabel:text-is("data")').first.click()
+    # 1. the mix tab: the plan uses the pretraining budget and says it is infeasible
+    studio.locator('.lm-TabBar-tabLabel:text-is("data mix")').click()
+    studio.locator(".forge-mix-infeasible").wait_for(timeout=15000)
+    text = studio.locator(".forge-mix-infeasible").inner_text()
+    assert "infeasible mix plan" in text and "'prose'" in text, text
+    assert "budget" in studio.locator(".forge-mix-budget").inner_text()
+    studio.screenshot(path=str(artifacts_dir/"browser-17-mix-infeasible.png"))
+    # ... and the launch tab refuses it, with the same error, before any submission
+    studio.locator('.lm-TabBar-tabLabel:text-is("launch")').click()
+    problem = studio.locator(".forge-launch-problem:has-text('infeasible mix plan')")
+    problem.wait_for(timeout=15000)
+    assert "'prose'" in problem.inner_text()
+    # the mix tab and the launch check plan with the same budget (the data stage's `resolve_total_tokens`)
+    budget = re.search(r"budget ([0-9,]+) tokens", studio.locator(".forge-mix-budget").inner_text()).group(1)
+    assert f"of {budget} tokens" in problem.inner_text() and f"of {budget} tokens" in text, (budget, problem.inner_text())
+    assert studio.locator(".forge-launch-panel button.jupyter-button:has-text('Launch')").is_disabled()
+    assert not (root/"runs17"/"infeasible17"/"jobs.json").exists()
+    studio.screenshot(path=str(artifacts_dir/"browser-17-launch-refused.png"))
+    # 6. the bits-per-byte plot
+    plot = mon.locator(".forge-plot-bpb svg")
+    plot.scroll_into_view_if_needed()
+    rect = _svg_box(plot.locator("rect").first)
+    ys = [_svg_box(c)["y"] + _svg_box(c)["height"] / 2 for c in plot.locator("circle.forge-point").all()]
+    assert len(ys) == 20, f"{len(ys)} bpb points (baselines must not be points)"
+    span = (max(ys) - min(ys)) / rect["height"]
+    assert span > 0.95, f"the curves cover {span:.0%} of the plot height"
+    marks = [g.text_content() for g in plot.locator(".forge-hline").all()]
+    assert any("prose unigram 2.44" in m for m in marks) and any("code unigram 2.31" in m for m in marks), marks
+    title = _svg_box(plot.locator("text:has-text('bits per byte')").first)
+    for leg in plot.locator("text[y='27']").all():   # legend entries: below the title, not over it
+        b = _svg_box(leg); assert b["y"] >= title["y"] + title["height"] - 1, (b, title)
+    # 5. the log box shows the tail (the last line visible, without scrolling)
+    box = mon.locator(".forge-log-box")
+    last = _svg_box(box.locator("pre")); outer = _svg_box(box)
+    assert last["y"] + last["height"] <= outer["y"] + outer["height"] + 2 and "warn 299" in box.inner_text()
+    assert box.evaluate("e => e.scrollHeight > e.clientHeight + 10"), "the log box should scroll (two 15-line tails)"
+    mon.screenshot(path=str(artifacts_dir/"browser-17-bpb-plot.png"))
+    page.close()
+    print(f"infeasible plan + bpb plot browser test: {time.time() - t0:.1f} s")
+
+@pytest.mark.slurm
+def test_recreated_studio_follows_its_run_and_says_why_a_stage_was_cancelled(slurm_cluster, lab, browser, artifacts_dir):
+    """A kernel submits data → pretrain on SLURM and forgets the jobs (as a restart does); the data job's source is gone
+    by the time it runs, so it really fails. A Studio made afresh for the run lists both jobs on creation, live (the
+    data job is held until the Studio shows it), refreshes by itself (no auto-refresh ticked, no Refresh pressed) and the
+    pretraining card says it was cancelled because the data job failed, with that job's one-line error."""
+    t0 = time.time()
+    root = lab["root"]
+    run_name = f"dep17-{secrets.token_hex(3)}"
+    (root/f"{run_name}.jsonl").write_text("".join(json.dumps({"text": f"doc {i} " * 40}) + "\n" for i in range(200)))
+    write_notebook(root/"dep17_e2e.ipynb", [
+        f"""
+        import os, subprocess
+        from pathlib import Path
+        from forge_nb.config import PipelineConfig
+        from forge_nb import launch as L
+        cfg = PipelineConfig(name="{run_name}", runs_dir=str(Path("runs").absolute()), stages=["data", "pretrain"],
+                             data=dict(sources=[dict(name="prose", path=str(Path("{run_name}.jsonl").absolute()))], seq_len=64),
+                             tokenizer=dict(vocab_size=300, train_bytes=20_000), pretrain=dict(steps=5, micro_batch_size=2),
+                             resources=dict(cluster="slurm", partition="cpu", time_min=5))
+        data_job = L.launch(cfg, "data")
+        subprocess.run(["scontrol", "hold", data_job.job_id], check=True)   # kept pending until the test has seen it live
+        os.remove("{run_name}.jsonl")                                        # the job will find its source gone: it fails
+        pre_job = L.launch(cfg, "pretrain", depends_on=[data_job])
+        Path("{run_name}.ids").write_text(data_job.job_id + " " + pre_job.job_id)
+        del data_job, pre_job                                                # the kernel forgets the jobs, as a restart does
+        """,
+        """
+        from forge_nb.widgets.studio import Studio
+        studio = Studio(cfg)                                                 # made afresh: it finds the run's jobs itself
+        studio
+        """])
+    page = open_and_run_all(browser, lab, "dep17_e2e.ipynb", ".forge-studio", artifacts_dir, timeout_s=120)
+    data_id, pre_id = (root/f"{run_name}.ids").read_text().split()
+    try: _recreated_studio_checks(page, data_id, pre_id, run_name, artifacts_dir)
+    finally: subprocess.run(["scancel", data_id, pre_id], capture_output=True, timeout=30)   # a held or never-satisfied job would linger
+    page.close()
+    print(f"re-created Studio + cancelled-stage reason browser test on SLURM: {time.time() - t0:.1f} s")
+
+def _recreated_studio_checks(page, data_id, pre_id, run_name, artifacts_dir):
+    studio = page.locator(".forge-studio")
+    studio.locator('.lm-TabBar-tabLabel:text-is("jobs")').click()
+    cards = studio.locator(".forge-job-card")
+    wait_until(lambda: cards.count() == 2, 20, "the Studio to list the run's two jobs")
+    card = lambda job_id: studio.locator(f".forge-job-card:has(code:text-is('{job_id}'))")
+    states = lambda: {j: card(j).locator(".forge-job-state").inner_text() for j in (data_id, pre_id)}
+    wait_until(lambda: all(s == "PENDING" for s in states().values()), 30, "both jobs shown PENDING (live)")
+    assert studio.locator(".forge-job-monitor input[type=checkbox]").first.is_checked(), "a live job is followed without ticking auto-refresh"
+    studio.screenshot(path=str(artifacts_dir/"browser-17-studio-recreated-live.png"))
+    subprocess.run(["scontrol", "release", data_id], check=True, timeout=30)
+    # no click from here on: the jobs tab refreshes by itself
+    reason = card(pre_id).locator(".forge-job-reason")
+    wait_until(lambda: reason.count() and states()[data_id] == "FAILED", 180, "the pretraining card's reason and the data job FAILED")
+    text = reason.inner_text()
+    assert f"the data job {data_id} it waited on ended FAILED" in text and "does not exist" in text and run_name in text, text
+    assert states()[pre_id] in ("CANCELLED", "PENDING"), states()
+    studio.screenshot(path=str(artifacts_dir/"browser-17-cancelled-reason.png"))

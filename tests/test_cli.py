@@ -193,6 +193,16 @@ def test_jobs_logs_cancel_launch_locally(tiny, tmp_path):
     r = forge("launch", "t.yaml", "--set", "resources.gpus_per_node=64", cwd=tiny)
     assert r.returncode == 2 and "64 GPUs asked, this machine has" in r.stderr and "nothing was submitted" in r.stderr, show(r)
 
+def test_launch_and_run_refuse_an_infeasible_mix_before_submitting(tmp_path):
+    "A token budget the corpus cannot feed under its epoch cap: `launch` and `run` say so, as the data job would, and submit nothing."
+    save_config(tiny_config(tmp_path, steps=4), tmp_path/"t.yaml")
+    for cmd in ("launch", "run"):
+        r = forge(cmd, "t.yaml", "--set", "data.total_tokens=100000000", cwd=tmp_path, timeout=120)
+        err = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and err and err[0].startswith("forge-nb: error: not submitted: infeasible mix plan"), show(r)
+        assert "over its cap max_epochs" in r.stderr and "Traceback" not in r.stderr, show(r)
+    assert not (tmp_path/"t"/"jobs.json").exists() or read_registry(tmp_path/"t") == []
+
 @pytest.mark.slurm
 def test_readme_launch_on_slurm(slurm_cluster, tiny, tmp_path):
     "The README's launch command, verbatim, on the local SLURM cluster: both stages submitted, listed, cancelled."

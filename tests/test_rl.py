@@ -233,3 +233,53 @@ def test_grpo_two_ranks_on_slurm(slurm_cluster, tmp_path, task, base_model):
     recs = [r for r in read_metrics(tmp_path / "s" / "rl" / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert (tmp_path / "s" / "rl" / "final" / "COMPLETE").exists()
+
+
+@pytest.mark.slow
+def test_grpo_preempted_saves_at_the_signalled_step(tmp_path, task, base_model):
+    "The preemption signal mid-run: GRPO saves a checkpoint of the step it was at (no periodic save is due), records it, stops; the rerun finishes equal to an undisturbed run."
+    from forge_nb.rl import latest_checkpoint
+    cfg = _cfg(tmp_path, "p", base_model=str(base_model), policy=task["policy"], prompts=task["prompts"], steps=8, lr=1e-4,
+               batch_size=8, num_generations=4, max_completion_length=16, beta=0.0, save_every=100)
+    ref = tmp_path / "ref"; _finish(_start(cfg, ref))
+    expected = _rewards(ref)
+    run = tmp_path / "preempted"
+    p = _start(cfg, run)
+    while p.poll() is None and max([s for s, _ in _rewards(run)] or [0]) < 3: time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be signalled"
+    os.kill(p.pid, signal.SIGUSR2)             # what SLURM sends before preempting (submitit's checkpoint signal)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode != 0 and "preempted" in out, out[-3000:]
+    ev = [r for r in read_metrics(run / "rl" / "metrics.jsonl") if r.get("event") == "preempted"]
+    assert len(ev) == 1 and ev[0]["checkpoint"], ev
+    ck = latest_checkpoint(run / "rl" / "checkpoints")
+    assert ck is not None and int(ck.name.split("-")[1]) == ev[0]["step"] and 3 <= ev[0]["step"] < 8, (ck, ev)
+    assert not (run / "rl" / "final" / "COMPLETE").exists()
+    _finish(_start(cfg, run))
+    assert _rewards(run) == expected, "the run resumed from the preemption checkpoint is not exact"
+
+
+@pytest.mark.slow
+def test_grpo_lora_writes_a_merged_plain_model(tmp_path, task, base_model):
+    "GRPO with `rl.lora`: rl/final is a plain model (no adapter files, no lora weights) that loads without peft and differs from the SFT model."
+    import torch
+    from transformers import AutoModelForCausalLM
+    from forge_nb.rl import run_rl
+    cfg = _cfg(tmp_path, "l", base_model=str(base_model), policy=task["policy"], prompts=task["prompts"], steps=3, lr=5e-3,
+               batch_size=8, num_generations=4, max_completion_length=16, beta=0.0, save_every=100, lora={"enabled": True, "r": 4, "alpha": 8})
+    run_rl(cfg, tmp_path / "l", log=lambda *a, **k: None)
+    final = RunDir(tmp_path / "l").stage("rl").final
+    files = {p.name for p in final.iterdir()}
+    assert (final / "COMPLETE").exists() and not {f for f in files if f.startswith("adapter_")}, files
+    recs = [r for r in read_metrics(tmp_path / "l" / "rl" / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert any(r["frac_reward_zero_std"] < 1 for r in recs), "every group had equal rewards: no gradient reached the adapter"
+    ids = torch.arange(3, 35).unsqueeze(0)
+    logits = []
+    for folder in (base_model, final):
+        m = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+        assert not any("lora" in n for n, _ in m.named_parameters())
+        with torch.no_grad(): logits.append(m(input_ids=ids).logits)
+    diff = (logits[0] - logits[1]).abs().max().item()
+    print(f"GRPO LoRA: max |logit(rl/final) - logit(base)| = {diff:.3e}")
+    assert diff > 1e-4, "the merged model equals the base: the adapter did not train or was not merged"

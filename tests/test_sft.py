@@ -11,7 +11,7 @@ import pytest
 
 from forge_nb.config import PipelineConfig, SourceConfig, save_config
 from forge_nb.runs import RunDir, read_metrics
-from tiny_pipeline import tiny_pipeline_config
+from forge_nb.pipeline import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = """
@@ -28,7 +28,7 @@ def pretrained(tmp_path_factory):
     from forge_nb.data.store import run_data_stage
     from forge_nb.pretrain import run_pretrain
     d = tmp_path_factory.mktemp("pre")
-    cfg = tiny_pipeline_config(d, steps=12, save_every=12, eval_every=12)
+    cfg = tiny_config(d, steps=12, save_every=12, eval_every=12)
     run_data_stage(cfg, d/"t", log=lambda *a: None)
     run_pretrain(cfg, d/"t", log=lambda *a, **k: None)
     assert (d/"t"/"pretrain"/"final"/"config.json").exists()
@@ -120,6 +120,31 @@ def test_resume_after_sigkill_continues_from_checkpoint(tmp_path, pretrained):
     assert json.loads((sd.root/"summary.json").read_text())["resumed_from"].endswith(f"checkpoint-{killed_at}")
 
 
+def test_preemption_saves_at_the_signalled_step(tmp_path, pretrained):
+    "The preemption signal mid-run (no periodic save due): SFT saves the step it was at, records it, stops; the rerun resumes there and equals an uninterrupted run."
+    cfg, pre = pretrained
+    c = sft_config(cfg, pre, steps=16, save_every=100, eval_every=100)
+    ref = tmp_path/"ref"
+    _finish(_start(c, ref))
+    expected = _losses(ref)
+    run = tmp_path/"preempted"
+    sd = RunDir(run).stage("sft")
+    p = _start(c, run)
+    while p.poll() is None and max([s for s, _ in _losses(run)] or [0]) < 4: time.sleep(0.02)
+    assert p.poll() is None, "the run finished before it could be signalled: make it longer"
+    os.kill(p.pid, signal.SIGUSR2)                # what SLURM sends before preempting (submitit's checkpoint signal)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode != 0 and "preempted" in out, out[-3000:]
+    ev = [r for r in read_metrics(sd.metrics_path) if r.get("event") == "preempted"]
+    assert len(ev) == 1 and ev[0]["checkpoint"] and 4 <= ev[0]["step"] < 16, ev
+    from forge_nb.sft import latest_sft_checkpoint
+    assert latest_sft_checkpoint(sd).name == f"checkpoint-{ev[0]['step']}" and not (sd.final/"COMPLETE").exists()
+    _finish(_start(c, run))
+    got = _losses(run)
+    assert [s for s, _ in got] == list(range(1, 17)), "resumed metrics have gaps or duplicates"
+    assert max(abs(a - b) for (_, a), (_, b) in zip(expected, got)) < 1e-4, list(zip(expected, got))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
@@ -164,3 +189,33 @@ def test_sft_two_nodes_matches_one_process(slurm_cluster, tmp_path, pretrained):
     print(f"2 nodes vs one process: max |loss diff| over 6 steps = {diff:.2e}")
     assert diff < 1e-3 * max(x for _, x in a)
     assert json.loads((tmp_path/"two_nodes"/"sft"/"summary.json").read_text())["world_size"] == 2
+
+
+def _logits(folder, ids):
+    import torch
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    with torch.no_grad(): return m(input_ids=ids).logits
+
+
+def test_lora_run_writes_a_merged_plain_model(tmp_path, pretrained):
+    "SFT with `sft.lora.enabled`: sft/final is a plain model (no adapter files) that loads without peft and differs from the base (it trained)."
+    import torch
+    cfg, pre = pretrained
+    run = tmp_path/"lora"
+    out = _finish(_start(sft_config(cfg, pre, steps=6, save_every=100, eval_every=100, n_eval_prompts=0,
+                                    lora={"enabled": True, "r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}), run))
+    assert "LoRA r=4" in out, out[-2000:]
+    sd = RunDir(run).stage("sft")
+    files = {p.name for p in sd.final.iterdir()}
+    assert not {f for f in files if f.startswith("adapter_")}, files
+    assert "config.json" in files and any(f.endswith(".safetensors") for f in files)
+    assert json.loads((sd.root/"summary.json").read_text())["lora"] is True
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(sd.final, local_files_only=True)
+    assert not any("lora" in n for n, _ in m.named_parameters()), "adapter weights left unmerged"
+    ids = torch.arange(3, 35).unsqueeze(0)
+    base, tuned = _logits(pre/"pretrain"/"final", ids), _logits(sd.final, ids)
+    diff = (base - tuned).abs().max().item()
+    print(f"LoRA SFT: max |logit(final) - logit(base)| = {diff:.3e}")
+    assert diff > 1e-3, "the merged model equals the base: the adapter did not train or was not merged"

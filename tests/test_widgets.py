@@ -7,7 +7,7 @@ import ipywidgets as W
 
 from forge_nb.config import (PipelineConfig, DataConfig, SourceConfig, MixStageConfig, TokenizerConfig, ModelConfig,
                              OptimConfig, PretrainConfig, SFTConfig, RLConfig, ResourcesConfig, ConfigError, load_config)
-from forge_nb.runs import RunDir
+from forge_nb.runs import RunDir, read_metrics
 from forge_nb.widgets.forms import ConfigForm, field_kind
 from forge_nb.widgets.launch_panel import LaunchPanel
 from forge_nb.widgets.monitor import JobMonitor
@@ -279,3 +279,129 @@ def test_launch_panel_reads_partitions_and_previews_sbatch(slurm_cluster):
     panel.gpus.value = 1
     assert not panel.launch_button.disabled, panel.problems
     assert "#SBATCH --partition=gpu" in panel.preview.value and "#SBATCH --gpus-per-node=1" in panel.preview.value
+
+
+# --- the SFT and RL tabs build configs that run (a tiny chat model, a few steps, in this process) -----------------------
+
+@pytest.fixture(scope="module")
+def chat_task(tmp_path_factory):
+    "The RL demo task's files and a tiny chat model (tokenizer with a generation-marked template + 2 SFT steps)."
+    from forge_nb.rl import demo_task, tiny_chat_model
+    d = tmp_path_factory.mktemp("chat")
+    task = demo_task(d/"task", n_chat=60, n_prompts=8, n_heldout=2)
+    return task, tiny_chat_model(d/"model", task["chat"], steps=2, batch_size=4)
+
+def _type(form, path, value):
+    "Set a field's input as a user does: text inputs get text, number inputs numbers, check boxes booleans."
+    w = form.widget_for(path)
+    w.value = value if not isinstance(w, (W.Text, W.Textarea)) or isinstance(value, str) else str(value)
+
+def test_sft_tab_builds_a_config_that_runs(tmp_path, chat_task):
+    "Every SFT field set through its widget (nested LoRA settings, a doc source from the list editor, one-per-line prompts, an optional path), then `form.config` trains and writes sft/final."
+    from forge_nb.sft import run_sft
+    task, model = chat_task
+    (tmp_path/"handbook.md").write_text("# Refunds\n\nRefunds are paid within 14 days of a written request.\n\n"
+                                        "# Support hours\n\nThe support desk answers from 9 to 17 on working days.\n\n"
+                                        "Q: Who approves refunds?\nA: The billing team approves every refund.\n")
+    form = ConfigForm(PipelineConfig(name="sfttab", runs_dir=str(tmp_path), stages=["sft"]))
+    for path, v in [("sft.base_model", f" {model}\n"), ("sft.dataset", task["chat"]), ("sft.steps", 3), ("sft.max_seq_len", 128),
+                    ("sft.micro_batch_size", 2), ("sft.lr", 1e-3), ("sft.warmup_steps", 0), ("sft.eval_every", 3), ("sft.save_every", 3),
+                    ("sft.eval_examples", 4), ("sft.max_new_tokens", 4), ("sft.weights", "[3, 1]"), ("sft.heldout_fraction", 0.25),
+                    ("sft.eval_prompts", "What is the price: Max?\nWho approves refunds?"),
+                    ("sft.lora.enabled", True), ("sft.lora.r", 4), ("sft.lora.target_modules", "q_proj\nv_proj\n")]:
+        _type(form, path, v)
+    ed = form.list_editor("sft.doc_sources"); ed.add_button.click()
+    _type(form, "sft.doc_sources.0.name", "handbook"); _type(form, "sft.doc_sources.0.path", str(tmp_path/"handbook.md"))
+    cfg = form.config
+    assert cfg is not None, form.errors
+    sc = cfg.sft
+    assert (sc.base_model, sc.steps, sc.weights, sc.lora.enabled, sc.lora.r, sc.lora.target_modules) == \
+        (str(model), 3, [3.0, 1.0], True, 4, ["q_proj", "v_proj"])
+    assert sc.eval_prompts == ["What is the price: Max?", "Who approves refunds?"]
+    assert [s.path for s in sc.doc_sources] == [str(tmp_path/"handbook.md")]
+    run_sft(cfg, tmp_path/"run", log=lambda *a, **k: None)
+    sd = RunDir(tmp_path/"run").stage("sft")
+    assert (sd.final/"config.json").exists() and not any(p.name.startswith("adapter_") for p in sd.final.iterdir())
+    summ = json.loads((sd.root/"summary.json").read_text())
+    assert summ["lora"] is True and summ["steps"] == 3
+    built = [json.loads(l) for f in ("train", "heldout") for l in (sd.root/"examples"/f"{f}.jsonl").read_text().splitlines()]
+    assert built and {e["source"] for e in built} == {"handbook"}
+    ev = json.loads((sd.root/"eval.json").read_text())
+    assert [g["prompt"] for g in ev["generations"]] == sc.eval_prompts
+
+def test_rl_tab_builds_a_grpo_config_that_runs(tmp_path, chat_task):
+    "The RL tab: method, model, policy and prompts, GRPO dials and LoRA set through the widgets; `form.config` runs GRPO and writes rl/final and the report."
+    from forge_nb.rl import run_rl
+    task, model = chat_task
+    form = ConfigForm(PipelineConfig(name="rltab", runs_dir=str(tmp_path), stages=["rl"]))
+    for path, v in [("rl.method", "grpo"), ("rl.base_model", str(model)), ("rl.policy", task["policy"]), ("rl.prompts", task["prompts"]),
+                    ("rl.heldout_prompts", task["heldout"]), ("rl.steps", 2), ("rl.lr", 1e-3), ("rl.batch_size", 4), ("rl.num_generations", 2),
+                    ("rl.max_completion_length", 8), ("rl.beta", 0.0), ("rl.loss_type", "dapo"), ("rl.lora.enabled", True), ("rl.lora.r", 4),
+                    ("rl.report_samples", 1), ("rl.save_every", 2)]:
+        _type(form, path, v)
+    cfg = form.config
+    assert cfg is not None, form.errors
+    rc = cfg.rl
+    assert (rc.method, rc.policy, rc.steps, rc.num_generations, rc.loss_type, rc.lora.enabled, rc.lora.r) == ("grpo", task["policy"], 2, 2, "dapo", True, 4)
+    _type(form, "rl.batch_size", 3)          # not a multiple of the group size: the form says so and holds no config
+    assert form.config is None and "num_generations" in form.errors[0][1]
+    _type(form, "rl.batch_size", 4)
+    run_rl(form.config, tmp_path/"run", log=lambda *a, **k: None)
+    rl = tmp_path/"run"/"rl"
+    assert (rl/"final"/"COMPLETE").exists() and (rl/"final"/"config.json").exists()
+    assert [r["step"] for r in read_metrics(rl/"metrics.jsonl") if "reward" in r] == [1, 2]
+    assert json.loads((rl/"report.json").read_text())["rules"]
+
+
+def _cells(html_text: str, cls: str) -> list:
+    "The rows (lists of cell texts) of the table with class `cls` in an HTML string."
+    import html as h, re
+    t = re.search(rf"<table class='{cls}'.*?</table>", html_text, re.S).group(0)
+    return [[h.unescape(c) for c in re.findall(r"<td>(.*?)</td>", r, re.S)] for r in re.findall(r"<tr>(.*?)</tr>", t, re.S)][1:]
+
+def test_studio_previews_sft_examples_of_the_doc_sources(tmp_path):
+    "The studio's `sft examples` tab shows the examples the SFT stage would build from the form's `sft.doc_sources`: first examples, counts per source and template recounted from the builder's files, refreshed when the sources change."
+    from collections import Counter
+    from forge_nb.widgets.studio import Studio
+    from forge_nb.data.sft_examples import build_sft_examples
+    (tmp_path/"handbook").mkdir()   # one document per file: the held-out split is by document
+    for i in range(12):
+        (tmp_path/"handbook"/f"t{i:02d}.md").write_text(f"# Topic {i}\n\nTopic {i} is handled by team {i % 3} within {i + 2} days.\n\n"
+                                                     + "Q: Who approves refunds?\nA: The billing team approves every refund.\n" * (i == 0))
+    (tmp_path/"kb.jsonl").write_text("".join(json.dumps({"title": f"Plan {i}", "text": f"Plan {i} costs {10 * i} EUR a month and includes {i} seats."}) + "\n"
+                                             for i in range(6)))
+    studio = Studio(PipelineConfig(name="prev", runs_dir=str(tmp_path/"runs")))
+    assert "sft examples" in studio.titles and studio.children[studio.titles.index("sft examples")] is studio.sft_preview
+    pv = studio.sft_preview
+    assert "No <code>sft.doc_sources</code>" in pv.output.value
+    form = studio.form
+    form.list_editor("sft.doc_sources").add_button.click()
+    form.widget_for("sft.doc_sources.0.name").value = "handbook"
+    form.widget_for("sft.doc_sources.0.path").value = str(tmp_path/"handbook")
+    form.widget_for("sft.heldout_fraction").value = 0.3
+    pv.button.click()
+
+    def expected(sources):   # recount from the files the builder writes, per (source, template): [train, heldout]
+        d = tmp_path/f"built{len(sources)}"
+        build_sft_examples(sources, d, 0.3, 0)
+        c = Counter()
+        for split in ("train", "heldout"):
+            for l in (d/f"{split}.jsonl").read_text().splitlines():
+                e = json.loads(l); c[(e["source"], e["template"], split)] += 1
+        return sorted([s, t, str(c[(s, t, "train")]), str(c[(s, t, "heldout")])] for s, t in {(s, t) for s, t, _ in c})
+
+    got = _cells(pv.output.value, "forge-sft-counts")
+    assert got == expected(form.config.sft.doc_sources), got
+    assert {r[1] for r in got} == {"section", "faq"} and sum(int(r[2]) for r in got) > 0 and sum(int(r[3]) for r in got) > 0, got
+    shown = _cells(pv.output.value, "forge-sft-examples")
+    assert len(shown) == 5 and shown[0][:3] == ["handbook", "section", "Give an overview of Topic 0."], shown
+    assert shown[1][:3] == ["handbook", "faq", "Who approves refunds?"] and shown[1][3].startswith("The billing team approves every refund.")
+    # adding a source through the form refreshes the preview with no click
+    form.list_editor("sft.doc_sources").add_button.click()
+    form.widget_for("sft.doc_sources.1.name").value = "kb"
+    form.widget_for("sft.doc_sources.1.path").value = str(tmp_path/"kb.jsonl")
+    got = _cells(pv.output.value, "forge-sft-counts")
+    assert got == expected(form.config.sft.doc_sources) and "kb" in {r[0] for r in got}, got
+    # a path that does not exist: the error is shown, nothing raised
+    form.widget_for("sft.doc_sources.1.path").value = str(tmp_path/"missing.jsonl")
+    assert "does not exist" in pv.output.value and "forge-field-error" in pv.output.value

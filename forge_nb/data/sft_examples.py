@@ -17,7 +17,7 @@ __all__ = ['SECTION_QUESTIONS', 'TEMPLATES', 'sections', 'faq_pairs', 'definitio
 
 # %% ../../nbs/data/15_sft_examples.ipynb #ae49ad8d
 from ..config import SourceConfig
-from .sources import DataError, resolve_files, source_kind, iter_documents, markdown_table
+from .sources import DataError, resolve_files, source_kind, iter_documents
 from ..runs import atomic_write_text
 
 # %% ../../nbs/data/15_sft_examples.ipynb #5b2d8d55

@@ -14,7 +14,8 @@ import numpy as np
 __all__ = ['STORE_VERSION', 'input_fingerprint', 'resolve_total_tokens', 'config_hash', 'TokenizedSources', 'tokenize_sources',
            'validation_docs', 'TrainDocs', 'write_packed', 'store_tokenizer', 'split_and_plan', 'write_train_stream',
            'write_val_sequences', 'compression_table', 'build_store', 'write_mix_report', 'run_data_stage',
-           'DataPreview', 'preview_data', 'stage_shuffled_order', 'TokenLoader', 'ValLoader', 'TokenStore']
+           'DataPreview', 'preview_data', 'mix_plan_problem', 'stage_shuffled_order', 'TokenLoader', 'ValLoader',
+           'TokenStore']
 
 # %% ../../nbs/data/14_store.ipynb #b2062fff
 from ..config import PipelineConfig, DataConfig, TokenizerConfig
@@ -424,6 +425,31 @@ def preview_data(cfg:PipelineConfig,     # the pipeline config (its `data` is pr
     try: plan.check(); problem = None
     except DataError as e: problem = str(e)
     return DataPreview(samples, lengths, plan, stats, problem, data.seq_len)
+
+# %% ../../nbs/data/14_store.ipynb #26026eff
+def mix_plan_problem(cfg:PipelineConfig,     # the pipeline config that will be launched
+                     sample_docs:int=200,    # documents per source tokenized to measure bytes per token (with a tokenizer)
+                     doc_limit:int=200_000,  # a source with more documents is left to the data stage (counting it costs too much here)
+                    ) -> str|None:           # the data stage's `infeasible mix plan` error, or None when the plan fits
+    "Check the mix plan before anything is submitted: the same budget (`resolve_total_tokens`) and caps the data stage uses."
+    if not cfg.data.sources: return None
+    tok = load_tokenizer(cfg.tokenizer.path) if cfg.tokenizer.path else None
+    sizes = []
+    for s in cfg.data.sources:
+        st, docs = SourceStats(), []
+        for t in iter_documents(s, st, limit=doc_limit):
+            if tok is not None and len(docs) < sample_docs: docs.append(t)
+        if st.docs >= doc_limit: return None
+        bpt = 4.0
+        if docs:
+            _, l = encode_documents(tok, docs, tok.eos_token_id)
+            bpt = sum(len(t.encode("utf-8", "replace")) for t in docs) / max(int(l.sum()), 1)
+        sizes.append(int(st.bytes / bpt))
+    plan = plan_mix(cfg.data, sizes, resolve_total_tokens(cfg), check=False)
+    try: plan.check()
+    except DataError as e: return str(e)
+    return None
+
 
 # %% ../../nbs/data/14_store.ipynb #fbf5c035
 def _to_batch(ids:np.ndarray, pos:np.ndarray, used:np.ndarray) -> dict:

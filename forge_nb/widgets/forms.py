@@ -17,13 +17,13 @@ __all__ = ['field_kind', 'field_help', 'ConfigForm']
 import yaml
 import ipywidgets as W
 from pydantic import BaseModel
-from ..config import ForgeConfig, PipelineConfig, ConfigError, validate_config, load_config
+from ..config import ForgeConfig, PipelineConfig, ConfigError, validate_config, load_config, STAGES
 
 # %% ../../nbs/widgets/60_forms.ipynb #bd215cd7
 def _is_model(t) -> bool: return isinstance(t, type) and issubclass(t, BaseModel)
 
 def field_kind(annotation) -> tuple:
-    "(kind, optional, extra) for a field annotation; kind is one of choice, bool, int, float, str, model, model_list, tags, yaml."
+    "(kind, optional, extra) for a field annotation; kind is one of choice, bool, int, float, str, model, model_list, tags, lines, yaml."
     optional = False
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
@@ -38,6 +38,7 @@ def field_kind(annotation) -> tuple:
         (item,) = typing.get_args(annotation) or (Any,)
         if _is_model(item): return "model_list", optional, item
         if typing.get_origin(item) is Literal: return "tags", optional, typing.get_args(item)
+        if item is str: return "lines", optional, None
     return "yaml", optional, None
 
 # %% ../../nbs/widgets/60_forms.ipynb #79ec2d0a
@@ -58,21 +59,24 @@ _SKIP = object()  # a field whose input could not be parsed: left out, its error
 
 def _to_text(v, kind) -> str:
     if v is None: return ""
+    if kind == "lines": return "\n".join(v)
     if kind == "yaml": return yaml.safe_dump(v, default_flow_style=True, allow_unicode=True, width=10**6).strip()
     return str(v)
 
 def _from_text(s:str, kind:str, optional:bool, finfo):
-    s = s.strip() if kind != "str" else s
+    s = s.strip() if kind != "str" or optional else s   # an optional path pasted with a stray space or newline
     if s == "" and (optional or kind != "str"):
         if optional: return None
         if kind == "yaml" and finfo.default_factory: return finfo.default_factory()
         if kind in ("int", "float"): raise _ParseError("a number is required")
+        if kind == "lines": return []
     if kind == "int":
         try: return int(s)
         except ValueError: raise _ParseError(f"expected a whole number, got {s!r}") from None
     if kind == "float":
         try: return float(s)
         except ValueError: raise _ParseError(f"expected a number, got {s!r}") from None
+    if kind == "lines": return [l.strip() for l in s.splitlines() if l.strip()]
     if kind == "yaml":
         try: return yaml.safe_load(s)
         except yaml.YAMLError as e: raise _ParseError(f"not valid YAML: {getattr(e, 'problem', e)}") from None
@@ -83,6 +87,10 @@ _LABEL_W, _INPUT_W = "13em", "18em"
 
 def _css(path) -> str: return "forge-f-" + "-".join(str(p) for p in path)
 
+# ipywidgets' TagsInput hides its text input (an inline display:none) once it holds a tag, until the box is clicked:
+# a stylesheet rule with !important keeps it shown, so adding a stage needs no hunt for the empty space to click
+_FORM_CSS = "<style>.forge-form .jupyter-widget-tagsinput > .widget-text { display: inline-block !important; }</style>"
+
 class _Field:
     "One scalar (or YAML) field of a config: a row with its name, its input and its help or error."
     def __init__(self, name, finfo, value, path, on_change):
@@ -92,7 +100,8 @@ class _Field:
         self.input = self._make_input(value)
         self.input.observe(lambda ch: on_change(), "value")
         self.status = W.HTML(self._status_html(), layout=W.Layout(flex="1 1 auto"))
-        label = W.HTML(f"<code>{html.escape(name)}</code>", layout=W.Layout(width=_LABEL_W, min_width=_LABEL_W), tooltip=self.help)
+        label = W.HTML(f"<code style='overflow-wrap:anywhere;white-space:normal'>{html.escape(name).replace('_', '_<wbr>')}</code>",   # long names wrap (at _), not cut
+                       layout=W.Layout(width=_LABEL_W, min_width=_LABEL_W), tooltip=self.help)
         self.widget = W.HBox([label, self.input, self.status])
         self.widget.add_class("forge-field"); self.widget.add_class(_css(path))
 
@@ -104,14 +113,20 @@ class _Field:
         if k == "bool": return W.Checkbox(value=bool(v), indent=False, layout=lay)
         if k == "int" and not opt: return W.IntText(value=v, continuous_update=True, layout=lay)
         if k == "float" and not opt: return W.FloatText(value=v, continuous_update=True, layout=lay)
-        if k == "tags": return W.TagsInput(value=list(v or []), allowed_tags=list(self.extra), allow_duplicates=False, layout=lay)
+        if k == "tags":   # stage names: only the implemented ones are offered; a placeholder keeps the text input visible
+            allowed = [t for t in self.extra if t not in STAGES or STAGES[t].implemented or t in (v or [])]   # (a loaded value stays)
+            return W.TagsInput(value=list(v or []), allowed_tags=allowed, allow_duplicates=False, layout=lay,
+                               placeholder="add: " + ", ".join(map(str, allowed))[:40])
+        if k == "lines":
+            return W.Textarea(value=_to_text(v, k), placeholder="one per line", rows=max(2, min(6, len(v or []))),
+                              continuous_update=True, layout=lay)
         ph = "(empty: none)" if opt else ("YAML, e.g. [a, b] or {k: v}" if k == "yaml" else "")
         return W.Text(value=_to_text(v, k), placeholder=ph, continuous_update=True, layout=lay)
 
     def parse(self):
         "The input's value as plain data; raises `_ParseError` when it cannot be read."
         v = self.input.value
-        if isinstance(self.input, W.Text): return _from_text(v, self.kind, self.optional, self.finfo)
+        if isinstance(self.input, (W.Text, W.Textarea)): return _from_text(v, self.kind, self.optional, self.finfo)
         return list(v) if self.kind == "tags" else v
 
     def collect(self, errors:list):
@@ -119,7 +134,7 @@ class _Field:
         except _ParseError as e: errors.append((self.path, str(e))); return _SKIP
 
     def set(self, v):
-        if isinstance(self.input, W.Text): self.input.value = _to_text(v, self.kind)
+        if isinstance(self.input, (W.Text, W.Textarea)): self.input.value = _to_text(v, self.kind)
         elif self.kind == "tags": self.input.value = list(v or [])
         else: self.input.value = v
 
@@ -163,6 +178,8 @@ class _ModelForm:
             self.fields[name] = f
         self.error_box = W.HTML()
         parts = [self.error_box, *rows]
+        if depth == 0:   # a registered stage that is not implemented gets no tab (its section is kept as it is)
+            nested = [f for f in nested if f.name not in STAGES or STAGES[f.name].implemented]
         if nested:
             self.nested = W.Tab() if depth == 0 else W.Accordion()
             self.nested.children = [f.widget for f in nested]
@@ -299,7 +316,7 @@ class ConfigForm(W.VBox):
         self.config_cls, self._config, self.errors, self._callbacks, self._quiet = cls, None, [], [], False
         self._form = _ModelForm(cls, value, (), self._changed)
         self.status = W.HTML()
-        super().__init__([self.status, self._form.widget])
+        super().__init__([self.status, self._form.widget, W.HTML(_FORM_CSS, layout=W.Layout(display="none"))])
         self.add_class("forge-form")
         self._changed()
 

@@ -93,6 +93,7 @@ def _controls(self:LaunchPanel, res:ResourcesConfig, stage:str) -> list:
     self.launch_button = W.Button(description="Launch", icon="rocket", button_style="success")
     self.job_box = W.HTML()
     self.partition_info = W.HTML()
+    self.cluster.observe(self._cluster_changed, "value")   # before the re-check below: choosing slurm reads the partitions at once
     for w in [self.stage, self.cluster, self.profile, self.partition, self.nodes, self.gpus, self.tasks, self.time]:
         w.observe(lambda ch: self.update(), "value")
     self.refresh_button.on_click(lambda b: self.load_partitions())
@@ -118,6 +119,10 @@ def _show_resources(self:LaunchPanel, res:ResourcesConfig):
     self.cluster.value, self.partition.value, self.profile.value = res.cluster, res.partition or "", res.profile or ""
     self.nodes.value, self.gpus.value, self.tasks.value, self.time.value = res.nodes, res.gpus_per_node, res.tasks_per_node, res.time_min
     self._quiet = quiet
+
+@patch
+def _cluster_changed(self:LaunchPanel, change):
+    if change["new"] == "slurm" and not self.partitions and not self._quiet: self.load_partitions()
 
 @patch
 def _form_changed(self:LaunchPanel, cfg):
@@ -159,11 +164,28 @@ def check(self:LaunchPanel) -> list[str]:
         if res.cluster == "slurm":
             if not self.partitions and self._auto_load and self.partition_error is None: self.load_partitions()
             if not self.partitions:
-                return problems + [f"the cluster's partitions are unknown ({self.partition_error or 'not read yet'}): press sinfo"]
+                return problems + [f"cannot read the cluster's partitions ({self.partition_error}): press sinfo to try again"
+                                   if self.partition_error else "the cluster's partitions are not read yet: press sinfo"]
             problems += list(L.validate_resources(res, self.partitions))
         else: problems += list(L.validate_resources(res))
     except Exception as e: problems.append(f"{type(e).__name__}: {e}")
+    stages = self._cfg.stages if self.stage.value == "all" else [self.stage.value]
+    if (todo := [s for s in stages if s not in implemented_stages()]):   # e.g. a loaded config that lists one
+        problems.append(f"stage{'s' * (len(todo) > 1)} {', '.join(todo)} not implemented yet: remove {'them' if len(todo) > 1 else 'it'} from `stages`")
+    if "data" in stages and (p := self.mix_problem()): problems.append(p)
     return problems
+
+@patch
+def mix_problem(self:LaunchPanel) -> str|None:
+    "The data stage's infeasible-plan error for this config, found before submitting (`mix_plan_problem`; cached per data config and budget)."
+    from forge_nb.data.store import mix_plan_problem, resolve_total_tokens
+    cfg = self._cfg
+    key = (cfg.data.model_dump_json(), resolve_total_tokens(cfg), cfg.tokenizer.path)
+    if getattr(self, "_mix_key", None) != key:
+        try: self._mix_msg = mix_plan_problem(cfg)
+        except Exception as e: self._mix_msg = f"the data sources cannot be read: {type(e).__name__}: {e}"
+        self._mix_key = key
+    return self._mix_msg
 
 # %% ../../nbs/widgets/62_launch_panel.ipynb #fe2a096c
 @patch
@@ -173,7 +195,7 @@ def update(self:LaunchPanel):
     self.problems = self.check()
     self.launch_button.disabled = bool(self.problems)
     self.launch_button.tooltip = "; ".join(self.problems) or "Submit this stage"
-    self.problems_box.value = "".join(f"<div class='forge-launch-problem' style='color:#c62828'>✗ {html.escape(p)}</div>"
+    self.problems_box.value = "".join(f"<div class='forge-launch-problem' style='color:#c62828;white-space:pre-line'>✗ {html.escape(p)}</div>"
                                       for p in self.problems)
     self.preview.value = self._preview_html()
 

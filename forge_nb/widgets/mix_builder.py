@@ -17,9 +17,10 @@ __all__ = ['scan_source', 'source_from_inputs', 'estimate_tokens', 'realized_sha
 import ipywidgets as W
 import numpy as np
 from fastcore.basics import patch
-from ..config import DataConfig, SourceConfig, ConfigError, validate_config
+from ..config import DataConfig, SourceConfig, PipelineConfig, ConfigError, validate_config
 from ..charts import bar_chart
 from ..data.mixing import plan_mix, mix_order
+from ..data.store import resolve_total_tokens
 
 # %% ../../nbs/widgets/64_mix_builder.ipynb #85b359e5
 def scan_source(src:SourceConfig,    # the source to count
@@ -109,10 +110,11 @@ class MixBuilder(W.VBox):
                  data:DataConfig|None=None,   # a data config to start from (its sources are scanned)
                  bytes_per_token:float=4.0,   # token estimate until a tokenizer exists
                  scan_limit:int=200_000,      # documents counted per source at most
+                 pipeline:PipelineConfig|None=None,  # the run: its pretraining sets the token budget (as the data stage computes it)
                 ):
         data = data or DataConfig()
         self.sources, self.scans, self.scan_limit, self._quiet, self.seed = [], {}, scan_limit, True, data.seed
-        self.plan, self.rows = None, []
+        self.plan, self.rows, self.problem, self.pipeline = None, [], None, pipeline
         super().__init__(self._controls(data, bytes_per_token))
         self.add_class("forge-mix-builder")
         for i, s in enumerate(data.sources):
@@ -141,11 +143,12 @@ def _controls(self:MixBuilder, data:DataConfig, bytes_per_token:float) -> list:
     self.bytes_per_token = W.FloatText(value=bytes_per_token, description="bytes/token", layout=lay("14em"))
     self.weights_box, self.chart, self.table, self.samples, self.message = W.VBox(), W.HTML(), W.HTML(), W.HTML(), W.HTML()
     self.add_button.on_click(lambda b: self.add_from_inputs())
+    self.budget_note = W.HTML()
     for w in [self.strategy, self.temperature, self.max_epochs, self.total_tokens, self.bytes_per_token]:
         w.observe(lambda ch: self.update(), "value")
     return [W.HTML("<b>Sources</b>"), W.HBox([self.name_in, self.path_in, self.kind_in, self.field_in, self.add_button]),
             self.add_message, self.strategy, self.temperature, W.HBox([self.max_epochs, self.bytes_per_token]),
-            self.total_tokens, W.HTML("<b>Weights</b> (token shares, normalised)"), self.weights_box, self.message,
+            self.total_tokens, self.budget_note, W.HTML("<b>Weights</b> (token shares, normalised)"), self.weights_box, self.message,
             W.HBox([self.chart, self.table]), W.HTML("<b>Sample documents</b>"), self.samples]
 
 # %% ../../nbs/widgets/64_mix_builder.ipynb #2a6cfff5
@@ -169,23 +172,44 @@ def data_config(self:MixBuilder) -> DataConfig:
 
 # %% ../../nbs/widgets/64_mix_builder.ipynb #5fa67b52
 @patch
+def budget(self:MixBuilder, data:DataConfig) -> int|None:
+    "The token budget of the plan: `total_tokens` if set, else the pipeline's pretraining budget (`resolve_total_tokens`, the data stage's own)."
+    if data.total_tokens or self.pipeline is None: return data.total_tokens
+    # the pipeline's own data section (its seq_len), not the builder's: only the budget fields differ
+    return resolve_total_tokens(self.pipeline.model_copy(update={"data": self.pipeline.data.model_copy(update={"total_tokens": None})}))
+
+@patch
+def set_pipeline(self:MixBuilder, cfg:PipelineConfig|None):
+    "Follow a pipeline config (e.g. the Studio's form): its pretraining steps, batch and sequence length set the budget."
+    if cfg is None: return
+    self.pipeline = cfg
+    self.update()
+
+@patch
 def update(self:MixBuilder):
     "Re-plan the mix and redraw the chart, the table and the samples."
     if self._quiet: return
     for _, row in self.sources: row.children[0].disabled = self.strategy.value != "static"
     self.temperature.disabled = self.strategy.value != "temperature"
     self.samples.value = samples_html({s.name: self.scans[s.name] for s, _ in self.sources})
-    self.plan, self.rows = None, []
+    self.plan, self.rows, self.problem = None, [], None
     if not self.sources:
         self.message.value = "<i>add a source to see the mix</i>"; self.chart.value = self.table.value = ""; return
     try: cfg = self.data_config
     except ConfigError as e:
         self.message.value = "".join(f"<div>{_error_html(f'{l}: {m}')}</div>" for l, m, _ in e.errors); return
     counts, notes = self.token_counts(), ["tokens estimated from UTF-8 bytes / bytes-per-token"]
+    total = self.budget(cfg)
+    self.total_tokens.placeholder = f"(pretraining budget: {total:,})" if total else "(all data once)"
+    self.budget_note.value = ("" if cfg.total_tokens or not total else
+        f"<span class='forge-mix-budget' style='color:#555'>budget {total:,} tokens: pretraining steps × micro batch × grad accum "
+        "× seq_len (+2%), as the data stage computes it</span>")
     try:
-        self.plan = plan_mix(cfg, [counts[s.name] for s, _ in self.sources], cfg.total_tokens, check=False)
+        self.plan = plan_mix(cfg, [counts[s.name] for s, _ in self.sources], total, check=False)
         try: self.plan.check()
-        except Exception as e: notes.insert(0, _error_html(str(e)))
+        except Exception as e:
+            self.problem = str(e)
+            notes.insert(0, "<div class='forge-mix-infeasible'>" + _error_html(str(e)).replace("\n", "<br>") + "</div>")
         lengths = [estimate_tokens(self.scans[s.name]["lengths"], self.bytes_per_token.value) for s, _ in self.sources]
         if not realized_shares(self.plan, lengths, self.seed): notes.append("realized shares not computed (budget too large to simulate here)")
     except Exception as e:

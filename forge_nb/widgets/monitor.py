@@ -10,7 +10,7 @@ import html, threading
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PLOTS', 'metric_series', 'JobMonitor']
+__all__ = ['PLOTS', 'metric_series', 'event_marks', 'job_error', 'dependency_failure', 'JobMonitor']
 
 # %% ../../nbs/widgets/63_monitor.ipynb #0324fbd8
 import ipywidgets as W
@@ -18,26 +18,41 @@ from ..runs import read_metrics, RunDir
 from ..config import implemented_stages
 from ..charts import line_chart
 from fastcore.basics import patch
-from ..jobs import TERMINAL_STATES, attach
+from ..jobs import TERMINAL_STATES, FAILED_STATES, attach, Job, read_registry, find_run_dir, _read_result
 
 # %% ../../nbs/widgets/63_monitor.ipynb #85a08dfe
 PLOTS = {"loss": "loss", "bpb": "bits per byte", "tokens_per_s": "tokens/s"}
 
 def metric_series(records:list,   # metrics.jsonl records
                   label:str="",   # prefix of each series name (the job)
-                 ) -> dict:       # plot name -> {series name: [(step, value)]}
-    "Group metrics records into the monitor's plots: loss, bits-per-byte (one line per key) and tokens/s."
-    out = {k: {} for k in PLOTS}
+                 ) -> dict:       # plot name -> {series name: [(step, value)]}; "bpb_baselines": {name: unigram bpb}
+    "Group metrics records into the monitor's plots: loss, bits-per-byte (one line per key; unigram baselines apart) and tokens/s."
+    out = {k: {} for k in PLOTS} | {"bpb_baselines": {}}
     for r in records:
         step = r.get("step")
         if step is None: continue
         for k, v in r.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool): continue
             if k == "loss": plot, name = "loss", label or "loss"
+            elif "unigram" in k:   # a constant per domain: drawn as a reference line, not as a point at step 0
+                out["bpb_baselines"][f"{label} {k}" if label else k.removeprefix("val/").replace("/unigram_bpb", " unigram")] = float(v)
+                continue
             elif "bpb" in k: plot, name = "bpb", (f"{label} {k}" if label else k)
             elif k in ("tokens_per_s", "tok_per_s", "tokens_per_sec"): plot, name = "tokens_per_s", label or k
             else: continue
             out[plot].setdefault(name, []).append((step, float(v)))
+    return out
+
+# %% ../../nbs/widgets/63_monitor.ipynb #3049385f
+def event_marks(records:list,   # metrics.jsonl records
+                label:str="",   # prefix of each mark's name (the job)
+               ) -> dict:       # mark name -> [step, ...]
+    "Steps of the recorded preemptions, by whether a checkpoint was written: marks for the loss plot."
+    out = {}
+    for r in records:
+        if r.get("event") != "preempted" or r.get("step") is None: continue
+        name = "preempted, checkpoint saved" if r.get("checkpoint") else "preempted, no checkpoint"
+        out.setdefault(f"{label} {name}" if label else name, []).append(r["step"])
     return out
 
 # %% ../../nbs/widgets/63_monitor.ipynb #424ca9bc
@@ -50,6 +65,27 @@ def _metrics_path(job) -> Path|None:
     try: return RunDir(rd).stage(job.stage).metrics_path
     except ValueError: return None
 
+def job_error(job) -> str:
+    "A failed job's error in one line, as a person reads it (`forge_nb.pipeline.error_message` of its traceback)."
+    from forge_nb.pipeline import error_message
+    res = _read_result(job.folder, job.job_id)
+    text = res[1] if res is not None and res[0] == "error" else job.stderr(tail=30)
+    msg = error_message(str(text)) if text else ""
+    return (msg.splitlines()[0] if msg else "") or job.why()
+
+def dependency_failure(job) -> str|None:
+    "Why a dependent job was cancelled (or will never start): the job it waited on failed, with that job's error."
+    wanted = [str(j) for j in getattr(job, "record", {}).get("depends_on", [])]
+    if not wanted: return None
+    deps = [r for r in read_registry(job.run_dir) if str(r["job_id"]) in wanted]
+    for d in deps:
+        dj = Job(d)
+        try: st = dj.state()
+        except Exception: continue
+        if st in FAILED_STATES:
+            return f"cancelled because the {dj.stage} job {dj.job_id} it waited on ended {st}: {job_error(dj)}"
+    return None
+
 class _JobCard:
     "State, log tail and Cancel for one job; keeps the job's metrics records read so far."
     def __init__(self, job, on_cancel):
@@ -57,10 +93,14 @@ class _JobCard:
         self.label = f"{job.run_name}/{job.stage}"
         self.title = W.HTML(f"<b>{html.escape(self.label)}</b> · job <code>{html.escape(str(job.job_id))}</code>")
         self.state_box = W.HTML()
-        self.log = W.HTML()
+        # the box scrolls itself (it persists across updates) and stacks bottom-up: it shows the tail, and keeps a
+        # user's scrolled-up position (measured from the bottom) while new lines arrive
+        self.log = W.HTML(layout=W.Layout(max_height="14em", overflow="auto", flex_flow="column-reverse"))
+        self.log.add_class("forge-log-box")
+        self.reason_box = W.HTML()
         self.cancel_button = W.Button(description="Cancel", icon="stop", button_style="danger", layout=W.Layout(width="auto"))
         self.cancel_button.on_click(lambda b: on_cancel(self))
-        self.widget = W.VBox([W.HBox([self.title, self.cancel_button]), self.state_box, self.log],
+        self.widget = W.VBox([W.HBox([self.title, self.cancel_button]), self.state_box, self.reason_box, self.log],
                              layout=W.Layout(border="1px solid #ddd", padding="4px", margin="2px", width="100%"))
         self.widget.add_class("forge-job-card")
 
@@ -91,8 +131,15 @@ class _JobCard:
         step = next((r["step"] for r in reversed(self.records) if "step" in r), None)
         self.state_box.value = (f"<span class='forge-job-state' style='color:{color};font-weight:bold'>{html.escape(self.state)}</span>"
                                 f" · {len(self.records)} metrics records" + (f" · step {step}" if step is not None else ""))
-        self.log.value = ("<pre class='forge-log-tail' style='font-size:10px;max-height:14em;overflow:auto;background:#f7f7f7;"
-                          f"margin:0;padding:3px'>{html.escape(chr(10).join(logs) or '(no log yet)')}</pre>")
+        st0 = self.state.split(" ")[0]
+        self.reason = dependency_failure(self.job) if st0 in ("CANCELLED", "PENDING") else None
+        if self.reason and st0 == "PENDING": self.reason = self.reason.replace("cancelled because", "will never start because", 1)
+        reason = (f"<div class='forge-job-reason' style='color:#6d4c41'>{html.escape(self.reason)}</div>" if self.reason else "")
+        if reason != self.reason_box.value: self.reason_box.value = reason
+        empty = "(no log: the job never started)" if self.reason else "(no log yet)"
+        value = ("<pre class='forge-log-tail' style='font-size:10px;background:#f7f7f7;margin:0;padding:3px'>"
+                 f"{html.escape(chr(10).join(logs) or empty)}</pre>")
+        if value != self.log.value: self.log.value = value   # unchanged: leave the DOM (and the user's scroll) alone
         self.cancel_button.disabled = self.finished
 
 # %% ../../nbs/widgets/63_monitor.ipynb #a5d984e6
@@ -104,9 +151,10 @@ class JobMonitor(W.VBox):
                  runs_dir:str|Path="runs",# where run names are looked up
                  interval:float=3.0,      # seconds between automatic refreshes
                  autorefresh:bool=False,  # start the refresh thread now
+                 follow:bool=True,        # refresh by itself while any job is live (no need to tick auto-refresh)
                 ):
         self.cards, self._lock, self._thread, self._stop = [], threading.RLock(), None, threading.Event()
-        self.interval, self.runs_dir = interval, runs_dir
+        self.interval, self.runs_dir, self.follow = interval, runs_dir, follow
         super().__init__(self._controls(stage))
         self.add_class("forge-job-monitor")
         for j in jobs:
@@ -162,6 +210,16 @@ def reattach(self:JobMonitor, run, stage=None, refresh:bool=True):
     return self.add(job, refresh)
 
 @patch
+def watch_run(self:JobMonitor, run, refresh:bool=True) -> list:
+    "Watch the latest job of each stage of a run (by name or directory): what a Studio re-created after a kernel restart shows."
+    latest = {}
+    for r in read_registry(find_run_dir(run, self.runs_dir)): latest[r.get("stage") or r.get("name")] = r
+    known = {str(c.job.job_id) for c in self.cards}
+    new = [self.add(Job(r), refresh=False) for r in latest.values() if str(r["job_id"]) not in known]
+    if refresh and new: self.refresh()
+    return new
+
+@patch
 def _cancel(self:JobMonitor, card):
     try:
         card.job.cancel()
@@ -176,11 +234,15 @@ def refresh(self:JobMonitor):
     "Read every job's state, logs and new metrics, and redraw the plots."
     with self._lock:
         for c in self.cards: c.read()
-        series = {k: {} for k in PLOTS}
+        series, marks = {k: {} for k in PLOTS} | {"bpb_baselines": {}}, {}
         for c in self.cards:
-            for k, v in metric_series(c.records, c.label if len(self.cards) > 1 else "").items(): series[k].update(v)
+            label = c.label if len(self.cards) > 1 else ""
+            for k, v in metric_series(c.records, label).items(): series[k].update(v)
+            marks.update(event_marks(c.records, label))
         for k, t in PLOTS.items():
-            self.plots[k].value = line_chart(series[k], title=t, log_y=(k == "loss"))
+            self.plots[k].value = line_chart(series[k], title=t, log_y=(k == "loss"), marks=marks if k == "loss" else None,
+                                             hlines=series["bpb_baselines"] if k == "bpb" else None)
+    if self.follow and self.cards and not self.all_done and self._thread is None: self.start()   # a live job: follow it without being asked
     return self
 
 # %% ../../nbs/widgets/63_monitor.ipynb #69ce3b71

@@ -8,20 +8,91 @@ Docs: https://forge-nb.github.io/forge_nb/widgets/studio.html.md"""
 from __future__ import annotations
 
 # %% auto #0
-__all__ = ['Studio']
+__all__ = ['sft_example_counts', 'SFTPreview', 'Studio']
 
 # %% ../../nbs/widgets/66_studio.ipynb #8532db6c
+import html, json, tempfile
 import ipywidgets as W
-from ..config import PipelineConfig
+from pathlib import Path
+from ..data.sft_examples import build_sft_examples, preview_examples
+from ..config import PipelineConfig, SFTConfig, implemented_stages
 from .forms import ConfigForm
 from .launch_panel import LaunchPanel
 from .monitor import JobMonitor
 from .mix_builder import MixBuilder
 from .sizer import ModelSizer
 
+# %% ../../nbs/widgets/66_studio.ipynb #ad8c455f
+def sft_example_counts(sc:SFTConfig,                 # the SFT section (its `doc_sources`, split and answer settings)
+                       max_per_source:int|None=None,  # cap on examples per source (None: all)
+                      ) -> dict:                      # the builder's stats: train, heldout, duplicates, documents, table
+    "What the SFT stage would build from `sc.doc_sources`: counts per split, source and template (files not kept)."
+    with tempfile.TemporaryDirectory() as d:
+        return build_sft_examples(sc.doc_sources, d, sc.heldout_fraction, sc.seed, max_per_source, sc.answer_chars)
+
+# %% ../../nbs/widgets/66_studio.ipynb #5e76403c
+def _table(head:list, rows:list, cls:str) -> str:
+    cell = lambda v: f"<td>{html.escape(str(v))}</td>"
+    return (f"<table class='{cls}' style='border-collapse:collapse;font-size:90%'><tr>" + "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in head)
+            + "</tr>" + "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows) + "</table>")
+
+def _counts_html(stats:dict) -> str:
+    per = {}
+    for r in stats["table"]: per.setdefault((r["source"], r["template"]), {"train": 0, "heldout": 0})[r["split"]] += r["examples"]
+    rows = [(s, t, c["train"], c["heldout"]) for (s, t), c in sorted(per.items())]
+    docs = ", ".join(f"{html.escape(k)}: {v}" for k, v in stats["documents"].items())
+    return (f"<p class='forge-sft-totals'><b>{stats['train']}</b> train and <b>{stats['heldout']}</b> held-out examples "
+            f"({stats['duplicates']} duplicates removed; documents per source: {docs})</p>"
+            + _table(["source", "template", "train", "heldout"], rows, "forge-sft-counts"))
+
+class SFTPreview(W.VBox):
+    "The SFT examples a form's `sft.doc_sources` would build: the first few and the counts per source and template, refreshed when the sources change."
+    def __init__(self,
+                 form:ConfigForm,                  # the form to follow (its `sft` section)
+                 n:int=5,                          # examples shown
+                 max_per_source:int|None=5000,     # cap on examples counted per source (None: all)
+                ):
+        self.form, self.n, self.max_per_source, self._shown = form, n, max_per_source, None
+        self.button = W.Button(description="Preview SFT examples", icon="refresh")
+        self.button.on_click(lambda b: self.refresh())
+        self.output = W.HTML()
+        form.on_change(self._changed)
+        super().__init__([self.button, self.output])
+        self.add_class("forge-sft-preview")
+        self.refresh()
+
+    @staticmethod
+    def _key(sc:SFTConfig) -> str:
+        return json.dumps([[s.to_dict() for s in sc.doc_sources], sc.heldout_fraction, sc.seed, sc.answer_chars], sort_keys=True)
+
+    def _changed(self, cfg):
+        if cfg is not None and self._key(cfg.sft) != self._shown: self.refresh()
+
+    def refresh(self) -> str:
+        "Re-read the form's `sft.doc_sources` and show the first examples and the counts; returns the HTML shown."
+        cfg = self.form.config
+        if cfg is None:
+            self.output.value = "<span class='forge-field-error' style='color:#c62828'>The config has errors: fix them to preview SFT examples.</span>"
+            return self.output.value
+        sc = cfg.sft
+        self._shown = self._key(sc)
+        if not sc.doc_sources:
+            self.output.value = ("<i>No <code>sft.doc_sources</code>: add documents in the config tab's sft section "
+                                 "to build SFT examples from them.</i>")
+            return self.output.value
+        try:
+            rows, stats = preview_examples(sc.doc_sources, n=self.n), sft_example_counts(sc, self.max_per_source)
+        except Exception as e:   # a path being typed, a malformed record: shown here, the form stays usable
+            self.output.value = f"<span class='forge-field-error' style='color:#c62828'>✗ {html.escape(str(e))}</span>"
+            return self.output.value
+        self.output.value = (_counts_html(stats) + f"<p>First {len(rows)} examples:</p>"
+                             + _table(["source", "template", "question", "answer"],
+                                      [(r["source"], r["template"], r["question"], r["answer"]) for r in rows], "forge-sft-examples"))
+        return self.output.value
+
 # %% ../../nbs/widgets/66_studio.ipynb #e6fb1749
 class Studio(W.Tab):
-    "Config form, mix builder, model sizer, launch panel and job monitor in tabs, all around one config."
+    "Config form, mix builder, model sizer, SFT example preview, launch panel and job monitor in tabs, all around one config."
     def __init__(self,
                  config:PipelineConfig|None=None,  # the pipeline to edit (default: all defaults)
                  stage:str="pretrain",             # the stage the launch panel starts on
@@ -30,17 +101,23 @@ class Studio(W.Tab):
         self.form = ConfigForm(cfg)
         self.monitor = JobMonitor(runs_dir=cfg.runs_dir)
         self.launch_panel = LaunchPanel(self.form, stage=stage, monitor=self.monitor, load_partitions=False)
-        self.mix = MixBuilder(cfg.data)
+        self.mix = MixBuilder(cfg.data, pipeline=cfg)   # planned with the pretraining budget, as the data stage plans it
+        self.form.on_change(self.mix.set_pipeline)
         self.sizer = ModelSizer(cfg)
+        self.sft_preview = SFTPreview(self.form)
         self.use_mix = W.Button(description="Use this mix", icon="check", button_style="primary")
         self.use_model = W.Button(description="Use this model", icon="check", button_style="primary")
         self.message = W.HTML()
         self.use_mix.on_click(lambda b: self.apply_mix())
         self.use_model.on_click(lambda b: self.apply_model())
-        super().__init__(children=[self.form, W.VBox([self.mix, self.use_mix]), W.VBox([self.sizer, self.use_model]),
-                                   self.launch_panel, self.monitor],
-                         titles=("config", "data mix", "model size", "launch", "jobs"))
+        tabs = [("config", self.form), ("data mix", W.VBox([self.mix, self.use_mix])), ("model size", W.VBox([self.sizer, self.use_model])),
+                ("sft examples", self.sft_preview), ("launch", self.launch_panel), ("jobs", self.monitor)]
+        tabs = [(t, w) for t, w in tabs if t != "sft examples" or "sft" in implemented_stages()]   # a face only for an implemented stage
+        super().__init__(children=[w for _, w in tabs], titles=tuple(t for t, _ in tabs))
         self.add_class("forge-studio")
+        if (Path(cfg.runs_dir)/cfg.name/"jobs.json").exists():   # re-created (e.g. after a kernel restart): show the run's jobs
+            try: self.monitor.watch_run(cfg.name)
+            except Exception as e: self.monitor.message.value = f"<span style='color:#c62828'>cannot read the run's jobs: {e}</span>"
 
     def _replace(self, **parts) -> PipelineConfig|None:
         cfg = self.form.config
