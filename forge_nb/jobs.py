@@ -6,12 +6,12 @@ Docs: https://forge-nb.github.io/forge_nb/jobs.html.md"""
 
 # %% ../nbs/51_jobs.ipynb #6a9f2039
 from __future__ import annotations
-import contextlib, json, os, signal, subprocess, time
+import contextlib, json, os, re, signal, subprocess, time, traceback
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'register_job', 'update_job_record', 'sacct_states',
-           'local_state', 'Job', 'find_run_dir', 'attach', 'list_jobs']
+           'local_state', 'Job', 'find_run_dir', 'attach', 'list_jobs', 'error_message']
 
 # %% ../nbs/51_jobs.ipynb #c3d9d961
 from fastcore.basics import patch
@@ -302,3 +302,20 @@ def list_jobs(runs_dir:str|Path="runs") -> list[dict]:
             rows.append(dict(run=jp.parent.name, stage=j.stage, cluster=j.cluster, job_id=j.job_id,
                              state=info["state"], reason=info.get("reason", ""), submitted=r.get("submitted", "")))
     return rows
+
+# %% ../nbs/51_jobs.ipynb #9f3f5826
+_EXC_HEAD = re.compile(r"[A-Za-z_][\w.]*")
+
+def error_message(err:str|BaseException,   # a formatted traceback (a job's), or an exception raised here
+                 ) -> str:                 # the exception's message; `Class: message` unless the class is forge_nb's
+    "The exception a traceback ends with, as a person reads it: forge_nb's errors are written for people, so without their class."
+    if isinstance(err, BaseException): err = "".join(traceback.format_exception(err))
+    lines = err.rstrip().splitlines()
+    rest = lines[max((i + 1 for i, l in enumerate(lines) if l.startswith('  File "')), default=0):]   # after the last frame
+    k = next((i for i, l in enumerate(rest) if l.strip() and not l.startswith(" ")), None)           # frames' code is indented
+    if k is None: return lines[-1].strip() if lines else ""
+    head, sep, msg = rest[k].partition(": ")
+    if not _EXC_HEAD.fullmatch(head): return rest[k].strip()        # not an exception line (e.g. a job that died without one)
+    msg = "\n".join([msg] + rest[k + 1:]).strip()
+    if head.startswith("forge_nb.") and msg: return msg
+    return f"{head.rsplit('.', 1)[-1]}: {msg}" if msg else head.rsplit(".", 1)[-1]

@@ -10,13 +10,14 @@ import ast, bdb, hashlib, json, os, re, sys, sysconfig, time, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEMO_POLICY', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task', 'demo_config', 'error_message', 'StageFailed',
-           'tiny_config', 'progress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'recorded_key',
-           'is_current', 'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground', 'run_pipeline']
+__all__ = ['DEMO_POLICY', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task', 'demo_config', 'StageFailed', 'tiny_config',
+           'progress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'recorded_key', 'is_current',
+           'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
 from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
 from .runs import RunDir, atomic_write_text, read_metrics
+from .jobs import error_message
 
 # %% ../nbs/70_pipeline.ipynb #c03e40da
 def _docstrings(stdlib:Path, limit:int):
@@ -141,22 +142,6 @@ def demo_config(runs_dir:str="runs",    # folder of run directories
     return override(cfg, *overrides) if overrides else cfg
 
 # %% ../nbs/70_pipeline.ipynb #ca0d7195
-_EXC_HEAD = re.compile(r"[A-Za-z_][\w.]*")
-
-def error_message(err:str|BaseException,   # a formatted traceback (a job's), or an exception raised here
-                 ) -> str:                 # the exception's message; `Class: message` unless the class is forge_nb's
-    "The exception a traceback ends with, as a person reads it: forge_nb's errors are written for people, so without their class."
-    if isinstance(err, BaseException): err = "".join(traceback.format_exception(err))
-    lines = err.rstrip().splitlines()
-    rest = lines[max((i + 1 for i, l in enumerate(lines) if l.startswith('  File "')), default=0):]   # after the last frame
-    k = next((i for i, l in enumerate(rest) if l.strip() and not l.startswith(" ")), None)           # frames' code is indented
-    if k is None: return lines[-1].strip() if lines else ""
-    head, sep, msg = rest[k].partition(": ")
-    if not _EXC_HEAD.fullmatch(head): return rest[k].strip()        # not an exception line (e.g. a job that died without one)
-    msg = "\n".join([msg] + rest[k + 1:]).strip()
-    if head.startswith("forge_nb.") and msg: return msg
-    return f"{head.rsplit('.', 1)[-1]}: {msg}" if msg else head.rsplit(".", 1)[-1]
-
 class StageFailed(RuntimeError):
     "A stage that failed: its error as a person reads it, the log that holds the full traceback, and the traceback."
     def __init__(self, stage:str, message:str, log:Path|None=None, traceback:str="", job_id:str|None=None):

@@ -66,8 +66,8 @@ def _metrics_path(job) -> Path|None:
     except ValueError: return None
 
 def job_error(job) -> str:
-    "A failed job's error in one line, as a person reads it (`forge_nb.pipeline.error_message` of its traceback)."
-    from forge_nb.pipeline import error_message
+    "A failed job's error in one line, as a person reads it (`forge_nb.jobs.error_message` of its traceback)."
+    from forge_nb.jobs import error_message
     res = _read_result(job.folder, job.job_id)
     text = res[1] if res is not None and res[0] == "error" else job.stderr(tail=30)
     msg = error_message(str(text)) if text else ""
