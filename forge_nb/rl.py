@@ -12,13 +12,13 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['DEMO_POLICY', 'demo_task', 'tiny_chat_model', 'cpu_args', 'check_model_folder', 'as_messages', 'load_chat_model',
            'sample_completions', 'check_policy', 'format_check', 'add_policy_parser', 'cli_policy', 'cli_report',
-           'metrics_callback', 'latest_checkpoint', 'train_args', 'train_grpo', 'build_pairs', 'pair_dataset',
-           'train_dpo', 'train_reward_model', 'pair_accuracy', 'save_final', 'chat_loss', 'compliance',
-           'compliance_report', 'report_svg', 'format_report', 'run_rl']
+           'metrics_callback', 'train_args', 'train_grpo', 'build_pairs', 'pair_dataset', 'train_dpo',
+           'train_reward_model', 'pair_accuracy', 'save_final', 'chat_loss', 'compliance', 'compliance_report',
+           'report_svg', 'format_report', 'run_rl']
 
 # %% ../nbs/41_rl.ipynb #747fd864
 from .config import PipelineConfig, RLConfig, ConfigError
-from .runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
+from .runs import RunDir, latest_trainer_checkpoint, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
 from .policy import (Policy, load_policy, load_prompts, load_pairs, check_prompts, reward_functions, score_rows,
                              summarize, text_of)
 from .charts import bar_chart
@@ -295,14 +295,6 @@ def metrics_callback(metrics, log=print, every:int=1):
                     + "".join(f" {k.split('/')[1]} {v:.2f}" for k, v in rec.items() if k.startswith("rewards/") and k.endswith("/mean")))
     return _CB()
 
-# %% ../nbs/41_rl.ipynb #6082213e
-def latest_checkpoint(folder:str|Path) -> Path|None:
-    "The newest finished `checkpoint-N` folder (one with `trainer_state.json`), or None."
-    folder = Path(folder)
-    if not folder.exists(): return None
-    cks = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit() and (p/"trainer_state.json").exists()]
-    return max(cks, key=lambda p: int(p.name.split("-")[-1])) if cks else None
-
 # %% ../nbs/41_rl.ipynb #e9b4786e
 def _dist_env_vars():
     "Export torch's rank variables from SLURM's when a launcher set only those (accelerate reads torch's)."
@@ -342,7 +334,7 @@ def _quiet(tr):
     return tr
 
 def _resume(sd, log) -> str|None:
-    ck = latest_checkpoint(sd.checkpoints)
+    ck = latest_trainer_checkpoint(sd.checkpoints)
     if ck is None: return None
     step = int(ck.name.split("-")[-1])
     if int(os.environ.get("RANK", "0")) == 0: sd.metrics.truncate_after(step)

@@ -12,8 +12,8 @@ from typing import Iterator
 from .config import STAGES, atomic_write_bytes, atomic_write_text, atomic_write_json, redact_secrets, save_config, _fsync_dir
 
 # %% auto #0
-__all__ = ['MARKER', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics', 'StageDir', 'RunDir', 'stage_function',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'redact_secrets']
+__all__ = ['MARKER', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics', 'StageDir', 'RunDir', 'latest_trainer_checkpoint',
+           'stage_function', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'redact_secrets']
 
 # %% ../nbs/01_runs.ipynb #5a0e311c
 _all_ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "redact_secrets"]   # defined in config; importable from here as before
@@ -174,6 +174,14 @@ class RunDir:
         if self.root.exists(): walk(self.root, "")
         return "\n".join(lines)
     def __repr__(self): return f"RunDir({str(self.root)!r})"
+
+# %% ../nbs/01_runs.ipynb #055dec1d
+def latest_trainer_checkpoint(folder:str|Path) -> Path|None:
+    "The newest finished `checkpoint-N` folder a transformers `Trainer` wrote in `folder` (one with `trainer_state.json`), or None."
+    folder = Path(folder)
+    if not folder.exists(): return None
+    cks = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit() and (p/"trainer_state.json").exists()]
+    return max(cks, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 # %% ../nbs/01_runs.ipynb #467936db
 def stage_function(name:str):

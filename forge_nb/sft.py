@@ -18,12 +18,12 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['ROLES', 'ReadStats', 'normalize_record', 'read_sft_file', 'base_model_path', 'check_chat_template',
            'tokenize_conversation', 'fit_length', 'mix_examples', 'pack_rows', 'target_bytes', 'heldout_loss',
-           'generate_answers', 'load_sft_data', 'trl_args', 'lora_config', 'latest_sft_checkpoint', 'evaluate_model',
-           'eval_prompts', 'export_final', 'run_sft']
+           'generate_answers', 'load_sft_data', 'trl_args', 'lora_config', 'evaluate_model', 'eval_prompts',
+           'export_final', 'run_sft']
 
 # %% ../nbs/30_sft.ipynb #58fdb04b
 from .config import PipelineConfig, SFTConfig, SourceConfig, DataConfig
-from .runs import RunDir, StageDir, atomic_dir, atomic_write_json, read_metrics
+from .runs import RunDir, StageDir, latest_trainer_checkpoint, atomic_dir, atomic_write_json, read_metrics
 from .distributed import init_distributed, shutdown_distributed
 from .data.sources import DataError, resolve_files
 from .data.mixing import plan_mix, mix_order
@@ -323,13 +323,6 @@ def _metrics_callback(sd:StageDir, heldout:list, tok, sc:SFTConfig, is_main:bool
                 self.t += time.perf_counter() - t0            # evaluation time is not training throughput
     return SFTMetrics()
 
-# %% ../nbs/30_sft.ipynb #3ed780b6
-def latest_sft_checkpoint(sd:StageDir) -> Path|None:
-    "The newest finished `checkpoint-N` folder of the SFT stage, or None."
-    if not sd.checkpoints.exists(): return None
-    cks = [p for p in sd.checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit() and (p/"trainer_state.json").exists()]
-    return max(cks, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
 # %% ../nbs/30_sft.ipynb #48ee24b5
 def _dist_on() -> bool:
     import torch.distributed as dist
@@ -392,7 +385,7 @@ def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
         f"{data['mix']['sources']}, {len(data['heldout'])} held out; skipped {st['bad_total']} bad record(s) {st['bad']}, "
         f"truncated {st['truncated']}, dropped {st['dropped_too_long']} too long")
     prompts, refs = eval_prompts(sc, data["heldout_convs"])
-    ck = latest_sft_checkpoint(sd)
+    ck = latest_trainer_checkpoint(sd.checkpoints)
     dev = torch.device(f"cuda:{env.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     model = AutoModelForCausalLM.from_pretrained(str(base), local_files_only=True, dtype=torch.float32).to(dev)
     before = None

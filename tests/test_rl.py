@@ -164,7 +164,7 @@ def _rewards(run: Path) -> list:
 @pytest.mark.slow
 def test_grpo_resume_after_sigkill(tmp_path, task, base_model):
     "SIGKILL a GRPO run past a checkpoint; the restarted run continues from it: steps 1..N once each, the same rewards."
-    from forge_nb.rl import latest_checkpoint
+    from forge_nb.runs import latest_trainer_checkpoint
     cfg = _cfg(tmp_path, "r", base_model=str(base_model), policy=task["policy"], prompts=task["prompts"], steps=8, lr=1e-4,
                batch_size=8, num_generations=4, max_completion_length=16, beta=0.0, save_every=2)
     ref = tmp_path / "ref"; _finish(_start(cfg, ref))
@@ -173,13 +173,13 @@ def test_grpo_resume_after_sigkill(tmp_path, task, base_model):
     run = tmp_path / "killed"
     p = _start(cfg, run)
     while p.poll() is None:
-        ck = latest_checkpoint(run / "rl" / "checkpoints")
+        ck = latest_trainer_checkpoint(run / "rl" / "checkpoints")
         done = max([s for s, _ in _rewards(run)] or [0])
         if ck is not None and int(ck.name.split("-")[1]) >= 4 and done >= int(ck.name.split("-")[1]) + 1: break
         time.sleep(0.05)
     assert p.poll() is None, "the run finished before it could be killed"
     os.kill(p.pid, signal.SIGKILL); p.wait()
-    killed_at = int(latest_checkpoint(run / "rl" / "checkpoints").name.split("-")[1])
+    killed_at = int(latest_trainer_checkpoint(run / "rl" / "checkpoints").name.split("-")[1])
     assert killed_at < 8 and not (run / "rl" / "final" / "COMPLETE").exists()
     _finish(_start(cfg, run))
     got = _rewards(run)
@@ -238,7 +238,7 @@ def test_grpo_two_ranks_on_slurm(slurm_cluster, tmp_path, task, base_model):
 @pytest.mark.slow
 def test_grpo_preempted_saves_at_the_signalled_step(tmp_path, task, base_model):
     "The preemption signal mid-run: GRPO saves a checkpoint of the step it was at (no periodic save is due), records it, stops; the rerun finishes equal to an undisturbed run."
-    from forge_nb.rl import latest_checkpoint
+    from forge_nb.runs import latest_trainer_checkpoint
     cfg = _cfg(tmp_path, "p", base_model=str(base_model), policy=task["policy"], prompts=task["prompts"], steps=8, lr=1e-4,
                batch_size=8, num_generations=4, max_completion_length=16, beta=0.0, save_every=100)
     ref = tmp_path / "ref"; _finish(_start(cfg, ref))
@@ -252,7 +252,7 @@ def test_grpo_preempted_saves_at_the_signalled_step(tmp_path, task, base_model):
     assert p.returncode != 0 and "preempted" in out, out[-3000:]
     ev = [r for r in read_metrics(run / "rl" / "metrics.jsonl") if r.get("event") == "preempted"]
     assert len(ev) == 1 and ev[0]["checkpoint"], ev
-    ck = latest_checkpoint(run / "rl" / "checkpoints")
+    ck = latest_trainer_checkpoint(run / "rl" / "checkpoints")
     assert ck is not None and int(ck.name.split("-")[1]) == ev[0]["step"] and 3 <= ev[0]["step"] < 8, (ck, ev)
     assert not (run / "rl" / "final" / "COMPLETE").exists()
     _finish(_start(cfg, run))

@@ -101,17 +101,17 @@ def test_resume_after_sigkill_continues_from_checkpoint(tmp_path, pretrained):
     run = tmp_path/"killed"
     sd = RunDir(run).stage("sft")
     p = _start(c, run)
-    from forge_nb.sft import latest_sft_checkpoint
+    from forge_nb.runs import latest_trainer_checkpoint
     while p.poll() is None:
-        ck = latest_sft_checkpoint(sd)
+        ck = latest_trainer_checkpoint(sd.checkpoints)
         if ck is not None and int(ck.name.split("-")[1]) >= 4 and max([s for s, _ in _losses(run)] or [0]) >= int(ck.name.split("-")[1]) + 1: break
         time.sleep(0.02)
     assert p.poll() is None, "the run finished before it could be killed: make it longer"
     os.kill(p.pid, signal.SIGKILL); p.wait()
-    killed_at = int(latest_sft_checkpoint(sd).name.split("-")[1])
+    killed_at = int(latest_trainer_checkpoint(sd.checkpoints).name.split("-")[1])
     assert killed_at < 16 and not (sd.final/"COMPLETE").exists()
     out = _finish(_start(c, run))
-    assert f"resuming from {latest_sft_checkpoint(sd).parent}/checkpoint-{killed_at}" in out or f"checkpoint-{killed_at}" in out
+    assert f"resuming from {latest_trainer_checkpoint(sd.checkpoints).parent}/checkpoint-{killed_at}" in out or f"checkpoint-{killed_at}" in out
     got = _losses(run)
     assert [s for s, _ in got] == list(range(1, 17)), "resumed metrics have gaps or duplicates"
     diff = max(abs(a - b) for (_, a), (_, b) in zip(expected, got))
@@ -137,8 +137,8 @@ def test_preemption_saves_at_the_signalled_step(tmp_path, pretrained):
     assert p.returncode != 0 and "preempted" in out, out[-3000:]
     ev = [r for r in read_metrics(sd.metrics_path) if r.get("event") == "preempted"]
     assert len(ev) == 1 and ev[0]["checkpoint"] and 4 <= ev[0]["step"] < 16, ev
-    from forge_nb.sft import latest_sft_checkpoint
-    assert latest_sft_checkpoint(sd).name == f"checkpoint-{ev[0]['step']}" and not (sd.final/"COMPLETE").exists()
+    from forge_nb.runs import latest_trainer_checkpoint
+    assert latest_trainer_checkpoint(sd.checkpoints).name == f"checkpoint-{ev[0]['step']}" and not (sd.final/"COMPLETE").exists()
     _finish(_start(c, run))
     got = _losses(run)
     assert [s for s, _ in got] == list(range(1, 17)), "resumed metrics have gaps or duplicates"
