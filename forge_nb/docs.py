@@ -15,7 +15,7 @@ from pathlib import Path
 __all__ = ['cell_directives', 'strip_directives', 'Page', 'page_href', 'notebook_title', 'find_pages', 'prepare_notebook',
            'DocsBuildError', 'mark_skipped', 'execute_notebook', 'visible_cells', 'symbols_from_pages', 'relative_href',
            'linkify_markdown', 'sidebar_html', 'page_html', 'rewrite_nb_links', 'render_body', 'pygments_css',
-           'build_site', 'readme_text', 'render_readme', 'check_readme', 'check_sync', 'kept_output',
+           'build_site', 'readme_links', 'readme_text', 'render_readme', 'check_readme', 'check_sync', 'kept_output',
            'fresh_kept_outputs', 'refresh_outputs', 'stray_outputs', 'main']
 
 # %% ../nbs/90_docs.ipynb #d1f10476
@@ -440,6 +440,12 @@ def _output_text(o) -> str:
     t = "".join(t) if isinstance(t, list) else t
     return "```\n" + t.rstrip("\n") + "\n```" if t.strip() else ""
 
+_re_md_nb_link = re.compile(r"(\]\()(?![a-zA-Z][\w+.-]*:|/|#)([^)\s]+\.ipynb)(#[^)\s]*)?\)")
+
+def readme_links(md:str, folder:str) -> str:
+    "Markdown links to notebooks (relative to the index notebook) as seen from the README one folder up: `folder/` in front."
+    return _re_md_nb_link.sub(lambda m: f"{m.group(1)}{folder}/{m.group(2)}{m.group(3) or ''})", md)
+
 def readme_text(index_nb:str|Path="nbs/index.ipynb") -> str:
     "README markdown made from the notebook `index_nb` (deterministic)."
     index_nb = Path(index_nb)
@@ -448,7 +454,7 @@ def readme_text(index_nb:str|Path="nbs/index.ipynb") -> str:
     for c in nb["cells"]:
         src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
         if c["cell_type"] == "markdown":
-            if src.strip(): blocks.append(src.strip("\n"))
+            if src.strip(): blocks.append(readme_links(src.strip("\n"), index_nb.parent.name))
         elif c["cell_type"] == "code":
             d = cell_directives(src)
             if d.keys() & _HIDDEN or d.get("include", "").lower() == "false": continue
