@@ -227,7 +227,7 @@ class RunLock:
     @contextlib.contextmanager
     def _guard(self):
         import fcntl
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.exists(): RunDir(self.root).create()      # owner-only, like every run directory
         with open(self.root/".run.lock.guard", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try: yield
