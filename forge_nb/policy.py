@@ -224,7 +224,7 @@ class LengthRule(RuleBase):
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(path:str):
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)   # a policy never runs a folder's code
 
 # %% ../nbs/40_policy.ipynb #21f6df9f
 class CiteRule(RuleBase):
@@ -313,8 +313,8 @@ class RewardModelRule(RuleBase):
         "(model, tokenizer), loaded once per process."
         if self.path not in _RM_CACHE:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
-            m = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True).eval()
-            t = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            m = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True, trust_remote_code=False).eval()
+            t = AutoTokenizer.from_pretrained(self.path, local_files_only=True, trust_remote_code=False)
             if t.pad_token is None: t.pad_token = t.eos_token
             _RM_CACHE[self.path] = (m, t)
         return _RM_CACHE[self.path]
