@@ -1,0 +1,153 @@
+"""`forge-nb jobs` under load: latency with 200 run directories and 50 live jobs against a 1-run baseline, and the
+scheduler calls each refresh makes (counted by a PATH shim in front of `sacct`/`squeue`, not by the code under test).
+
+    .venv/bin/python bench/bench_jobs.py                       # SLURM jobs if the local cluster answers, else a fake scheduler
+    .venv/bin/python bench/bench_jobs.py --scheduler fake --latency-ms 40
+    .venv/bin/python bench/bench_jobs.py --compare /path/to/older/checkout   # the same figures for another forge_nb
+
+With the local cluster up (`--scheduler slurm`), the 50 live jobs are real: `sleep` jobs submitted with sbatch, held
+until an hour from now (`--begin=now+1hour`: PENDING in the scheduler, so the shared cluster's CPUs stay free), cancelled
+in a `finally`. The other runs' jobs are ids the scheduler does not know (ended long ago). With `--scheduler fake`, a
+shim answers `sacct`/`squeue` itself after `--latency-ms` (a slurmdbd round trip): the call count is the same, the
+latency is the model's."""
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SHIM = r'''#!/usr/bin/env python3
+import json, os, sys, time
+name = os.path.basename(sys.argv[0])
+with open(os.environ["FORGE_SHIM_LOG"], "a") as f: f.write(name + "\n")
+real = os.environ.get("FORGE_SHIM_REAL")
+if real: os.execv(os.path.join(real, name), [name] + sys.argv[1:])
+time.sleep(float(os.environ.get("FORGE_SHIM_LATENCY_S", "0")))
+states = json.load(open(os.environ["FORGE_SHIM_STATES"])) if os.environ.get("FORGE_SHIM_STATES") else {}
+ids = sys.argv[sys.argv.index("-j") + 1].split(",") if "-j" in sys.argv else []
+for i in ids:
+    st = states.get(i, "RUNNING")
+    if name == "sacct": print(f"{i}|{st}|None|0:0|node1|00:01:00|2026-01-01T00:00:00")
+    elif name == "squeue" and st not in ("GONE",): print(f"{i}|{st}|None|node1")
+'''
+
+
+def write_scheduler_shim(folder: Path, log: Path, latency_s: float = 0.0, states: dict | None = None,
+                         real: str | None = None) -> dict:
+    "Fake (or counting, with `real` = the folder of the real commands) `sacct`/`squeue` in `folder`; returns the environment that puts them first on PATH."
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("sacct", "squeue"):
+        p = folder/name; p.write_text(SHIM); p.chmod(0o755)
+    env = dict(os.environ, PATH=f"{folder}:{os.environ['PATH']}", FORGE_SHIM_LOG=str(log), FORGE_SHIM_LATENCY_S=str(latency_s))
+    if states is not None:
+        (folder/"states.json").write_text(json.dumps(states)); env["FORGE_SHIM_STATES"] = str(folder/"states.json")
+    if real: env["FORGE_SHIM_REAL"] = real
+    return env
+
+
+def fake_runs(runs_dir: Path, n_runs: int, job_ids: list, start_id: int = 900_000) -> list:
+    "`n_runs` run directories, each with a `jobs.json` of one SLURM job; the first `len(job_ids)` get those ids."
+    ids = []
+    for i in range(n_runs):
+        run = runs_dir/f"run{i:03d}"; (run/"logs").mkdir(parents=True, exist_ok=True)
+        jid = str(job_ids[i]) if i < len(job_ids) else str(start_id + i)
+        rec = dict(job_id=jid, name="pretrain", stage="pretrain", cluster="slurm", run_dir=str(run), folder=str(run/"logs"),
+                   tasks=1, depends_on=[], submitted="2026-01-01T00:00:00", cancelled=False)
+        (run/"jobs.json").write_text(json.dumps({"jobs": [rec]}))
+        ids.append(jid)
+    return ids
+
+
+def forge_jobs(runs_dir: Path, env: dict, python: str, pythonpath: str | None = None) -> tuple:
+    "(seconds, stdout) of one `forge-nb jobs` in a fresh process."
+    env = dict(env, **({"PYTHONPATH": pythonpath} if pythonpath else {}))
+    t0 = time.perf_counter()
+    r = subprocess.run([python, "-c", "import sys; from forge_nb.cli import main; sys.exit(main(sys.argv[1:]))",
+                        "jobs", "--runs-dir", str(runs_dir)], capture_output=True, text=True, env=env, timeout=600, cwd=runs_dir)
+    dt = time.perf_counter() - t0
+    if r.returncode: raise RuntimeError(r.stderr[-2000:])
+    return dt, r.stdout
+
+
+REFRESH = r"""
+import io, json, sys, time, contextlib
+from forge_nb.cli import main
+log, runs, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out = []
+for _ in range(n):
+    open(log, "w").close(); buf = io.StringIO(); t0 = time.perf_counter()
+    with contextlib.redirect_stdout(buf): main(["jobs", "--runs-dir", runs])
+    out.append([time.perf_counter() - t0, len(open(log).read().splitlines())])
+print(json.dumps(out))
+"""
+
+def measure(runs_dir: Path, env: dict, log: Path, repeat: int, python: str, pythonpath: str | None = None) -> dict:
+    "Median latency of `forge-nb jobs` (a fresh process each time, and a refresh in a warm process) and the scheduler calls per refresh (recounted from the shim's log)."
+    times, calls = [], []
+    for _ in range(repeat):
+        log.write_text("")
+        dt, out = forge_jobs(runs_dir, env, python, pythonpath)
+        times.append(dt); calls.append(len(log.read_text().splitlines()))
+    r = subprocess.run([python, "-c", REFRESH, str(log), str(runs_dir), str(repeat)], capture_output=True, text=True, timeout=600,
+                       cwd=runs_dir, env=dict(env, **({"PYTHONPATH": pythonpath} if pythonpath else {})))
+    if r.returncode: raise RuntimeError(r.stderr[-2000:])
+    warm = json.loads(r.stdout.splitlines()[-1])
+    return dict(median_s=statistics.median(times), min_s=min(times), calls=sorted(set(calls) | {c for _, c in warm}),
+                warm_s=statistics.median(t for t, _ in warm), rows=len(out.splitlines()) - 1)
+
+
+def slurm_up() -> bool:
+    try: return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except Exception: return False
+
+
+def submit_sleepers(n: int, partition: str) -> list:
+    "`n` real sleep jobs, PENDING until an hour from now."
+    ids = []
+    for _ in range(n):
+        r = subprocess.run(["sbatch", "--parsable", f"--partition={partition}", "--begin=now+1hour", "--job-name=forge-bench-jobs",
+                            "--output=/dev/null", "--wrap", "sleep 600"], capture_output=True, text=True, timeout=60)
+        if r.returncode: raise RuntimeError(r.stderr)
+        ids.append(r.stdout.strip().split(";")[0])
+    return ids
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=200); ap.add_argument("--jobs", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--scheduler", choices=["auto", "slurm", "fake"], default="auto")
+    ap.add_argument("--latency-ms", type=float, default=40.0, help="fake scheduler: seconds per call (a slurmdbd round trip)")
+    ap.add_argument("--partition", default="cpu")
+    ap.add_argument("--compare", default=None, help="another checkout whose forge_nb to measure the same way (PYTHONPATH)")
+    a = ap.parse_args(argv)
+    sched = ("slurm" if slurm_up() else "fake") if a.scheduler == "auto" else a.scheduler
+    python = sys.executable
+    tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
+    live = []
+    try:
+        if sched == "slurm": live = submit_sleepers(a.jobs, a.partition)
+        else: live = [str(500_000 + i) for i in range(a.jobs)]
+        states = None if sched == "slurm" else {**{j: "PENDING" for j in live}}
+        base_dir, big_dir = tmp/"one", tmp/"many"
+        fake_runs(base_dir, 1, live[:1])
+        ended = fake_runs(big_dir, a.runs, live)[len(live):]
+        if states is not None: states.update({j: "COMPLETED" for j in ended})
+        log = tmp/"calls.log"
+        real = str(Path(shutil.which("sacct")).parent) if sched == "slurm" else None
+        env = write_scheduler_shim(tmp/"shim", log, a.latency_ms / 1000, states, real)
+        print(f"scheduler: {sched}" + (f" (fake, {a.latency_ms:g} ms per call)" if sched == "fake" else f" ({len(live)} real sleep jobs, PENDING)"))
+        print(f"{'forge_nb':<10}{'runs':>6}{'live':>6}{'process s':>11}{'min s':>8}{'refresh s':>11}{'calls/refresh':>15}{'rows':>6}")
+        for label, pp in [("this", str(ROOT))] + ([("compare", a.compare)] if a.compare else []):
+            one = measure(base_dir, env, log, a.repeat, python, pp)
+            many = measure(big_dir, env, log, a.repeat, python, pp)
+            for n, r in ((1, one), (a.runs, many)):
+                print(f"{label:<10}{n:>6}{min(n, len(live)):>6}{r['median_s']:>11.3f}{r['min_s']:>8.3f}{r['warm_s']:>11.3f}{str(r['calls']):>15}{r['rows']:>6}")
+            print(f"{label}: median latency ratio {a.runs} runs / 1 run: fresh process {many['median_s'] / one['median_s']:.2f}, "
+                  f"refresh in a warm process {many['warm_s'] / one['warm_s']:.2f}")
+    finally:
+        if sched == "slurm" and live: subprocess.run(["scancel", *live], capture_output=True, timeout=60)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
