@@ -15,19 +15,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SHIM = r'''#!/usr/bin/env python3
-import json, os, sys, time
-name = os.path.basename(sys.argv[0])
-with open(os.environ["FORGE_SHIM_LOG"], "a") as f: f.write(name + "\n")
-real = os.environ.get("FORGE_SHIM_REAL")
-if real: os.execv(os.path.join(real, name), [name] + sys.argv[1:])
-time.sleep(float(os.environ.get("FORGE_SHIM_LATENCY_S", "0")))
-states = json.load(open(os.environ["FORGE_SHIM_STATES"])) if os.environ.get("FORGE_SHIM_STATES") else {}
-ids = sys.argv[sys.argv.index("-j") + 1].split(",") if "-j" in sys.argv else []
-for i in ids:
-    st = states.get(i, "RUNNING")
-    if name == "sacct": print(f"{i}|{st}|None|0:0|node1|00:01:00|2026-01-01T00:00:00")
-    elif name == "squeue" and st not in ("GONE",): print(f"{i}|{st}|None|node1")
+SHIM = r'''#!/bin/sh
+# forge_nb bench/test shim: log the call, then run the real command (FORGE_SHIM_REAL) or answer like it after a delay
+name=$(basename "$0")
+echo "$name" >> "$FORGE_SHIM_LOG"
+if [ -n "$FORGE_SHIM_REAL" ]; then exec "$FORGE_SHIM_REAL/$name" "$@"; fi
+sleep "${FORGE_SHIM_LATENCY_S:-0}"
+ids=""
+while [ $# -gt 0 ]; do [ "$1" = "-j" ] && ids="$2"; shift; done
+echo "$ids" | tr ',' '\n' | awk -v name="$name" -v sf="$FORGE_SHIM_STATES" '
+  BEGIN { if (sf != "") while ((getline l < sf) > 0) { split(l, a, " "); st[a[1]] = a[2] } }
+  $1 != "" { s = ($1 in st) ? st[$1] : "RUNNING"
+             if (name == "sacct") print $1 "|" s "|None|0:0|node1|00:01:00|2026-01-01T00:00:00"; else print $1 "|" s "|None|node1" }'
 '''
 
 
@@ -39,7 +38,7 @@ def write_scheduler_shim(folder: Path, log: Path, latency_s: float = 0.0, states
         p = folder/name; p.write_text(SHIM); p.chmod(0o755)
     env = dict(os.environ, PATH=f"{folder}:{os.environ['PATH']}", FORGE_SHIM_LOG=str(log), FORGE_SHIM_LATENCY_S=str(latency_s))
     if states is not None:
-        (folder/"states.json").write_text(json.dumps(states)); env["FORGE_SHIM_STATES"] = str(folder/"states.json")
+        (folder/"states.txt").write_text("".join(f"{k} {v}\n" for k, v in states.items())); env["FORGE_SHIM_STATES"] = str(folder/"states.txt")
     if real: env["FORGE_SHIM_REAL"] = real
     return env
 

@@ -67,7 +67,7 @@ def test_two_runs_at_once_one_writer_no_secret_owner_only(tiny):
     a, b = (forge("run", "t.yaml", cwd=tiny, env=SECRET_ENV, wait=False) for _ in range(2))
     t0 = time.time()
     while not read_registry(run) and time.time() - t0 < 300 and a.poll() is None and b.poll() is None: time.sleep(0.5)
-    c = forge("launch", "t.yaml", "--stage", "pretrain", cwd=tiny, env=SECRET_ENV)   # while the winner's data job runs
+    c = forge("launch", "t.yaml", "--stage", "data", cwd=tiny, env=SECRET_ENV)       # while the winner's data job runs
     outs = [(p.returncode if p.poll() is not None else p.wait(timeout=900), *p.communicate()) for p in (a, b)]
     ok = [o for o in outs if o[0] == 0]
     refused = [o for o in outs if o[0] != 0]
