@@ -247,7 +247,7 @@ class RunLock:
     def __repr__(self): return f"RunLock({str(self.path)!r})"
 
 # %% ../nbs/01_runs.ipynb #a3fdf3bd
-def _holder(run:str, owner:dict, live:list) -> str:
+def _holder(owner:dict, live:list) -> str:
     "Who holds a run, in words: its live jobs first (the ids a person can cancel), then the process."
     jobs = ", ".join(f"job {r['job_id']} ({r.get('stage') or r.get('name')}, {r.get('cluster')}, {st})" for r, st in live)
     proc = (f"process {owner.get('pid')} on {owner.get('host')}" if owner.get("pid") and not owner.get("released") else "")
@@ -268,8 +268,9 @@ def acquire(self:RunLock,
             owner, live = cur.get("owner", {}), self.live_jobs(cur.get("jobs", []))
             blocking = [(r, st) for r, st in live if str(r["job_id"]) not in {str(d) for d in depends_on}]
             if blocking or self._process_alive(owner):
-                raise RunLocked(f"run {self.root.name!r} is in use by {_holder(self.root.name, owner, blocking or live)}; "
-                                f"wait for it to end or cancel it (`forge-nb cancel {self.root.name}`); lock: {self.path}")
+                gone = "" if blocking or owner.get("host") == socket.gethostname() else f"; if that process is gone, remove {self.path}"
+                raise RunLocked(f"run {self.root.name!r} is in use by {_holder(owner, blocking or live)}; "
+                                f"wait for it to end or cancel it (`forge-nb cancel {self.root.name}`); lock: {self.path}{gone}")
             ended = [r for r in cur.get("jobs", []) if all(r is not l for l, _ in live)]
             why = ("its jobs ended: " + ", ".join(f"job {r['job_id']}" for r in ended)) if ended else "no job was submitted"
             if not owner.get("released"): why = f"process {owner.get('pid')} on {owner.get('host')} is gone; {why}"
