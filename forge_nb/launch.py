@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/launch.html.md"""
 
 # %% ../nbs/52_launch.ipynb #9fadec7a
 from __future__ import annotations
-import contextlib, datetime, functools, io, json, os, shlex, socket, subprocess, sys, time, traceback
+import contextlib, datetime, functools, json, os, shlex, socket, subprocess, sys, time, traceback
 from pathlib import Path
 from typing import Callable
 
@@ -63,8 +63,8 @@ def _export_torch_env():
     return env
 
 # %% ../nbs/52_launch.ipynb #38a21439
-class _Redacting(io.TextIOBase):
-    "A job's stdout/stderr with the values of secret-looking environment variables redacted (`forge_nb.config.redact_text`)."
+class _Redacting:
+    "A job's stdout/stderr with the values of secret-looking environment variables redacted (`forge_nb.config.redact_text`); everything else (fileno, encoding, isatty) is the stream's."
     def __init__(self, stream): self._s = stream
     def write(self, s): return self._s.write(redact_text(s))
     def flush(self): self._s.flush()
