@@ -274,7 +274,9 @@ def acquire(self:RunLock,
             ended = [r for r in cur.get("jobs", []) if all(r is not l for l, _ in live)]
             why = ("its jobs ended: " + ", ".join(f"job {r['job_id']}" for r in ended)) if ended else "no job was submitted"
             if not owner.get("released"): why = f"process {owner.get('pid')} on {owner.get('host')} is gone; {why}"
-            self.log(f"forge_nb: run {self.root.name!r}: taking over a stale lock ({why})")
+            if live: self.log(f"forge_nb: run {self.root.name!r}: taking the lock after job(s) {', '.join(str(r['job_id']) for r, _ in live)}, "
+                              f"which this launch waits for")
+            else: self.log(f"forge_nb: run {self.root.name!r}: taking over a stale lock ({why})")
             jobs = [r for r, _ in live]                                  # jobs this launch depends on keep holding
         else: jobs = []
         self._write(me, jobs)
