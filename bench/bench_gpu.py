@@ -56,7 +56,8 @@ def bench_pretrain(a) -> list:
                         compile_backend="aot_eager" if a.dry_run else "inductor", parallel="fsdp" if a.fsdp else "none")
     rt = make_runtime(pc, env)
     seed_everything(0)
-    model = prepare_model(build_model(mc, V).to(rt.device), pc, rt)
+    with rt.device:                                  # initialise the weights on the GPU (a 0.7B model is slow to fill on CPU)
+        model = prepare_model(build_model(mc, V), pc, rt)
     model = parallelize(model, pc.parallel, env, rt.device)
     opt = make_optimizer(model, pc.optim)
     state = TrainState(model, opt, make_scheduler(opt, pc.optim, 10**6), loader=None)
@@ -155,7 +156,8 @@ def table(folder: Path) -> str:
     run = importlib.util.module_from_spec(spec); spec.loader.exec_module(run)
     rows = []
     for part in PARTS:
-        log, rc = folder/f"{part}.log", folder/f"{part}.rc"
+        log, rc, skipped = folder/f"{part}.log", folder/f"{part}.rc", folder/f"{part}.skipped"
+        if skipped.exists(): rows.append([part, "skipped: " + skipped.read_text().strip(), "–", "–", "–", "–", "–", "–"]); continue
         if not log.exists(): rows.append([part, "not run", "–", "–", "–", "–", "–", "–"]); continue
         text = log.read_text(errors="replace")
         code = int(rc.read_text().split()[0]) if rc.exists() else -1

@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/model.html.md"""
 
 # %% ../nbs/20_model.ipynb #d3dc9c96
 from __future__ import annotations
-import contextlib, math
+import math
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'model_dims', 'count_params', 'flops_per_token', 'token_budget', 'peak_flops_for', 'estimate_time',
@@ -180,6 +180,9 @@ def build_model(model_cfg:ModelConfig,   # the architecture config
     from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
     cls = {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM}[model_cfg.arch]
     return cls(hf_config(model_cfg, vocab_size, **kw))
+
+# %% ../nbs/20_model.ipynb #2d88ff78
+import contextlib
 
 # %% ../nbs/20_model.ipynb #7452774b
 def set_attention(model,     # a model from `build_model` (or any transformers model)

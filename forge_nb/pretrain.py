@@ -18,7 +18,7 @@ import torch.nn.functional as F
 __all__ = ['lr_multiplier', 'make_scheduler', 'make_optimizer', 'Runtime', 'make_runtime', 'document_ids', 'document_block_mask',
            'model_inputs', 'rng_state', 'set_rng_state', 'save_rng_states', 'load_rng_state', 'seed_everything',
            'full_model_state', 'save_weights', 'load_weights', 'TrainState', 'grad_sync', 'lm_loss_sum', 'train_step',
-           'check_batch', 'step_loss', 'build_state', 'prepare_model', 'parallelize', 'evaluate', 'unigram_bpb',
+           'check_batch', 'step_loss', 'prepare_model', 'build_state', 'parallelize', 'evaluate', 'unigram_bpb',
            'sample_texts', 'memory_gb', 'device_peak_flops', 'due', 'Checkpointer', 'Validator', 'Reporter',
            'export_model', 'open_store', 'run_pretrain']
 
@@ -261,7 +261,8 @@ def lm_loss_sum(model, batch:dict, rt:Runtime) -> torch.Tensor:
 def train_step(state:TrainState, batches:list, rt:Runtime) -> dict:
     "One optimizer step over this rank's micro-batches; returns summed loss, global token count, grad norm, lr."
     model, opt = state.model, state.optimizer
-    n_tokens = int(_all_reduce_sum(torch.tensor(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches))))
+    n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    n_tokens = int(_all_reduce_sum(torch.tensor(n_local, device=rt.device)))   # on the device: NCCL reduces no CPU tensors
     loss_sum = torch.zeros((), device=rt.device)
     for i, batch in enumerate(batches):
         with grad_sync(model, enabled=i == len(batches) - 1):
@@ -291,6 +292,15 @@ def step_loss(out:dict) -> float:
 def _scalar(x) -> float:
     return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
 
+# %% ../nbs/21_pretrain.ipynb #e9ce2fa2
+def prepare_model(model, pc:PretrainConfig, rt:Runtime):
+    "Set the runtime's attention kernel; with `pc.compile`, compile each decoder layer (before any FSDP wrapping)."
+    from forge_nb.model import set_attention
+    set_attention(model, rt.attention)
+    if pc.compile:
+        for layer in model.model.layers: layer.compile(backend=pc.compile_backend)   # one graph, reused by every layer
+    return model
+
 # %% ../nbs/21_pretrain.ipynb #a1ba6b48
 def build_state(cfg:PipelineConfig, store, rt:Runtime, env:DistEnv|None=None):
     "Model (wrapped for DDP/FSDP), optimizer, scheduler and this rank's loader, from the config, seeded."
@@ -306,14 +316,6 @@ def build_state(cfg:PipelineConfig, store, rt:Runtime, env:DistEnv|None=None):
     opt = make_optimizer(model, pc.optim)
     loader = store.loader(micro_batch_size=pc.micro_batch_size, rank=env.rank, world_size=env.world_size, seed=cfg.data.seed)
     return TrainState(model, opt, make_scheduler(opt, pc.optim, pc.steps), loader)
-
-def prepare_model(model, pc:PretrainConfig, rt:Runtime):
-    "Set the runtime's attention kernel; with `pc.compile`, compile each decoder layer (before any FSDP wrapping)."
-    from forge_nb.model import set_attention
-    set_attention(model, rt.attention)
-    if pc.compile:
-        for layer in model.model.layers: layer.compile(backend=pc.compile_backend)   # one graph, reused by every layer
-    return model
 
 def parallelize(model, parallel:str, env:DistEnv, device):
     "Wrap for data parallelism: DDP, or FSDP2 (`fully_shard` on each decoder layer, then the root); one rank: unchanged."

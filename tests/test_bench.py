@@ -91,26 +91,47 @@ def test_gpu_table_from_the_parts_logs(tmp_path):
                                                                                          "NVIDIA H200 dense bf16 peak", 989.0)]})
     (tmp_path/"pretrain_eager.log").write_text("warming up\n" + ok + "\n"); (tmp_path/"pretrain_eager.rc").write_text("0 61\n")
     (tmp_path/"pretrain_compile.log").write_text("compiling layer 3\n"); (tmp_path/"pretrain_compile.rc").write_text("124 160\n")
+    (tmp_path/"pretrain_fsdp.skipped").write_text("one GPU: FSDP2 across GPUs needs 2 or more\n")
     out = subprocess.run([sys.executable, str(BENCH/"bench_gpu.py"), "table", str(tmp_path)], capture_output=True, text=True,
                          check=True).stdout
     rows = [l for l in out.splitlines() if l.startswith("| pretrain") or l.startswith("| sft") or l.startswith("| grpo")]
     assert "0.455" in rows[0] and "61 s" in rows[0]
     assert "TIMED OUT (exit 124): compiling layer 3" in rows[1] and "160 s" in rows[1]
-    assert [r.split("|")[2].strip() for r in rows[2:]] == ["not run"] * 3
+    assert "skipped: one GPU: FSDP2 across GPUs needs 2 or more" in rows[2]
+    assert [r.split("|")[2].strip() for r in rows[3:]] == ["not run"] * 2
 
 
-def test_gpu_sh_dry_run_runs_every_part_on_cpu(tmp_path):
-    "bench/gpu.sh --dry-run: a tiny model through bf16 autocast, flex attention, compile (aot_eager), FSDP2 on 2 gloo ranks, SFT, GRPO."
-    env = {**os.environ, "GPU_BENCH_OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
-    p = subprocess.run(["bash", str(BENCH/"gpu.sh"), "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def dry_run(tmp_path: Path, parts: list) -> dict:
+    "Run bench/gpu.sh --dry-run on CPU for `parts`; check each part finished with a result line; return the parsed results."
+    env = {**os.environ, "GPU_BENCH_OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": "", "GPU_BENCH_PARTS": " ".join(parts)}
+    p = subprocess.run(["bash", str(BENCH/"gpu.sh"), "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout + p.stderr
-    for part in ["pretrain_eager", "pretrain_compile", "pretrain_fsdp", "sft", "grpo"]:
+    res = {}
+    for part in parts:
         rc = (tmp_path/f"{part}.rc").read_text().split()[0]
         log = (tmp_path/f"{part}.log").read_text()
-        assert rc == "0" and benchlib.parse(log) is not None, f"{part}: exit {rc}\n{log[-3000:]}"
-    fsdp = benchlib.parse((tmp_path/"pretrain_fsdp.log").read_text())
-    assert fsdp["world_size"] == 2
-    assert "compile=True (aot_eager)" in (tmp_path/"pretrain_compile.log").read_text()
-    assert "attention=flex_attention, bf16 autocast" in (tmp_path/"pretrain_eager.log").read_text()
+        res[part] = benchlib.parse(log)
+        assert rc == "0" and res[part] is not None, f"{part}: exit {rc}\n{log[-3000:]}"
     table = (tmp_path/"table.md").read_text()
-    assert table.count("\n| ") >= 10 and "FAILED" not in table and "TIMED OUT" not in table
+    assert "FAILED" not in table and "TIMED OUT" not in table
+    assert all(f"| {part} |" in table for part in parts)
+    return res
+
+
+def test_gpu_sh_dry_run_pretraining_parts(tmp_path):
+    "bench/gpu.sh --dry-run, pretraining: bf16 autocast, compile (aot_eager), FSDP2 on 2 gloo ranks, flex vs SDPA masking."
+    res = dry_run(tmp_path, ["pretrain_eager", "pretrain_compile", "pretrain_fsdp"])
+    assert res["pretrain_fsdp"]["world_size"] == 2 and res["pretrain_eager"]["world_size"] == 1
+    assert "compile=True (aot_eager)" in (tmp_path/"pretrain_compile.log").read_text()
+    assert ", 2 compiled layers)" in (tmp_path/"pretrain_compile.log").read_text()
+    assert "attention=sdpa, bf16 autocast" in (tmp_path/"pretrain_eager.log").read_text()   # CPU trains on SDPA
+    for part, r in res.items():
+        gap = next(f for f in r["figures"] if "flex vs SDPA" in f["name"])["value"]
+        assert gap < 5e-3, (part, gap)       # the flex BlockMask and SDPA's dense mask give the same loss (bf16 autocast)
+
+
+@pytest.mark.skipif(not os.environ.get("FORGE_TEST_GPU_DRY_ALL"), reason="SFT and GRPO dry-run parts: minutes on a loaded "
+                    "2-core machine; set FORGE_TEST_GPU_DRY_ALL=1 to run them")
+def test_gpu_sh_dry_run_sft_and_grpo_parts(tmp_path):
+    res = dry_run(tmp_path, ["sft", "grpo"])
+    assert all(f["value"] > 0 for r in res.values() for f in r["figures"])
