@@ -170,7 +170,7 @@ def table(folder: Path) -> str:
             g[6] = "–"; g[7] = secs
             if note and parse(text) is None: g[1] = f"{note} (exit {code}): {run.why(text)}"
         rows += got
-    return run.table(rows).replace("peak RSS (bench tree)", "peak RSS")
+    return run.table(rows).replace("peak RSS (bench tree)", "peak RSS").replace("wall (CPU)", "wall")
 
 
 def main(argv=None):

@@ -47,6 +47,7 @@ def test_table_reads_only_the_result_line_and_measures_peak_memory_from_outside(
     assert rows[1][4].startswith("3.000 (↓") and rows[1][5] == "target < 300 ms"
     assert rows[2][3] == "–" and rows[2][4] == "–" and rows[2][2] == "5,000,000 completions/s"
     assert all(row[6] == f"{r['peak_rss_mb']:,.0f} MB" for row in rows)
+    assert 0 < r["cpu_s"] < r["seconds"] * os.cpu_count() and rows[0][7].endswith("s CPU)")
     table = run.table(rows)
     assert table.count("\n") == 2 + len(rows) - 1 and "999" not in table
 
