@@ -155,6 +155,8 @@ class PretrainConfig(ForgeConfig):
     sample_every: int = Field(0, ge=0, description="Steps between sample generations (0: off).")
     seed: int = Field(0, description="Seed for initialisation and dropout.")
     peak_flops: Optional[float] = Field(None, gt=0, description="Peak FLOP/s per device for MFU (None: look up the device).")
+    attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field("auto", description="Attention kernel. `auto`: flex_attention with a document block mask on GPU (when `doc_mask`), SDPA on CPU.")
+    compile_backend: str = Field("inductor", description="`torch.compile` backend when `compile` is on (`aot_eager`: trace without generating code, a quick check).")
 
 # %% ../nbs/00_config.ipynb #5befc4db
 class LoraSettings(ForgeConfig):

@@ -10,7 +10,8 @@ import math
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'model_dims', 'count_params', 'flops_per_token', 'token_budget', 'peak_flops_for', 'estimate_time',
-           'human_count', 'human_duration', 'model_summary', 'hf_config', 'build_model']
+           'human_count', 'human_duration', 'model_summary', 'hf_config', 'build_model', 'set_attention',
+           'attention_implementation']
 
 # %% ../nbs/20_model.ipynb #49e5ea79
 from .config import ModelConfig
@@ -179,3 +180,22 @@ def build_model(model_cfg:ModelConfig,   # the architecture config
     from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
     cls = {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM}[model_cfg.arch]
     return cls(hf_config(model_cfg, vocab_size, **kw))
+
+# %% ../nbs/20_model.ipynb #2d88ff78
+import contextlib
+
+# %% ../nbs/20_model.ipynb #7452774b
+def set_attention(model,     # a model from `build_model` (or any transformers model)
+                  name:str,  # `sdpa`, `flex_attention` or `eager`
+                 ):
+    "Switch a built model's attention kernel in place; returns the model."
+    if model.config._attn_implementation != name: model.set_attn_implementation(name)
+    return model
+
+@contextlib.contextmanager
+def attention_implementation(model, name:str):
+    "Run a block with the model's attention kernel set to `name`, then put the previous one back."
+    before = model.config._attn_implementation
+    set_attention(model, name)
+    try: yield model
+    finally: set_attention(model, before)
