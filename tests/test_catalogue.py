@@ -173,6 +173,15 @@ def test_sft_mistakes_in_the_shell(bad_input, forge, tmp_path):
     r = forge("sft", _sft_config(tmp_path, tmp_path/"base", tmp_path/"sft.jsonl").name, "--foreground", cwd=tmp_path)
     bad_input("sft", "an SFT row that is not valid JSON", r, names=["sft.jsonl:5", "not valid JSON", "sft.on_bad_record"])
 
+def test_policy_check_with_a_mismatched_model_in_the_shell(bad_input, forge, tmp_path):
+    "Sampling from a model folder to try a policy: its tokenizer is checked against the model before anything loads."
+    model_folder(tmp_path/"other", model_vocab=300)
+    write(tmp_path/"p.yaml", "rules:\n  - {name: short, kind: length, max: 20}\n")
+    write(tmp_path/"prompts.jsonl", json.dumps({"prompt": "question 1"}) + "\n")
+    r = forge("policy", "check", "p.yaml", "--model", "other", "--prompts", "prompts.jsonl", cwd=tmp_path)
+    bad_input("tokenizer", "trying a policy on a model folder holding another model's tokenizer", r,
+              names=["other", "its tokenizer has 400 tokens", "has embeddings for 300"])
+
 @pytest.mark.parametrize("did,row,says", [
     ("an SFT row with a prompt and no completion", {"prompt": "hi"}, "without a `completion`"),
     ("an SFT row with no assistant turn", {"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
