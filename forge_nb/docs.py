@@ -682,7 +682,8 @@ def write_catalogue(entries:list, path:str|Path) -> Path:
     "Write the catalogue page for `entries` as a notebook of markdown cells at `path` (atomically, as nbdev-clean leaves it)."
     from nbdev.clean import nbdev_clean
     from forge_nb.runs import atomic_write_text
-    cells = [{"cell_type": "markdown", "metadata": {}, "source": s} for s in catalogue_cells(entries)]
+    ids = ["intro", *CATALOGUE_SECTIONS]               # stable cell ids: a regenerated page differs only where entries do
+    cells = [{"cell_type": "markdown", "id": f"bad-input-{i}", "metadata": {}, "source": s} for i, s in zip(ids, catalogue_cells(entries))]
     nb = {"cells": cells, "metadata": {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}},
           "nbformat": 4, "nbformat_minor": 5}
     atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")

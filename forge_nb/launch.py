@@ -318,7 +318,10 @@ def launch_pipeline(cfg:PipelineConfig,          # the pipeline config
     if partitions is None and any(r.cluster == "slurm" for r in asked.values()):
         try: partitions = cluster_partitions()     # ask the cluster once for the whole pipeline
         except Exception: partitions = None        # validate_resources reports it
-    errs = [f"stage {st}: {e}" for st in stages for e in validate_resources(asked[st], partitions)]
+    where = {}                                     # a problem -> the stages that have it (they often share resources)
+    for st in stages:
+        for e in validate_resources(asked[st], partitions): where.setdefault(e, []).append(st)
+    errs = [f"{e} (stage{'s' if len(sts) > 1 else ''} {', '.join(sts)})" for e, sts in where.items()]
     if errs: raise ResourceError(errs)             # every stage is checked, once, before the first one is submitted
     miss = missing_inputs(cfg, stages, RunDir.for_config(cfg).root)
     if miss: raise MissingInputs(miss)
