@@ -53,7 +53,8 @@ def artifacts_dir():
 #
 #     def test_typo(bad_input, tmp_path):
 #         (tmp_path/"typo.yaml").write_text("pretrain:\n  stesp: 3\n")
-#         r = forge("config", "validate", "typo.yaml", cwd=tmp_path)        # a subprocess.CompletedProcess
+#         r = forge("config", "validate", "typo.yaml", cwd=tmp_path)   # a CompletedProcess (a subprocess, or test_catalogue's
+#                                                                     # `forge` fixture: forge-nb in this process)
 #         bad_input("config", "a misspelt field in the YAML", r, names=["pretrain.stesp", "typo.yaml:2"])
 #
 # `bad_input(category, did, seen, names=(), subs=(), problems=1)`:
@@ -67,7 +68,8 @@ def artifacts_dir():
 #   problems  how many problems the input has: one is one line; several are a header line and one indented line each
 # It asserts the message's properties (a non-zero exit, one error line from `forge-nb` besides the known follow-ups,
 # no traceback; an exception message of one line; one line per problem; every `names` in it), then checks that the
-# committed page shows exactly this entry; it returns the message. Paths under pytest's temporary folders are shown as `~/proj/...`.
+# committed page shows exactly this entry; it returns the message. Paths under pytest's temporary folders are shown as
+# `~/proj/...`; anything else that changes from run to run (a job id, a timing) needs a `subs` pattern.
 # `forge-nb docs catalogue` runs `pytest -m bad_input` with FORGE_CATALOGUE_OUT set: entries are then recorded, not
 # checked, and the page is rewritten from them. So after changing a message: run it, and commit the page.
 # A test may call the fixture several times (one entry each). tests/test_catalogue.py checks that the page is what
