@@ -249,16 +249,17 @@ def test_sbatch_refusal_is_one_line(bad_input, tmp_path, monkeypatch):
     assert not (tmp_path/"run"/"jobs.json").exists()
 
 @pytest.mark.slurm
-def test_sbatch_refusal_on_the_cluster(slurm_cluster, forge, tmp_path):
-    """The real sbatch's refusals, one line each. (Not yet a catalogue entry: the local cluster was down when the page was
-    made; with it up, take the `bad_input` fixture here, as above, and run `forge-nb docs catalogue`.)"""
+def test_sbatch_refusal_on_the_cluster(slurm_cluster, bad_input, forge, tmp_path):
+    "What only sbatch knows, on the local SLURM cluster: one line each, exit 2, nothing registered."
     from forge_nb.pipeline import tiny_config
     save_config(tiny_config(tmp_path, steps=2), tmp_path/"t.yaml")
-    for setting, needle in [("resources.constraint=nosuchfeature", "constraint=nosuchfeature"),
-                            ("resources.sbatch_extra={frobnicate: yes}", "sbatch_extra.frobnicate")]:
+    for did, setting, needle in [("a node feature (constraint) no node of the SLURM cluster has", "resources.constraint=nosuchfeature",
+                                  "constraint=nosuchfeature"),
+                                 ("an sbatch option SLURM does not know (sbatch_extra)", 'resources.sbatch_extra={frobnicate: "1"}',
+                                  "sbatch_extra.frobnicate")]:
         r = forge("launch", "t.yaml", "--stage", "data", "--cluster", "slurm", "--partition", "cpu", "--set", setting, cwd=tmp_path)
-        cmd, line = seen_line(r)
-        assert r.returncode == 2 and needle in line and "sbatch refused the job" in line and "nothing was submitted" in line, line
+        assert r.returncode == 2, r
+        bad_input("cluster", did, r, names=[needle, "sbatch refused the job", "nothing was submitted"])
     assert not (tmp_path/"t"/"jobs.json").exists()
 
 # ---------------------------------------------------------------- preference rows, policies
