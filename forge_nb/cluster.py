@@ -171,7 +171,8 @@ class ResourceError(ValueError):
     "A resource request that does not fit; `errors` holds one message per problem. Nothing was submitted."
     def __init__(self, errors:list[str]):
         self.errors = errors
-        super().__init__("resources do not fit, nothing was submitted:\n  " + "\n  ".join(errors))
+        super().__init__(f"{errors[0]}; nothing was submitted" if len(errors) == 1 else      # one problem, one line
+                         "resources do not fit, nothing was submitted:\n  " + "\n  ".join(errors))
 
 # %% ../nbs/50_cluster.ipynb #c8a20898
 def check_resources(res:ResourcesConfig|dict|None,    # the user's resources (None: all defaults)

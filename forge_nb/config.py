@@ -335,7 +335,9 @@ class ConfigError(ValueError):
     def __init__(self, errors:list, source:str|None=None):
         self.errors, self.source = errors, source
         lines = [f"{loc}: {msg}" + (f"  ({where})" if where else "") for loc, msg, where in errors]
-        head = f"invalid config{' in ' + source if source else ''} ({len(errors)} error{'s' if len(errors) != 1 else ''}):"
+        if len(lines) == 1:      # one problem, one line (the file is named by `where`, else by `source`)
+            super().__init__(lines[0] + (f"  (in {source})" if source and not errors[0][2] else "")); return
+        head = f"invalid config{' in ' + source if source else ''} ({len(errors)} errors):"
         super().__init__("\n  ".join([head] + lines))
 
 # %% ../nbs/00_config.ipynb #1bebe4f9

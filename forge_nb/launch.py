@@ -12,11 +12,11 @@ from typing import Callable
 
 # %% auto #0
 __all__ = ['DependencyNeverSatisfied', 'master_port_for', 'StageCall', 'slurm_parameters', 'sbatch_preview',
-           'detached_local_executor', 'make_executor', 'submit', 'MissingInputs', 'stage_inputs', 'missing_inputs',
-           'holding_run_lock', 'launch', 'launch_fn', 'launch_pipeline', 'profile_dirs', 'profile_path',
-           'resolve_resources', 'cluster_partitions', 'validate_resources', 'check_resources', 'ResourceError',
-           'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states', 'Job', 'attach', 'list_jobs',
-           'find_run_dir']
+           'detached_local_executor', 'make_executor', 'sbatch_refusal', 'submit', 'MissingInputs', 'stage_inputs',
+           'missing_inputs', 'holding_run_lock', 'launch', 'launch_fn', 'launch_pipeline', 'profile_dirs',
+           'profile_path', 'resolve_resources', 'cluster_partitions', 'validate_resources', 'check_resources',
+           'ResourceError', 'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states', 'Job', 'attach',
+           'list_jobs', 'find_run_dir']
 
 # %% ../nbs/52_launch.ipynb #b03f74d0
 from .config import ResourcesConfig, PipelineConfig, STAGES, redact_secrets, redact_text, secret_values, atomic_write_json
@@ -219,6 +219,30 @@ def make_executor(res:ResourcesConfig, folder:Path, name:str, dependency:str|Non
                              **({"setup": list(res.setup)} if res.setup else {}))
     return ex
 
+# %% ../nbs/52_launch.ipynb #ad3cad17
+def sbatch_refusal(stderr:str,            # what sbatch printed
+                   res:ResourcesConfig,   # the request it refused
+                  ) -> str:               # one line: what was asked, and sbatch's reason
+    "sbatch's refusal of a request as one line naming the resources fields that were sent."
+    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    why = next((l for l in reversed(lines) if "error" in l.lower()), lines[0] if lines else "no reason given")
+    why = why.removeprefix("sbatch: error: ").removeprefix("Batch job submission failed: ")
+    asked = [f"partition={res.partition or '(default)'}", f"nodes={res.nodes}", f"gpus_per_node={res.gpus_per_node}"]
+    asked += [f"{k}={getattr(res, k)}" for k in ("account", "qos", "constraint") if getattr(res, k)]
+    asked += [f"sbatch_extra.{k}={v!r}" for k, v in res.sbatch_extra.items()]
+    return f"resources: sbatch refused the job ({', '.join(asked)}): {why}"
+
+def _sbatch(executor, call, res:ResourcesConfig):
+    "Submit `call`; a request sbatch refuses raises `ResourceError` (one line), with submitit's echo of sbatch's stderr silenced."
+    import contextlib, io
+    from submitit.core.utils import FailedJobError
+    echo = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(echo): return executor.submit(call)
+    except FailedJobError as e:
+        if res.cluster != "slurm": raise
+        raise ResourceError([sbatch_refusal(str(e) or echo.getvalue(), res)]) from None
+
 # %% ../nbs/52_launch.ipynb #de268990
 def _submit(fn:Callable|str, args:tuple, kwargs:dict, res:ResourcesConfig, run_dir:str|Path, name:str|None,
             stage:str|None, depends_on:list|None) -> Job:
@@ -229,7 +253,7 @@ def _submit(fn:Callable|str, args:tuple, kwargs:dict, res:ResourcesConfig, run_d
     dependency = ("afterok:" + ":".join(d.job_id for d in deps)) if deps and res.cluster == "slurm" else None
     call = StageCall(fn, args, kwargs, env=res.env, max_requeues=res.max_requeues,
                      wait_for=[d.record for d in deps] if res.cluster == "local" else [])
-    sj = make_executor(res, run.logs, f"{run.name}-{name}", dependency).submit(call)
+    sj = _sbatch(make_executor(res, run.logs, f"{run.name}-{name}", dependency), call, res)
     rec = dict(job_id=str(sj.job_id), name=name, stage=stage, cluster=res.cluster, run_dir=str(run.root),
                folder=str(run.logs.absolute()), tasks=res.nodes * res.tasks_per_node,
                depends_on=[d.job_id for d in deps], resources=redact_secrets(res.to_dict()),
@@ -339,7 +363,10 @@ def launch_pipeline(cfg:PipelineConfig,          # the pipeline config
     if partitions is None and any(r.cluster == "slurm" for r in asked.values()):
         try: partitions = cluster_partitions()     # ask the cluster once for the whole pipeline
         except Exception: partitions = None        # validate_resources reports it
-    errs = [f"stage {st}: {e}" for st in stages for e in validate_resources(asked[st], partitions)]
+    where = {}                                     # a problem -> the stages that have it (they often share resources)
+    for st in stages:
+        for e in validate_resources(asked[st], partitions): where.setdefault(e, []).append(st)
+    errs = [f"{e} (stage{'s' if len(sts) > 1 else ''} {', '.join(sts)})" for e, sts in where.items()]
     if errs: raise ResourceError(errs)             # every stage is checked, once, before the first one is submitted
     miss = missing_inputs(cfg, stages, RunDir.for_config(cfg).root)
     if miss: raise MissingInputs(miss)

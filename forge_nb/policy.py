@@ -356,8 +356,8 @@ class PolicyConfig(ForgeConfig):
     @model_validator(mode="after")
     def _unique(self):
         names = [r.name for r in self.rules]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup: raise ValueError(f"rules: rule names must be unique, repeated: {dup}")
+        for j, n in enumerate(names):        # the second use of a name is the error, at its line
+            if n in names[:j]: raise ValueError(f"rules.{j}.name: {n!r} is already rule {names.index(n)}'s name; rule names must be unique")
         return self
 
 # %% ../nbs/40_policy.ipynb #647cce1d
@@ -422,8 +422,9 @@ def _policy_errors(e:ValidationError, data, source, lines) -> list:
         elif err["type"] == "value_error":
             m = str((err.get("ctx") or {}).get("error", ""))
             head = m.split(":", 1)[0]
-            if ":" in m and " " not in head and not head.startswith("function") and head.isidentifier():
-                loc = loc + (head,)
+            parts = head.split(".")
+            if ":" in m and " " not in head and not head.startswith("function") and all(p.isidentifier() or p.isdigit() for p in parts):
+                loc = loc + tuple(int(p) if p.isdigit() else p for p in parts)
         line = _locate(loc, lines) if lines else None
         where = f"{source}:{line}" if source and line else source
         errs.append((".".join(str(p) for p in _rule_label(loc, data)), msg, where))

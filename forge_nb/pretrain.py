@@ -20,13 +20,13 @@ __all__ = ['lr_multiplier', 'make_scheduler', 'make_optimizer', 'Runtime', 'make
            'full_model_state', 'save_weights', 'load_weights', 'TrainState', 'grad_sync', 'lm_loss_sum', 'train_step',
            'check_batch', 'step_loss', 'prepare_model', 'build_state', 'parallelize', 'evaluate', 'unigram_bpb',
            'sample_texts', 'memory_gb', 'device_peak_flops', 'due', 'Checkpointer', 'Validator', 'Reporter',
-           'export_model', 'open_store', 'run_pretrain']
+           'export_model', 'open_store', 'run_pretrain', 'checkpoint_info', 'check_resume']
 
 # %% ../nbs/21_pretrain.ipynb #0da20b59
 from .config import PipelineConfig, OptimConfig, PretrainConfig
 from .runs import RunDir, StageDir, atomic_dir, atomic_write_json, read_metrics
 from .distributed import DistEnv, dist_env, init_distributed, shutdown_distributed
-from .model import build_model, flops_per_token, model_summary, peak_flops_for
+from .model import build_model, flops_per_token, model_summary, peak_flops_for, ModelMismatch
 from .preempt import PreemptionGuard
 
 # %% ../nbs/21_pretrain.ipynb #def36ea1
@@ -548,9 +548,32 @@ def run_pretrain(cfg:PipelineConfig,   # the pipeline config (model, pretrain, d
     finally:
         if owns_group: shutdown_distributed()
 
+# %% ../nbs/21_pretrain.ipynb #631669db
+_NOT_WEIGHTS = ("max_seq_len", "tokens_per_param")   # model fields the weights do not depend on
+
+def checkpoint_info(cfg:PipelineConfig, vocab_size:int) -> dict:
+    "What a checkpoint records about the model it was made for, for `check_resume`."
+    return {"model": {k: v for k, v in cfg.model.to_dict().items() if k not in _NOT_WEIGHTS}, "vocab_size": vocab_size}
+
+def check_resume(ck:Path|None,         # the checkpoint the run would resume from (None: nothing to check)
+                 cfg:PipelineConfig,   # the config the run has now
+                 vocab_size:int,       # the token store's vocabulary now
+                ):
+    "Raise `ModelMismatch` naming each field that changed when `ck` was made for another model or vocabulary."
+    if ck is None: return
+    st = json.loads((Path(ck)/"trainer_state.json").read_text())
+    now, was = checkpoint_info(cfg, vocab_size), st.get("model") or {}
+    diffs = [f"model.{k} {was[k]!r} → {now['model'].get(k)!r}" for k in sorted(was) if was[k] != now["model"].get(k)]
+    if st.get("vocab_size") not in (None, vocab_size):
+        diffs.append(f"vocabulary {st['vocab_size']} → {vocab_size} tokens (the data stage's tokenizer changed)")
+    if diffs:
+        raise ModelMismatch(f"pretrain: checkpoint {ck} was made for another model ({'; '.join(diffs)}): set "
+                            f"{'it' if len(diffs) == 1 else 'them'} back to resume, or start afresh under another run name")
+
 # %% ../nbs/21_pretrain.ipynb #169879d8
 def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
     pc, sd, store = cfg.pretrain, run.stage("pretrain"), open_store(cfg, run)
+    check_resume(sd.latest_checkpoint(), cfg, store.vocab_size)     # before anything is built from it
     rt = make_runtime(pc, env)
     if rt.device.type == "cpu": torch.use_deterministic_algorithms(True, warn_only=True)
     state = build_state(cfg, store, rt, env)
@@ -559,7 +582,7 @@ def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
     T, A = store.seq_len, pc.grad_accum
     batch_tokens = env.world_size * A * pc.micro_batch_size * T
     fpt, peak = flops_per_token(cfg.model, store.vocab_size, T), device_peak_flops(rt, pc)
-    val = Validator(store, rt, pc)
+    val, info = Validator(store, rt, pc), checkpoint_info(cfg, store.vocab_size)
     with Reporter(sd, pc, batch_tokens, env, log, start, fpt, peak) as rep, \
          PreemptionGuard(log, rep.metrics, "pretrain") as guard:
         if start == 0: _introduce(cfg, store, rt, env, batch_tokens, peak, rep, log)
@@ -570,9 +593,9 @@ def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
             with rep.paused():
                 rep.validation(step, val.validate(state.model, step))
                 rep.samples(step, val.samples(state.model, step))
-                if ckpt.due(step): ckpt.save(state, tokens=step * batch_tokens)
+                if ckpt.due(step): ckpt.save(state, tokens=step * batch_tokens, **info)
             if guard.requested(step):   # preempted or out of time: checkpoint this step if it fits, then requeue
-                guard.stop(step, lambda: ckpt.save(state, tokens=step * batch_tokens), ckpt.save_s, ckpt.latest)
+                guard.stop(step, lambda: ckpt.save(state, tokens=step * batch_tokens, **info), ckpt.save_s, ckpt.latest)
     final = export_model(state, cfg, store, sd.final)
     return _summarize(sd, state, store, start, batch_tokens, rep.tps, env, final, ckpt.latest, log)
 

@@ -23,6 +23,7 @@ from .policy import (Policy, load_policy, load_prompts, load_pairs, check_prompt
                              summarize, text_of)
 from .charts import bar_chart
 from .preempt import preemption_callback
+from .model import check_vocab
 
 # %% ../nbs/41_rl.ipynb #ae01cdb4
 _PRODUCTS = ["Basic", "Pro", "Team", "Enterprise", "Starter", "Plus", "Max", "Student", "Family", "Business"]
@@ -162,6 +163,7 @@ def load_chat_model(path:str|Path, cls:str="causal", trust_remote_code:bool=Fals
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     check_model_folder(path)
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    check_vocab(path, len(tok), "model folder")
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     if cls == "reward":
         m = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, local_files_only=True, trust_remote_code=trust_remote_code)

@@ -28,6 +28,7 @@ from .distributed import init_distributed, shutdown_distributed
 from .data.sources import DataError, resolve_files
 from .data.mixing import plan_mix, mix_order
 from .preempt import preemption_callback
+from .model import check_vocab
 
 # %% ../nbs/30_sft.ipynb #38e84fcb
 ROLES = ("system", "user", "assistant")
@@ -375,6 +376,7 @@ def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
     base = base_model_path(cfg, run)
     tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True, trust_remote_code=sc.trust_remote_code)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
+    check_vocab(base, len(tok), "sft.base_model" if sc.base_model else "pretrain/final")
     check_chat_template(tok, str(base), sc.assistant_only_loss)
     if env.is_main: sd.mkdirs()
     if sc.doc_sources and env.is_main: load_sft_data(sc, tok, sd.root/"examples", log)   # rank 0 builds the files once
