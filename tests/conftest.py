@@ -1,5 +1,6 @@
 """Shared pytest set-up. Markers: `slow` (minutes of CPU), `slurm` (needs the local cluster: `slurm/dev-cluster up`),
-`browser` (JupyterLab + Chromium). Outside CI a missing cluster or browser skips its tests; in CI (`CI` set, as CI
+`browser` (JupyterLab + Chromium), `soak` (long fault-injection runs: deselected unless `-m` names it, e.g.
+`pytest tests/test_faults.py -m soak`). Outside CI a missing cluster or browser skips its tests; in CI (`CI` set, as CI
 services do) it fails them: CI must run every test."""
 import os, shutil, subprocess, pytest
 from pathlib import Path
@@ -8,8 +9,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
     for m, doc in [("slow", "takes minutes of CPU"), ("slurm", "needs the local SLURM cluster (slurm/dev-cluster up)"),
-                   ("browser", "needs JupyterLab and Debian's Chromium")]:
+                   ("browser", "needs JupyterLab and Debian's Chromium"),
+                   ("soak", "long fault-injection runs (>= 50 faults); deselected unless -m names soak")]:
         config.addinivalue_line("markers", f"{m}: {doc}")
+
+def pytest_collection_modifyitems(config, items):
+    "Soak tests run only when asked for by name (`-m soak`); the default suite and CI leave them out."
+    if "soak" in (config.getoption("-m") or ""): return
+    keep = [i for i in items if i.get_closest_marker("soak") is None]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("soak") is not None])
+        items[:] = keep
 
 # The browser the browser tests drive: Debian's `chromium` package, the one `scripts/setup.sh --system` installs.
 CHROMIUM = "/usr/bin/chromium"
