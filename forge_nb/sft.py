@@ -19,7 +19,7 @@ import torch.nn.functional as F
 __all__ = ['ROLES', 'ReadStats', 'normalize_record', 'read_sft_file', 'base_model_path', 'check_chat_template',
            'tokenize_conversation', 'fit_length', 'mix_examples', 'pack_rows', 'target_bytes', 'heldout_loss',
            'generate_answers', 'load_sft_data', 'trl_args', 'lora_config', 'evaluate_model', 'eval_prompts',
-           'export_final', 'run_sft']
+           'tokens_seen', 'export_final', 'run_sft']
 
 # %% ../nbs/30_sft.ipynb #58fdb04b
 from .config import PipelineConfig, SFTConfig, SourceConfig, DataConfig
@@ -347,6 +347,11 @@ def eval_prompts(sc:SFTConfig, heldout_convs:list) -> tuple[list[str], list[str|
         if len(ps) >= sc.n_eval_prompts: break
     return ps, refs
 
+def tokens_seen(ck:Path) -> int:
+    "Tokens trained on up to a Trainer checkpoint (the last `num_tokens` TRL logged before it; 0 if none)."
+    hist = json.loads((Path(ck)/"trainer_state.json").read_text()).get("log_history", [])
+    return int(max((h["num_tokens"] for h in hist if "num_tokens" in h), default=0))
+
 def export_final(trainer, tok, dest:Path, merge:bool) -> Path:
     "Write the trained model (LoRA merged) and the tokenizer with its chat template to `dest`, atomically (rank 0)."
     model = trainer.model
@@ -401,6 +406,8 @@ def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(data["train"]), processing_class=tok,
                          peft_config=lora_config(sc), callbacks=[trainer_checkpoint_callback(sc.keep_last), _metrics_callback(sd, data["heldout"], tok, sc, env.is_main, log),
                                     preemption_callback(log=log, metrics=sd.metrics if env.is_main else None, name="sft")])
+    if ck is not None and hasattr(trainer, "_total_train_tokens"):   # TRL counts tokens from 0 in every process: continue the count
+        trainer._total_train_tokens = tokens_seen(ck)
     log(f"sft: {'LoRA r=' + str(sc.lora.r) if sc.lora.enabled else 'full fine-tuning'} from {base} on {trainer.args.device}"
         f"{' bf16' if args.bf16 else ' fp32'}, {env.world_size} rank(s), packing={'bfd, padding-free' if sc.packing else 'off'}"
         + (f"; resuming from {ck}" if ck else ""))

@@ -142,8 +142,10 @@ def _model_folder(d: Path) -> list:
     return probs + [p for w in ws if (p := _safetensors_ok(w))]
 
 
-def check_outputs(run: Path) -> list:
-    "Every final/ and checkpoint folder under `run` complete and readable, the token store whole: a list of problems (empty: fine)."
+def check_outputs(run: Path, killed: bool = False) -> list:
+    """Every final/ and checkpoint folder under `run` complete and readable, the token store whole: a list of problems (empty: fine).
+    `killed`: right after a kill, a Trainer checkpoint without its COMPLETE marker is allowed (transformers writes
+    `checkpoint-N` in place; forge_nb never loads an unmarked one and removes it when training starts again)."""
     from forge_nb.runs import is_complete
     run, probs = Path(run), []
     data = run/"data"
@@ -169,7 +171,9 @@ def check_outputs(run: Path) -> list:
             probs += [p for f in ("model.safetensors", "rng.safetensors") if (d/f).exists() and (p := _safetensors_ok(d/f))]
             probs += [p for f in ("rng.json", "loader.json", "trainer_state.json") if (d/f).exists() and (p := _json_ok(d/f))]
         for d in sorted(ck.glob("checkpoint-*")) if ck.exists() else []:
-            if not is_complete(d): probs.append(f"{d}: Trainer checkpoint without COMPLETE marker"); continue
+            if not is_complete(d):
+                if not killed: probs.append(f"{d}: Trainer checkpoint without COMPLETE marker")
+                continue
             if not (d/"trainer_state.json").exists(): probs.append(f"{d}: trainer_state.json missing"); continue
             if p := _json_ok(d/"trainer_state.json"): probs.append(p)
             probs += [p for w in d.glob("*.safetensors") if (p := _safetensors_ok(w))]

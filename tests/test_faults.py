@@ -50,7 +50,7 @@ def _write_fault(stage, cfg_path, run, at, nth, how, hits, log, **kw) -> bool:
     h = F.kill_in_write(stage, cfg_path, run, at, nth, how, hits)
     if h is None: return False
     log.fault(stage, f"write:{at.split(':')[-1]}:{how}", nth=nth, file=(h.get("torn") or h.get("args") or [None])[0], **kw)
-    probs = F.check_outputs(run)
+    probs = F.check_outputs(run, killed=True)
     assert not probs, (h, probs)
     return True
 
@@ -89,7 +89,7 @@ def _step_kills(stage, run, cfg, metrics, steps, log, rng, n, lo=1):
         seen = F.kill_at_step(F.start(stage, cfg, run), metrics, target)
         if seen is None: break
         log.fault(stage, "sigkill_at_step", target=target, seen=seen)
-        assert not F.check_outputs(run), F.check_outputs(run)
+        assert not F.check_outputs(run, killed=True), F.check_outputs(run, killed=True)
 
 
 def test_pretrain_faults_quick(tmp_path, store, fault_log):
@@ -155,7 +155,7 @@ def test_data_faults_soak(tmp_path, fault_log, seed):
     for _ in range(3):
         t = rng.uniform(0.3, 1.0) * took
         if F.kill_after(F.start("data", cfg, run), t): fault_log.fault("data", "sigkill_at_time", seconds=round(t, 2))
-        assert not F.check_outputs(run), F.check_outputs(run)
+        assert not F.check_outputs(run, killed=True), F.check_outputs(run, killed=True)
     for at, how, hi in [("os:replace", "before", 12), ("os:fsync", "before", 20)]:
         _write_fault("data", cfg, run, at, rng.randint(1, hi), how, hits, fault_log, seed=seed)
     F.finish(F.start("data", cfg, run))
