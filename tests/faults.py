@@ -33,7 +33,8 @@ def _install(spec):
     def hooked(*a, **k):
         n[0] += 1
         if n[0] != spec["nth"]: return orig(*a, **k)
-        note = {"at": spec["at"], "nth": n[0], "how": spec["how"], "args": [str(x)[:200] for x in a if isinstance(x, (str, os.PathLike))]}
+        note = {"at": spec["at"], "nth": n[0], "how": spec["how"], "caller": sys._getframe(1).f_code.co_name,
+                "args": [str(x)[:200] for x in a if isinstance(x, (str, os.PathLike))]}
         if spec["how"] == "before": _die(note)
         r = orig(*a, **k)
         if spec["how"] == "torn" and (f := _file_arg(a, k)):
