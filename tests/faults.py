@@ -31,6 +31,7 @@ def _install(spec):
     for p in path: owner = getattr(owner, p)
     orig, n = getattr(owner, name), [0]
     def hooked(*a, **k):
+        if spec.get("caller") and sys._getframe(1).f_code.co_name != spec["caller"]: return orig(*a, **k)   # count only these calls
         n[0] += 1
         if n[0] != spec["nth"]: return orig(*a, **k)
         note = {"at": spec["at"], "nth": n[0], "how": spec["how"], "caller": sys._getframe(1).f_code.co_name,
@@ -98,10 +99,11 @@ def kill_after(p: subprocess.Popen, seconds: float) -> bool:
     p.communicate(); return False
 
 
-def kill_in_write(stage: str, cfg_path: Path, run: Path, at: str, nth: int, how: str, hits: Path, timeout: float = 900) -> dict|None:
-    "Run `stage` with a write hook: SIGKILL at the `nth` call of `at` (`how`: before / after / torn). The hit, or None."
+def kill_in_write(stage: str, cfg_path: Path, run: Path, at: str, nth: int, how: str, hits: Path, timeout: float = 900,
+                  caller: str|None = None) -> dict|None:
+    "Run `stage` with a write hook: SIGKILL at the `nth` call of `at` (made from function `caller`, if given; `how`: before / after / torn). The hit, or None."
     n0 = len(read_hits(hits))
-    p = start(stage, cfg_path, run, {"at": at, "nth": nth, "how": how}, hits)
+    p = start(stage, cfg_path, run, {"at": at, "nth": nth, "how": how, "caller": caller}, hits)
     out, _ = p.communicate(timeout=timeout)
     h = read_hits(hits)
     if len(h) > n0:

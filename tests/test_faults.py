@@ -48,7 +48,7 @@ def _check_done(run: Path, stage: str, ref: Path, log: F.FaultLog, exact: bool =
 
 def _write_fault(stage, cfg_path, run, at, nth, how, hits, log, caller=None, **kw) -> bool:
     "One write-window fault; the run is left as the kill left it (checked), True when the fault hit (in `caller`, if given)."
-    h = F.kill_in_write(stage, cfg_path, run, at, nth, how, hits)
+    h = F.kill_in_write(stage, cfg_path, run, at, nth, how, hits, caller=caller)
     if h is None: return False
     log.fault(stage, f"write:{at.split(':')[-1]}:{how}", nth=nth, caller=h.get("caller"), file=(h.get("torn") or h.get("args") or [None])[0], **kw)
     assert caller is None or h.get("caller") == caller, h
@@ -101,8 +101,8 @@ def test_pretrain_faults_quick(tmp_path, store, fault_log):
     hits = tmp_path/"hits.jsonl"
     # the 3rd save_file is the second checkpoint's weights (rng states are the 2nd), torn in half, then killed
     assert _write_fault("pretrain", cfg, run, "safetensors.torch:save_file", 3, "torn", hits, fault_log)
-    # the 8th os.fsync is in atomic_dir's commit of the first checkpoint (3 atomic files before it, 2 fsyncs each): marker written, not yet renamed
-    assert _write_fault("pretrain", cfg, run, "os:fsync", 8, "before", hits, fault_log, caller="atomic_dir")
+    # the 2nd os.fsync made by atomic_dir (its commit: the marker is written, files are being synced, nothing renamed yet)
+    assert _write_fault("pretrain", cfg, run, "os:fsync", 2, "before", hits, fault_log, caller="atomic_dir")
     F.finish(F.start("pretrain", cfg, run))
     _check_done(run, "pretrain", ref, fault_log)
 
@@ -137,8 +137,8 @@ def test_data_faults_quick(tmp_path, fault_log):
     F.run_stage("data", rcfg, ref)
     run, cfg = _data_run(tmp_path, "run")
     hits = tmp_path/"hits.jsonl"
-    # the 15th os.fsync is in atomic_dir's commit (6 atomic report and manifest files before it, 2 fsyncs each): the store is whole but not renamed
-    assert _write_fault("data", cfg, run, "os:fsync", 15, "before", hits, fault_log, caller="atomic_dir")
+    # the 3rd os.fsync made by atomic_dir (its commit): the store is whole and marked in its temporary folder, not renamed
+    assert _write_fault("data", cfg, run, "os:fsync", 3, "before", hits, fault_log, caller="atomic_dir")
     assert not (run/"data").exists()
     F.finish(F.start("data", cfg, run))
     _check_done(run, "data", ref, fault_log)
