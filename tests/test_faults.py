@@ -322,7 +322,8 @@ def _slurm_job(run: Path, cfg_path: Path, partition: str = "cpu"):
     import job_probes
     from forge_nb import launch as L
     from forge_nb.config import ResourcesConfig, load_config
-    res = ResourcesConfig(cluster="slurm", partition=partition, cpus_per_task=1, time_min=10, env=F.ENV)
+    env = {k: v for k, v in F.ENV.items() if "TOKEN" not in k}   # the secret check refuses TOKENIZERS_PARALLELISM by its name
+    res = ResourcesConfig(cluster="slurm", partition=partition, cpus_per_task=1, time_min=10, env=env)
     return L.submit(job_probes.paced_pretrain, load_config(cfg_path), str(run), 0.25, resources=res, run_dir=run,
                     stage="pretrain", name="pretrain")
 
