@@ -346,6 +346,10 @@ def test_slurm_scancel_then_resubmit(slurm_cluster, tmp_path, store, fault_log):
     _wait_step(run, 15, job)
     subprocess.run(["scancel", job.job_id], check=True)
     assert job.wait_state({"CANCELLED"}, timeout_s=120) == "CANCELLED"
+    t0 = time.time()   # CANCELLED comes first; the job's processes live on until SLURM's KillWait SIGKILL (submitit ignores SIGTERM)
+    while subprocess.run(["squeue", "-h", "-j", job.job_id], capture_output=True, text=True).stdout.strip():
+        assert time.time() - t0 < 120, "the cancelled job's processes are still running"
+        time.sleep(0.5)
     fault_log.fault("pretrain", "slurm_scancel", job=job.job_id, at_step=F.last_step(run/"pretrain"/"metrics.jsonl"))
     assert not F.check_outputs(run, killed=True), F.check_outputs(run, killed=True)
     out = _slurm_job(run, cfg).result(timeout_s=600)
