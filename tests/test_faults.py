@@ -3,7 +3,7 @@ random moments and inside its writes (a checkpoint, an output folder, a Trainer'
 finished run must equal an undisturbed one and no finished output may be lost or half-written. A full disk stops a
 stage with one line naming the path, and the checkpoints written before it still load.
 
-    pytest tests/test_faults.py                  # the quick subset: 4 write faults + 2 full disks (73 s of CPU; 8.5 min wall at load 15)
+    pytest tests/test_faults.py                  # the quick subset: 4 write faults + 2 full disks (~150 s; 72 s of CPU)
     pytest tests/test_faults.py -m soak          # >= 50 faults across stages, SLURM included (about an hour at load 15)
 
 Counts per stage go to test-artifacts/faults-quick.json / faults-soak.json and to the test output (-s).
