@@ -463,7 +463,7 @@ class Reporter:
     def __init__(self, sd:StageDir, pc:PretrainConfig, batch_tokens:int, env:DistEnv, log=print,
                  start:int=0, fpt:float=0.0, peak:float|None=None):
         self.pc, self.batch_tokens, self.log, self.W, self.fpt, self.peak = pc, batch_tokens, log, env.world_size, fpt, peak
-        if env.is_main: sd.mkdirs(); sd.metrics.truncate_after(start)
+        if env.is_main: sd.mkdirs(); sd.metrics.truncate_after(start or -1)
         self.metrics = sd.metrics if env.is_main else None   # rank 0 writes
         self.tb = _tensorboard(sd.root/"tb", start + 1 if start else None) if env.is_main else None
         self.t0, self.paused_s, self.tokens_since, self.tps = time.perf_counter(), 0.0, 0, []

@@ -18,7 +18,7 @@ __all__ = ['DEMO_POLICY', 'demo_task', 'tiny_chat_model', 'cpu_args', 'check_mod
 
 # %% ../nbs/41_rl.ipynb #747fd864
 from .config import PipelineConfig, RLConfig, ConfigError
-from .runs import RunDir, latest_trainer_checkpoint, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
+from .runs import RunDir, latest_trainer_checkpoint, trainer_checkpoint_callback, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
 from .policy import (Policy, load_policy, load_prompts, load_pairs, check_prompts, reward_functions, score_rows,
                              summarize, text_of)
 from .charts import bar_chart
@@ -312,7 +312,7 @@ def train_args(rc:RLConfig, cls, output_dir:str|Path, **extra):
     "A TRL config object of class `cls` from `rc` (CPU flags included)."
     kw = dict(output_dir=str(output_dir), max_steps=rc.steps, learning_rate=rc.lr, per_device_train_batch_size=rc.batch_size,
               gradient_accumulation_steps=rc.grad_accum, logging_steps=1, save_strategy="steps", save_steps=rc.save_every,
-              save_total_limit=rc.keep_last, seed=rc.seed, lr_scheduler_type="constant_with_warmup", warmup_steps=rc.warmup_steps,
+              save_total_limit=None, seed=rc.seed, lr_scheduler_type="constant_with_warmup", warmup_steps=rc.warmup_steps,
               gradient_checkpointing=False, **cpu_args())
     kw.update(extra)
     return cls(**kw)
@@ -337,16 +337,19 @@ def _quiet(tr):
 
 def _resume(sd, log) -> str|None:
     ck = latest_trainer_checkpoint(sd.checkpoints)
-    if ck is None: return None
+    if ck is None:   # a fresh start (perhaps after a kill before the first checkpoint): no records from an earlier try
+        if int(os.environ.get("RANK", "0")) == 0: sd.metrics.truncate_after(-1)
+        return None
     step = int(ck.name.split("-")[-1])
     if int(os.environ.get("RANK", "0")) == 0: sd.metrics.truncate_after(step)
     log(f"rl: resuming from {ck} (step {step})")
     return str(ck)
 
-def _train(tr, sd, log, steps:int):
+def _train(tr, sd, log, steps:int, keep:int=2):
     "Train, resuming from the newest checkpoint; one at the last step only restores the weights (transformers would run one more step)."
     _quiet(tr)
     main = int(os.environ.get("RANK", "0")) == 0   # preemption: save at the signalled step, then requeue (forge_nb.preempt)
+    tr.add_callback(trainer_checkpoint_callback(keep))   # atomic checkpoints, the last `keep` kept; before the preemption callback (it exits)
     tr.add_callback(preemption_callback(log=log, metrics=sd.metrics if main else None, name="rl"))
     ck = _resume(sd, log)
     if ck is not None and int(Path(ck).name.split("-")[-1]) >= steps:
@@ -373,7 +376,7 @@ def train_grpo(rc:RLConfig, base:Path, policy:Policy, prompts:list, sd, log=prin
     args = train_args(rc, GRPOConfig, sd.checkpoints, **extra)
     tr = (trainer_cls or GRPOTrainer)(model=model, reward_funcs=reward_functions(pol), args=args, train_dataset=_prompt_dataset(prompts),
                                       processing_class=tok, peft_config=_peft_config(rc), callbacks=[metrics_callback(sd.metrics, log)])
-    _train(tr, sd, log, rc.steps)
+    _train(tr, sd, log, rc.steps, rc.keep_last)
     return tr
 
 # %% ../nbs/41_rl.ipynb #628f917c
@@ -406,7 +409,7 @@ def train_dpo(rc:RLConfig, base:Path, pairs:list, sd, log=print):
     args = train_args(rc, DPOConfig, sd.checkpoints, **extra)
     tr = DPOTrainer(model=model, args=args, train_dataset=pair_dataset(pairs), processing_class=tok, peft_config=_peft_config(rc),
                     callbacks=[metrics_callback(sd.metrics, log)])
-    _train(tr, sd, log, rc.steps)
+    _train(tr, sd, log, rc.steps, rc.keep_last)
     return tr
 
 def train_reward_model(rc:RLConfig, base:Path, pairs:list, sd, log=print):
@@ -416,7 +419,7 @@ def train_reward_model(rc:RLConfig, base:Path, pairs:list, sd, log=print):
     args = train_args(rc, RewardConfig, sd.checkpoints, max_length=rc.max_length)
     tr = RewardTrainer(model=model, args=args, train_dataset=pair_dataset(pairs), processing_class=tok,
                        peft_config=_peft_config(rc, "SEQ_CLS"), callbacks=[metrics_callback(sd.metrics, log)])
-    _train(tr, sd, log, rc.steps)
+    _train(tr, sd, log, rc.steps, rc.keep_last)
     return tr
 
 def pair_accuracy(rm_dir:str|Path, pairs:list) -> float:

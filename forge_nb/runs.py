@@ -6,22 +6,55 @@ Docs: https://forge-nb.github.io/forge_nb/runs.html.md"""
 
 # %% ../nbs/01_runs.ipynb #6b5c6307
 from __future__ import annotations
-import json, os, shutil, socket, time, contextlib, uuid
+import errno, json, os, shutil, socket, time, contextlib, uuid
 from pathlib import Path
 from typing import Iterator
 from fastcore.basics import patch
 from .config import STAGES, atomic_write_bytes, atomic_write_text, atomic_write_json, redact_secrets, redact_text, save_config, _fsync_dir
 
 # %% auto #0
-__all__ = ['MARKER', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics', 'StageDir', 'RunDir', 'latest_trainer_checkpoint',
-           'RunLocked', 'RunLock', 'stage_function', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'redact_secrets']
+__all__ = ['MARKER', 'DiskFull', 'is_disk_full', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics', 'remove_dir',
+           'StageDir', 'RunDir', 'latest_trainer_checkpoint', 'trainer_checkpoint_callback', 'RunLocked', 'RunLock',
+           'stage_function', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'redact_secrets']
 
 # %% ../nbs/01_runs.ipynb #5a0e311c
 _all_ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "redact_secrets"]   # defined in config; importable from here as before
 
 # %% ../nbs/01_runs.ipynb #d926707b
 MARKER = "COMPLETE"
+
+class DiskFull(OSError):
+    "A write ran out of space: names what could not be written and what is free there (one line, for people)."
+    def __init__(self, path:str|Path, what:str="writing"):
+        self.path = Path(path)
+        try: free = shutil.disk_usage(_existing(self.path)).free
+        except OSError: free = None
+        room = "" if free is None else f" ({_human(free)} free there)"
+        fewer = " (or keep fewer checkpoints)" if "checkpoint" in str(self.path) else ""
+        super().__init__(errno.ENOSPC, f"disk full {what} {self.path}{room}: nothing partial was left under that name and "
+                                       f"earlier outputs are intact; free some space{fewer} and run again", str(self.path))
+    def __str__(self): return self.strerror
+
+def _existing(p:Path) -> Path:
+    while not p.exists() and p != p.parent: p = p.parent
+    return p
+
+def _human(n:int) -> str:
+    for u in ("B", "KB", "MB", "GB"):
+        if n < 1024 or u == "GB": return f"{n:.0f} {u}" if u == "B" else f"{n:.1f} {u}"
+        n /= 1024
+
+def is_disk_full(e:BaseException,    # what a write raised
+                 where:str|Path,     # a path on the filesystem written to
+                ) -> bool:
+    "Did this write fail because the filesystem is full? (errno, a library's wording of it, or under 1 MiB left)"
+    seen = e
+    while seen is not None:
+        if isinstance(seen, DiskFull) or getattr(seen, "errno", None) == errno.ENOSPC: return True
+        if any(s in str(seen) for s in ("No space left", "StorageFull", "os error 28")): return True
+        seen = seen.__cause__ or seen.__context__
+    try: return shutil.disk_usage(_existing(Path(where))).free < 1 << 20
+    except OSError: return False
 
 @contextlib.contextmanager
 def atomic_dir(path:str|Path,          # final folder
@@ -43,6 +76,11 @@ def atomic_dir(path:str|Path,          # final folder
             os.replace(path, old); os.replace(tmp, path); shutil.rmtree(old, ignore_errors=True)
         else: os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except Exception as e:
+        full = is_disk_full(e, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full and not isinstance(e, DiskFull): raise DiskFull(path) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
 
@@ -62,7 +100,14 @@ class MetricsLog:
         if self.stage: rec["stage"] = self.stage
         rec.update(record)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f: f.write(redact_text(json.dumps(rec, default=float)) + "\n")
+        line = redact_text(json.dumps(rec, default=float)) + "\n"
+        try:
+            with open(self.path, "a+b") as f:
+                if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n": line = "\n" + line   # a torn last line: start a new one
+                f.write(line.encode())
+        except OSError as e:
+            if is_disk_full(e, self.path): raise DiskFull(self.path, "appending to") from e
+            raise
         return rec
 
     def read(self, since:int=0) -> list[dict]:
@@ -88,6 +133,14 @@ def read_metrics(path:str|Path, since:int=0) -> list[dict]:
     return out
 
 # %% ../nbs/01_runs.ipynb #f66b561f
+def remove_dir(path:str|Path):
+    "Delete a folder so that a kill part-way never leaves it half-deleted under its name: rename it hidden, then delete."
+    path = Path(path)
+    gone = path.with_name(f".{path.name}.del-{uuid.uuid4().hex[:8]}")
+    try: os.replace(path, gone)
+    except FileNotFoundError: return
+    shutil.rmtree(gone, ignore_errors=True)
+
 class StageDir:
     "One stage's part of a run directory: metrics, checkpoints, final outputs."
     def __init__(self, root:str|Path, stage:str):
@@ -119,9 +172,10 @@ class StageDir:
 
     def prune_checkpoints(self, keep:int):
         "Keep the newest `keep` finished checkpoints; remove older ones and stale temporaries."
-        for p in self.complete_checkpoints()[:-keep] if keep > 0 else []: shutil.rmtree(p, ignore_errors=True)
+        for p in self.complete_checkpoints()[:-keep] if keep > 0 else []: remove_dir(p)
         if self.checkpoints.exists():
             for p in self.checkpoints.glob(".step_*.tmp-*"): shutil.rmtree(p, ignore_errors=True)
+            for p in self.checkpoints.glob(".*.del-*"): shutil.rmtree(p, ignore_errors=True)
     def __repr__(self): return f"StageDir({str(self.root)!r})"
 
 # %% ../nbs/01_runs.ipynb #48c60bef
@@ -188,12 +242,45 @@ class RunDir:
     def __repr__(self): return f"RunDir({str(self.root)!r})"
 
 # %% ../nbs/01_runs.ipynb #055dec1d
+def _trainer_checkpoints(folder:Path) -> list[Path]:
+    "Every `checkpoint-N` folder in `folder`, oldest first (finished or not)."
+    cks = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()] if folder.exists() else []
+    return sorted(cks, key=lambda p: int(p.name.split("-")[-1]))
+
 def latest_trainer_checkpoint(folder:str|Path) -> Path|None:
-    "The newest finished `checkpoint-N` folder a transformers `Trainer` wrote in `folder` (one with `trainer_state.json`), or None."
-    folder = Path(folder)
-    if not folder.exists(): return None
-    cks = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit() and (p/"trainer_state.json").exists()]
-    return max(cks, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    "The newest finished `checkpoint-N` folder a transformers `Trainer` wrote in `folder` (marked `COMPLETE`), or None."
+    cks = [p for p in _trainer_checkpoints(Path(folder)) if is_complete(p) and (p/"trainer_state.json").exists()]
+    return cks[-1] if cks else None
+
+def _sync_files(folder:Path):
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh: os.fsync(fh.fileno())
+
+def trainer_checkpoint_callback(keep:int,   # finished checkpoints kept (the Trainer's `save_total_limit` must be off)
+                               ):
+    "A `transformers.TrainerCallback` making `checkpoint-N` folders atomic: marked after the save, unmarked ones removed, the last `keep` kept."
+    from transformers import TrainerCallback
+    def barrier():
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized(): dist.barrier()
+    class AtomicCheckpoints(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                for p in _trainer_checkpoints(Path(args.output_dir)):
+                    if not is_complete(p): remove_dir(p)
+                for p in Path(args.output_dir).glob(".checkpoint-*.del-*"): shutil.rmtree(p, ignore_errors=True)
+            barrier()
+        def on_save(self, args, state, control, **kw):
+            barrier()                                  # every rank's files (its RNG state) are written
+            if state.is_world_process_zero:
+                ck = Path(args.output_dir)/f"checkpoint-{state.global_step}"
+                _sync_files(ck)
+                atomic_write_text(ck/MARKER, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+                done = [p for p in _trainer_checkpoints(Path(args.output_dir)) if is_complete(p)]
+                for p in done[:-keep] if keep > 0 else []: remove_dir(p)
+            barrier()
+    return AtomicCheckpoints()
 
 # %% ../nbs/01_runs.ipynb #d7beab75
 class RunLocked(RuntimeError):

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 __all__ = ['ROLES', 'ReadStats', 'normalize_record', 'read_sft_file', 'base_model_path', 'check_chat_template',
            'tokenize_conversation', 'fit_length', 'mix_examples', 'pack_rows', 'target_bytes', 'heldout_loss',
            'generate_answers', 'load_sft_data', 'trl_args', 'lora_config', 'evaluate_model', 'eval_prompts',
-           'export_final', 'run_sft']
+           'tokens_seen', 'export_final', 'run_sft']
 
 # %% ../nbs/30_sft.ipynb #58fdb04b
 from .config import PipelineConfig, SFTConfig, SourceConfig, DataConfig
-from .runs import RunDir, StageDir, latest_trainer_checkpoint, atomic_dir, atomic_write_json, read_metrics
+from .runs import RunDir, StageDir, latest_trainer_checkpoint, trainer_checkpoint_callback, atomic_dir, atomic_write_json, read_metrics
 from .distributed import init_distributed, shutdown_distributed
 from .data.sources import DataError, resolve_files
 from .data.mixing import plan_mix, mix_order
@@ -281,7 +281,7 @@ def trl_args(sc:SFTConfig,           # the SFT config
               num_train_epochs=sc.epochs, max_steps=sc.steps or -1, max_length=sc.max_seq_len,
               packing=sc.packing, packing_strategy="bfd", padding_free=sc.packing, assistant_only_loss=False,
               logging_steps=sc.log_every, logging_first_step=True, save_strategy="steps", save_steps=sc.save_every,
-              save_total_limit=sc.keep_last, eval_strategy="no", report_to="none", use_cpu=not cuda, bf16=bf16, fp16=False,
+              save_total_limit=None, eval_strategy="no", report_to="none", use_cpu=not cuda, bf16=bf16, fp16=False,
               dataloader_pin_memory=False, gradient_checkpointing=False, seed=sc.seed, data_seed=sc.seed,
               disable_tqdm=True, ddp_find_unused_parameters=False, dataset_num_proc=None)
     kw.update(over)
@@ -348,6 +348,11 @@ def eval_prompts(sc:SFTConfig, heldout_convs:list) -> tuple[list[str], list[str|
         if len(ps) >= sc.n_eval_prompts: break
     return ps, refs
 
+def tokens_seen(ck:Path) -> int:
+    "Tokens trained on up to a Trainer checkpoint (the last `num_tokens` TRL logged before it; 0 if none)."
+    hist = json.loads((Path(ck)/"trainer_state.json").read_text()).get("log_history", [])
+    return int(max((h["num_tokens"] for h in hist if "num_tokens" in h), default=0))
+
 def export_final(trainer, tok, dest:Path, merge:bool) -> Path:
     "Write the trained model (LoRA merged) and the tokenizer with its chat template to `dest`, atomically (rank 0)."
     model = trainer.model
@@ -397,12 +402,14 @@ def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
             atomic_write_json(sd.root/"eval_before.json", before)
         else: before = json.loads((sd.root/"eval_before.json").read_text())
         step0 = int(ck.name.split("-")[-1]) if ck else 0
-        sd.metrics.truncate_after(step0)
+        sd.metrics.truncate_after(step0 if ck else -1)   # a fresh start (even after a kill before the first checkpoint) logs step 0 anew
         if ck is None: sd.metrics.log(step=0, **{"val/sft/loss": before["loss"], "val/sft/bpb": before["bpb"]})
     args = trl_args(sc, sd.checkpoints)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(data["train"]), processing_class=tok,
-                         peft_config=lora_config(sc), callbacks=[_metrics_callback(sd, data["heldout"], tok, sc, env.is_main, log),
+                         peft_config=lora_config(sc), callbacks=[trainer_checkpoint_callback(sc.keep_last), _metrics_callback(sd, data["heldout"], tok, sc, env.is_main, log),
                                     preemption_callback(log=log, metrics=sd.metrics if env.is_main else None, name="sft")])
+    if ck is not None and hasattr(trainer, "_total_train_tokens"):   # TRL counts tokens from 0 in every process: continue the count
+        trainer._total_train_tokens = tokens_seen(ck)
     log(f"sft: {'LoRA r=' + str(sc.lora.r) if sc.lora.enabled else 'full fine-tuning'} from {base} on {trainer.args.device}"
         f"{' bf16' if args.bf16 else ' fp32'}, {env.world_size} rank(s), packing={'bfd, padding-free' if sc.packing else 'off'}"
         + (f"; resuming from {ck}" if ck else ""))

@@ -370,6 +370,7 @@ def run_data_stage(cfg:PipelineConfig,    # the pipeline config
             return _summary(json.loads(mpath.read_text()), out, reused=True)
     if not dist_env().is_main: raise RuntimeError("the data stage runs on one rank (rank 0)")
     run.root.mkdir(parents=True, exist_ok=True)
+    for stale in run.root.glob(f".{out.name}.tmp-*"): shutil.rmtree(stale, ignore_errors=True)   # a build killed earlier (one writer per run)
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(1) as pool, atomic_dir(out) as tmp:
         if fp is None: fp = pool.submit(input_fingerprint, cfg.data, cfg.tokenizer)   # hashed while the build reads (hashlib frees the GIL)
