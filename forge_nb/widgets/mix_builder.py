@@ -112,7 +112,7 @@ class MixBuilder(W.VBox):
                  scan_limit:int=200_000,      # documents counted per source at most
                  pipeline:PipelineConfig|None=None,  # the run: its pretraining sets the token budget (as the data stage computes it)
                 ):
-        data = data or DataConfig()
+        data = self.base = data or DataConfig()  # kept: data_config changes only the mix fields of it
         self.sources, self.scans, self.scan_limit, self._quiet, self.seed = [], {}, scan_limit, True, data.seed
         self.plan, self.rows, self.problem, self.pipeline = None, [], None, pipeline
         super().__init__(self._controls(data, bytes_per_token))
@@ -162,9 +162,9 @@ def token_counts(self:MixBuilder) -> dict:
 
 @patch(as_prop=True)
 def data_config(self:MixBuilder) -> DataConfig:
-    "The mix as a `DataConfig` (sources, strategy, weights, temperature, caps, budget); raises `ConfigError` if invalid."
+    "The mix as a `DataConfig` (sources, strategy, weights, temperature, caps, budget; the other data settings as the builder was given them); raises `ConfigError` if invalid."
     tt = self.total_tokens.value.strip().replace("_", "")
-    data = {"sources": [s.to_dict() for s, _ in self.sources], "strategy": self.strategy.value,
+    data = self.base.model_dump(mode="json") | {"sources": [s.to_dict() for s, _ in self.sources], "strategy": self.strategy.value,
             "temperature": self.temperature.value, "max_epochs": self.max_epochs.value,
             "weights": self.weights if self.strategy.value == "static" else None,
             "total_tokens": int(float(tt)) if tt.replace(".", "").replace("e", "").isdigit() else (tt or None)}
