@@ -136,10 +136,9 @@ class OptimConfig(ForgeConfig):
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
     decay_fraction: float = Field(0.2, ge=0, le=1, description="WSD: fraction of steps spent decaying at the end.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a fraction of the peak.")
-    name: Literal["auto", "adamw", "muon"] = Field(
-        "auto", description="`muon`: Muon for the 2-D hidden matrices, AdamW (`lr`) for embeddings, norms and the output head "
-        "(lower loss in the same wall-clock: bench/bench_quality.py); `adamw`: AdamW for every weight; `auto`: muon, "
-        "except adamw when `pretrain.parallel: fsdp` shards the matrices.")
+    name: Literal["muon", "adamw"] = Field(
+        "muon", description="`muon`: Muon for the 2-D hidden matrices, AdamW (`lr`) for embeddings, norms and the output head "
+        "(lower loss in the same wall-clock: bench/bench_quality.py); `adamw`: AdamW for every weight.")
     muon_lr: float = Field(0.02, gt=0, description="Muon's peak learning rate for the hidden matrices (same schedule as `lr`).")
     muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's (Nesterov) momentum.")
     muon_weight_decay: float = Field(0.0, ge=0, description="Muon's decoupled weight decay (each step: × (1 − muon_lr × this)).")

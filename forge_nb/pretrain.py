@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['lr_multiplier', 'make_scheduler', 'Optimizers', 'optimizer_groups', 'optimizer_name', 'make_optimizer', 'Runtime',
-           'make_runtime', 'model_inputs', 'rng_state', 'set_rng_state', 'save_rng_states', 'load_rng_state',
-           'seed_everything', 'full_model_state', 'save_weights', 'load_weights', 'TrainState', 'grad_sync',
-           'lm_loss_sum', 'train_step', 'check_batch', 'step_loss', 'build_state', 'parallelize', 'evaluate',
-           'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops', 'due', 'Checkpointer', 'Validator',
-           'Reporter', 'export_model', 'open_store', 'run_pretrain']
+__all__ = ['lr_multiplier', 'make_scheduler', 'Optimizers', 'optimizer_groups', 'make_optimizer', 'Runtime', 'make_runtime',
+           'model_inputs', 'rng_state', 'set_rng_state', 'save_rng_states', 'load_rng_state', 'seed_everything',
+           'full_model_state', 'save_weights', 'load_weights', 'TrainState', 'grad_sync', 'lm_loss_sum', 'train_step',
+           'check_batch', 'step_loss', 'build_state', 'parallelize', 'evaluate', 'unigram_bpb', 'sample_texts',
+           'memory_gb', 'device_peak_flops', 'due', 'Checkpointer', 'Validator', 'Reporter', 'export_model',
+           'open_store', 'run_pretrain']
 
 # %% ../nbs/21_pretrain.ipynb #0da20b59
 from .config import PipelineConfig, OptimConfig, PretrainConfig, init_from_problems
@@ -94,21 +94,13 @@ def _adamw(groups:list, optim:OptimConfig) -> torch.optim.AdamW:
     fast = {"fused": True} if devices in ({"cuda"}, {"cpu"}) else {"foreach": True}
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **fast)
 
-def optimizer_name(model, optim:OptimConfig) -> str:
-    "`optim.name`, with `auto` resolved: `muon`, or `adamw` when the weights are sharded (FSDP2 `DTensor`s)."
-    if optim.name != "auto": return optim.name
-    return "adamw" if any(hasattr(p, "full_tensor") for p in model.parameters()) else "muon"
-
 def make_optimizer(model, optim:OptimConfig) -> torch.optim.Optimizer:
     "`adamw`: AdamW, decay on ≥2-D weights only. `muon`: Muon on the hidden matrices + AdamW on the rest, as one `Optimizers`."
-    if optimizer_name(model, optim) == "adamw":
+    if optim.name == "adamw":
         params = [p for p in model.parameters() if p.requires_grad]
         return _adamw([{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
                        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], optim)
     g = optimizer_groups(model)
-    if any(hasattr(p, "full_tensor") for p in g["matrices"]):
-        raise ValueError("optim.name: muon orthogonalises whole matrices, and pretrain.parallel: fsdp shards them; "
-                         "use parallel: ddp (or auto) with muon, or optim.name: adamw with fsdp")
     muon = torch.optim.Muon(g["matrices"], lr=optim.muon_lr, weight_decay=optim.muon_weight_decay,
                             momentum=optim.muon_momentum, nesterov=True, adjust_lr_fn=optim.muon_adjust_lr)
     adamw = _adamw([{"params": g["embed_head"], "weight_decay": optim.weight_decay},

@@ -48,7 +48,7 @@ class ModelSizer(W.VBox):
         self.mfu = W.FloatSlider(value=0.4, min=0.05, max=0.8, step=0.05, description="assumed MFU", layout=lay, style=style)
         self.init_from = W.Text(value=mc.init_from or "", placeholder="(none: the dial sizes the model)", description="init_from",
                                 continuous_update=False, layout=lay, style=style)
-        self.optimizer = W.Dropdown(options=["adamw", "muon"], value=pipe.pretrain.optim.name if pipe else "adamw",
+        self.optimizer = W.Dropdown(options=["muon", "adamw"], value=pipe.pretrain.optim.name if pipe else "muon",
                                     description="optimizer", layout=lay, style=style)
         self.summary, self.curve, self.message = W.HTML(), W.HTML(), W.HTML()
         for w in [self.arch, self.depth, self.aspect, self.head_dim, self.vocab, self.seq_len, self.tpp, self.tokens,
