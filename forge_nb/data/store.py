@@ -442,8 +442,8 @@ def mix_plan_problem(cfg:PipelineConfig,     # the pipeline config that will be 
                     ) -> str|None:           # the data stage's `infeasible mix plan` error, or None when the plan fits
     "Check the mix plan before anything is submitted: the same budget (`resolve_total_tokens`) and caps the data stage uses."
     if not cfg.data.sources: return None
-    tok_dir = cfg.model.init_from or cfg.tokenizer.path         # the tokenizer the data stage will use
-    tok = load_tokenizer(tok_dir) if tok_dir else None
+    tok_dir = cfg.model.init_from or cfg.tokenizer.path         # the tokenizer the data stage will use (a model's: no remote code)
+    tok = load_tokenizer(tok_dir, cfg.tokenizer.trust_remote_code and not cfg.model.init_from) if tok_dir else None
     sizes = []
     for s in cfg.data.sources:
         st, docs = SourceStats(), []
