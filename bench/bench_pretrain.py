@@ -65,6 +65,7 @@ def main():
     rt = Runtime(torch.device("cpu"), None, grad_clip=cfg.pretrain.optim.grad_clip, doc_mask=not a.no_doc_mask)
 
     # forge_nb: the step run_pretrain runs
+    cfg.pretrain.optim = cfg.pretrain.optim.model_copy(update={"name": "adamw"})   # AdamW on both sides (the default is Muon)
     m_forge = copy.deepcopy(base); opt_f = make_optimizer(m_forge, cfg.pretrain.optim)
     state = TrainState(m_forge, opt_f, make_scheduler(opt_f, cfg.pretrain.optim, 10**6), loader=None)
     def forge_step(b):

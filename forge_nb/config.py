@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Literal, Optional
 
 # %% auto #0
-__all__ = ['SourceKind', 'STAGES', 'StageName', 'SECRET_NAME', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig',
-           'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig', 'RLConfig',
-           'ResourcesConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig', 'ConfigError',
-           'validate_config', 'load_config', 'config_from_yaml', 'override', 'is_secret_name', 'secret_values',
-           'redact_text', 'redact_secrets', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'save_config', 'config_schema', 'field_docs', 'show_fields']
+__all__ = ['SourceKind', 'STAGES', 'StageName', 'SECRET_NAME', 'WEIGHT_FILES', 'ForgeConfig', 'SourceConfig', 'MixStageConfig',
+           'DataConfig', 'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig',
+           'RLConfig', 'ResourcesConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig',
+           'ConfigError', 'validate_config', 'load_config', 'config_from_yaml', 'override', 'is_secret_name',
+           'secret_values', 'redact_text', 'redact_secrets', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_write_json', 'save_config', 'read_model_config', 'init_from_problems', 'config_schema', 'field_docs',
+           'show_fields']
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
@@ -121,10 +122,12 @@ class ModelConfig(ForgeConfig):
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base.")
     tie_embeddings: bool = Field(True, description="Share input and output embeddings.")
     tokens_per_param: float = Field(20.0, gt=0, description="Compute-optimal budget (Chinchilla ≈ 20 tokens/parameter).")
+    init_from: Optional[str] = Field(None, description="Local Hugging Face model folder to continue pretraining from: its weights, "
+                                     "architecture and tokenizer are used (the fields above, `max_seq_len` included, and `tokenizer` are then ignored).")
 
 # %% ../nbs/00_config.ipynb #8273bb03
 class OptimConfig(ForgeConfig):
-    "AdamW and the learning-rate schedule."
+    "The optimizer (AdamW, or Muon for the hidden matrices) and the learning-rate schedule."
     lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not applied to norms and biases).")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW β1.")
@@ -135,6 +138,15 @@ class OptimConfig(ForgeConfig):
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
     decay_fraction: float = Field(0.2, ge=0, le=1, description="WSD: fraction of steps spent decaying at the end.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a fraction of the peak.")
+    name: Literal["muon", "adamw"] = Field(
+        "muon", description="`muon`: Muon for the 2-D hidden matrices, AdamW (`lr`) for embeddings, norms and the output head "
+        "(lower loss in the same wall-clock: bench/bench_quality.py); `adamw`: AdamW for every weight.")
+    muon_lr: float = Field(0.02, gt=0, description="Muon's peak learning rate for the hidden matrices (same schedule as `lr`).")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's (Nesterov) momentum.")
+    muon_weight_decay: float = Field(0.0, ge=0, description="Muon's decoupled weight decay (each step: × (1 − muon_lr × this)).")
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] = Field(
+        "original", description="Muon's per-matrix lr scale: `original` √max(1, rows/cols) (Keller Jordan), "
+        "`match_rms_adamw` 0.2·√max(rows, cols) (Moonlight: then AdamW's lr and decay carry over).")
 
 class PretrainConfig(ForgeConfig):
     "Training from scratch: steps, batch, precision, parallelism, checkpoints and evaluation."
@@ -531,6 +543,43 @@ def save_config(cfg:ForgeConfig,                     # config to write
                ) -> Path:
     "Write `cfg` as YAML atomically (a crash never leaves half a file), secret-looking values redacted."
     return atomic_write_text(path, yaml.safe_dump(redact_secrets(cfg.to_dict()), sort_keys=False, allow_unicode=True))
+
+# %% ../nbs/00_config.ipynb #f615ef09
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+def read_model_config(path:str|Path) -> dict:
+    "A model folder's `config.json` as a dict; `ValueError` naming `model.init_from` and the file when it is not a model."
+    p = Path(path)
+    if not p.is_dir(): raise ValueError(f"model.init_from: {p} does not exist (a local Hugging Face model folder is expected)")
+    f = p/"config.json"
+    if not f.is_file(): raise ValueError(f"model.init_from: {f} is missing: {p} is not a Hugging Face model folder")
+    try: c = json.loads(f.read_text())
+    except (ValueError, OSError) as e: raise ValueError(f"model.init_from: {f}: not readable JSON ({e})") from None
+    if not isinstance(c, dict) or "model_type" not in c: raise ValueError(f"model.init_from: {f}: not a model config (no model_type)")
+    arch = c.get("architectures") or []
+    if arch and not any(str(a).endswith("ForCausalLM") for a in arch):
+        raise ValueError(f"model.init_from: {f}: architectures {arch} has no causal language model (…ForCausalLM) to continue pretraining")
+    return c
+
+def init_from_problems(cfg:PipelineConfig) -> list[str]:
+    "Why `cfg.model.init_from` cannot be continued from, one line each (field, file, what to do); `[]` when it can (or is unset)."
+    src = cfg.model.init_from
+    if not src: return []
+    try: c = read_model_config(src)
+    except ValueError as e: return [str(e)]
+    p, out = Path(src), []
+    if not any((p/w).is_file() for w in WEIGHT_FILES):
+        out.append(f"model.init_from: {p} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    if not (p/"tokenizer.json").is_file():
+        out.append(f"model.init_from: {p/'tokenizer.json'} is missing: the model's own fast tokenizer is needed to tokenize the "
+                   f"data (save it there with AutoTokenizer.from_pretrained(...).save_pretrained)")
+    ctx = c.get("max_position_embeddings")
+    if ctx and cfg.data.seq_len > ctx:
+        out.append(f"data.seq_len: {cfg.data.seq_len} is beyond the model's max_position_embeddings {ctx} ({p/'config.json'})")
+    if cfg.tokenizer.path and Path(cfg.tokenizer.path).resolve() != p.resolve():
+        out.append(f"tokenizer.path: {cfg.tokenizer.path} would tokenize the data differently from the model: model.init_from "
+                   f"({p}) brings its own tokenizer; remove tokenizer.path")
+    return out
 
 # %% ../nbs/00_config.ipynb #dcd01223
 def config_schema(cls:type=PipelineConfig) -> dict:

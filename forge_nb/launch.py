@@ -19,7 +19,7 @@ __all__ = ['DependencyNeverSatisfied', 'master_port_for', 'StageCall', 'slurm_pa
            'list_jobs', 'find_run_dir']
 
 # %% ../nbs/52_launch.ipynb #b03f74d0
-from .config import ResourcesConfig, PipelineConfig, STAGES, redact_secrets, redact_text, secret_values, atomic_write_json
+from .config import ResourcesConfig, PipelineConfig, STAGES, redact_secrets, redact_text, secret_values, atomic_write_json, init_from_problems
 from .runs import RunDir, stage_function
 from .cluster import (profile_dirs, profile_path, resolve_resources, cluster_partitions, validate_resources,
                               check_resources, ResourceError, parse_scontrol, _run)
@@ -288,12 +288,13 @@ def stage_inputs(cfg:PipelineConfig, stage:str) -> tuple:
     return tuple(n for n in STAGES[stage].needs if not (own and n.endswith("/final")))
 
 def missing_inputs(cfg:PipelineConfig, stages:list, run_dir:str|Path) -> list[str]:
-    "Inputs of `stages` (in order) that neither exist in `run_dir` nor are made by an earlier one of them."
+    "Inputs of `stages` (in order) that neither exist in `run_dir` nor are made by an earlier one of them (and a bad `model.init_from`)."
     made, out = set(), []
     for st in stages:
         out += [f"stage {st!r} needs {n!r} ({Path(run_dir)/n} does not exist and no earlier stage in this pipeline makes it)"
                 for n in stage_inputs(cfg, st) if n not in made and not (Path(run_dir)/n).exists()]
         made |= set(STAGES[st].makes)
+    if {"data", "pretrain"} & set(stages): out += init_from_problems(cfg)   # the model folder to continue from: files only, cheap
     return out
 
 # %% ../nbs/52_launch.ipynb #d5bec140

@@ -6,16 +6,17 @@ Docs: https://forge-nb.github.io/forge_nb/model.html.md"""
 
 # %% ../nbs/20_model.ipynb #d3dc9c96
 from __future__ import annotations
-import json, math
+import json, math, struct
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'model_dims', 'count_params', 'flops_per_token', 'token_budget', 'peak_flops_for', 'estimate_time',
            'human_count', 'human_duration', 'model_summary', 'hf_config', 'build_model', 'ModelMismatch', 'check_vocab',
-           'set_attention', 'attention_implementation']
+           'set_attention', 'attention_implementation', 'loaded_dims', 'loaded_params', 'make_model', 'lr_guide',
+           'lr_guide_markdown']
 
 # %% ../nbs/20_model.ipynb #49e5ea79
-from .config import ModelConfig
+from .config import ModelConfig, read_model_config
 
 # %% ../nbs/20_model.ipynb #c34ff1a2
 def _round_up(x:float, m:int) -> int: return int(math.ceil(x / m) * m)
@@ -23,7 +24,8 @@ def _round_up(x:float, m:int) -> int: return int(math.ceil(x / m) * m)
 def model_dims(model_cfg:ModelConfig,   # the architecture config
                vocab_size:int,          # tokenizer's vocabulary size
               ) -> dict:                # hidden, layers, heads, kv_heads, head_dim, intermediate, vocab, max_seq_len
-    "Every dimension of the model, derived from `depth` unless overridden."
+    "Every dimension of the model, derived from `depth` unless overridden (`init_from`: the loaded model's, see below)."
+    if model_cfg.init_from: return loaded_dims(model_cfg.init_from)
     c, hd = model_cfg, model_cfg.head_dim
     if vocab_size < 1: raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
     if c.hidden_size is not None:
@@ -42,7 +44,8 @@ def model_dims(model_cfg:ModelConfig,   # the architecture config
 def count_params(model_cfg:ModelConfig,   # the architecture config
                  vocab_size:int,          # tokenizer's vocabulary size
                 ) -> dict:                # embedding, attention, mlp, norms, lm_head, per_layer, non_embedding, total
-    "Parameter count of the model `build_model` makes, by part."
+    "Parameter count of the model `build_model` makes, by part (`init_from`: the loaded model's, counted from its weight files)."
+    if model_cfg.init_from: return loaded_params(model_cfg.init_from)
     d = model_dims(model_cfg, vocab_size)
     h, L, q, kv, I, V = d["hidden"], d["layers"], d["heads"] * d["head_dim"], d["kv_heads"] * d["head_dim"], d["intermediate"], vocab_size
     attn = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if model_cfg.arch == "qwen2" else 0)
@@ -60,8 +63,8 @@ def flops_per_token(model_cfg:ModelConfig,   # the architecture config
                    ) -> float:               # training FLOPs (forward + backward) per token
     "Training FLOPs per token: 6·N (matmul weights incl. the output head) + 12·layers·heads·head_dim·T."
     d, p = model_dims(model_cfg, vocab_size), count_params(model_cfg, vocab_size)
-    T = seq_len or model_cfg.max_seq_len
-    n_matmul = p["non_embedding"] + vocab_size * d["hidden"]
+    T = seq_len or d["max_seq_len"]
+    n_matmul = p["non_embedding"] + d["vocab"] * d["hidden"]
     return 6.0 * n_matmul + 12.0 * d["layers"] * d["heads"] * d["head_dim"] * T
 
 # %% ../nbs/20_model.ipynb #bd02b9bb
@@ -135,11 +138,13 @@ def model_summary(model_cfg:ModelConfig,          # the architecture config
     "Markdown table of the model's shape, size, cost per token, token budget and (with hardware) time."
     d, p = model_dims(model_cfg, vocab_size), count_params(model_cfg, vocab_size)
     fpt, budget = flops_per_token(model_cfg, vocab_size, seq_len), token_budget(model_cfg, vocab_size)
-    rows = [("architecture", f"{model_cfg.arch}: {d['layers']} layers × {d['hidden']} wide, {d['heads']} heads"
-                             f" ({d['kv_heads']} kv) of {d['head_dim']}, MLP {d['intermediate']}, vocab {vocab_size:,}"),
+    arch = f"{d['arch']} loaded from {model_cfg.init_from}" if model_cfg.init_from else model_cfg.arch
+    tied = p["lm_head"] == 0
+    rows = [("architecture", f"{arch}: {d['layers']} layers × {d['hidden']} wide, {d['heads']} heads"
+                             f" ({d['kv_heads']} kv) of {d['head_dim']}, MLP {d['intermediate']}, vocab {d['vocab']:,}"),
             ("parameters", f"{human_count(p['total'])} ({human_count(p['non_embedding'])} non-embedding, {human_count(p['embedding'])} embedding"
-                           f"{', tied' if model_cfg.tie_embeddings else ''})"),
-            ("FLOPs per token", f"{human_count(fpt)} (6N + attention at T={seq_len or model_cfg.max_seq_len})"),
+                           f"{', tied' if tied else ''})"),
+            ("FLOPs per token", f"{human_count(fpt)} (6N + attention at T={seq_len or d['max_seq_len']})"),
             ("compute-optimal tokens", f"{human_count(budget)} ({model_cfg.tokens_per_param:g} tokens/parameter)")]
     tokens = budget if train_tokens is None else train_tokens
     if train_tokens is not None:
@@ -215,3 +220,87 @@ def attention_implementation(model, name:str):
     set_attention(model, name)
     try: yield model
     finally: set_attention(model, before)
+
+# %% ../nbs/20_model.ipynb #a7b57011
+def loaded_dims(path:str|Path) -> dict:   # hidden, layers, heads, kv_heads, head_dim, intermediate, vocab, max_seq_len, arch
+    "The dimensions of the model in a Hugging Face folder, from its `config.json`."
+    c = read_model_config(path)
+    c = {**c, **(c.get("text_config") or {})}                 # multimodal configs nest the language model's
+    h, heads = c["hidden_size"], c["num_attention_heads"]
+    return dict(hidden=h, layers=c["num_hidden_layers"], heads=heads, kv_heads=c.get("num_key_value_heads") or heads,
+                head_dim=c.get("head_dim") or h // heads, intermediate=c.get("intermediate_size") or 4 * h,
+                vocab=c["vocab_size"], max_seq_len=c.get("max_position_embeddings") or 0, arch=c["model_type"])
+
+def _safetensors_shapes(path:str|Path) -> dict:
+    "{tensor name: shape} of the `.safetensors` files of a model folder, from their headers (nothing else is read)."
+    p, out = Path(path), {}
+    idx = p/"model.safetensors.index.json"
+    files = sorted(set(json.loads(idx.read_text())["weight_map"].values())) if idx.exists() else ["model.safetensors"]
+    for f in files:
+        with open(p/f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            out.update({k: v["shape"] for k, v in json.loads(fh.read(n)).items() if k != "__metadata__"})
+    return out
+
+def loaded_params(path:str|Path) -> dict:   # embedding, attention, mlp, norms, lm_head, non_embedding, total
+    "Parameters of the model in a Hugging Face folder, by part: counted from its safetensors headers (else from `config.json`)."
+    d = loaded_dims(path)
+    if not any(Path(path).glob("*.safetensors")):
+        c = read_model_config(path)
+        tied = c.get("tie_word_embeddings", True)
+        h, q, kv, I, V, L = d["hidden"], d["heads"] * d["head_dim"], d["kv_heads"] * d["head_dim"], d["intermediate"], d["vocab"], d["layers"]
+        attn, mlp = 2 * h * q + 2 * h * kv, 3 * h * I
+        sizes = {"embed_tokens.weight": [V, h], **({} if tied else {"lm_head.weight": [V, h]}), "norm.weight": [h * (2 * L + 1)],
+                 "self_attn": [L * attn], "mlp": [L * mlp]}
+    else: sizes = _safetensors_shapes(path)
+    n = {k: math.prod(s) for k, s in sizes.items()}
+    part = lambda *keys: sum(v for k, v in n.items() if any(x in k for x in keys))
+    emb, head, total = part("embed_tokens", "wte", "word_embeddings"), part("lm_head"), sum(n.values())
+    return dict(embedding=emb, attention=part("self_attn", "attention."), mlp=part("mlp"), norms=part("norm"), lm_head=head,
+                non_embedding=total - emb - head, total=total)
+
+# %% ../nbs/20_model.ipynb #ce250f60
+def make_model(model_cfg:ModelConfig,   # the architecture config (`init_from`: continue from that folder)
+               vocab_size:int,          # the tokenizer's vocabulary size (tokens the data may hold)
+               weights:bool=True,       # `init_from`: load its weights (else only its architecture)
+               **kw,                    # hf_config's token ids and attn_implementation (a dialled model's)
+              ):
+    "The model to train: `build_model`'s, or the one in `model_cfg.init_from` (its weights and architecture)."
+    if not model_cfg.init_from: return build_model(model_cfg, vocab_size, **kw)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    src, attn = model_cfg.init_from, kw.get("attn_implementation", "sdpa")
+    read_model_config(src)                                   # a clear error for a folder that is not a model
+    if weights: m = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, trust_remote_code=False,
+                                                          dtype=torch.float32, attn_implementation=attn)
+    else: m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(src, local_files_only=True, trust_remote_code=False),
+                                               trust_remote_code=False, dtype=torch.float32, attn_implementation=attn)
+    rows = m.get_input_embeddings().weight.shape[0]
+    if vocab_size > rows:
+        raise ValueError(f"model.init_from: the data's tokenizer has {vocab_size} tokens, more than the {rows} embedding rows of "
+                         f"the model ({Path(src)/'config.json'}): the token store was not made with this model's tokenizer")
+    return m
+
+# %% ../nbs/20_model.ipynb #3c1d6120
+def lr_guide(model_cfg:ModelConfig,        # the architecture (dialled or `init_from`)
+             vocab_size:int,               # tokenizer's vocabulary size
+             tokens:int|None=None,         # training tokens (None: the compute-optimal budget)
+             seq_len:int|None=None,        # training context length (None: the model's)
+            ) -> list[dict]:               # rows: optimizer, params, field, lr, rule
+    "Suggested peak learning rates for this model and token budget, per optimizer, each with the rule it comes from."
+    tokens = token_budget(model_cfg, vocab_size) if tokens is None else int(tokens)
+    C = flops_per_token(model_cfg, vocab_size, seq_len) * tokens
+    adamw, batch = 0.3118 * C ** -0.125, 0.2920 * C ** 0.3271
+    ds = f"DeepSeek LLM (2024) §3.1: 0.3118·C^−0.125 at C = {C:.3g} FLOPs (its batch rule: {human_count(batch)} tokens/step)"
+    return [dict(optimizer="adamw", params="every weight", field="optim.lr", lr=adamw, rule=ds),
+            dict(optimizer="muon", params="hidden matrices", field="optim.muon_lr", lr=0.02,
+                 rule="Keller Jordan's Muon (2024): 0.02 at any width (orthogonalised update, `original` scale); modded-nanogpt 0.05"),
+            dict(optimizer="muon", params="hidden matrices, muon_adjust_lr: match_rms_adamw", field="optim.muon_lr", lr=adamw,
+                 rule="Moonlight (2025): AdamW's lr carries over with the matched update RMS"),
+            dict(optimizer="muon", params="embeddings, norms, head (AdamW)", field="optim.lr", lr=adamw, rule="the AdamW rule above")]
+
+def lr_guide_markdown(rows:list, optimizer:str|None=None) -> str:
+    "`lr_guide`'s rows (of one optimizer, or all) as a markdown table."
+    rows = [r for r in rows if optimizer in (None, r["optimizer"])]
+    return "| optimizer | parameters | field | suggested lr | rule |\n|---|---|---|---|---|\n" + "\n".join(
+        f"| {r['optimizer']} | {r['params']} | `{r['field']}` | {r['lr']:.2g} | {r['rule']} |" for r in rows)

@@ -15,18 +15,19 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['lr_multiplier', 'make_scheduler', 'make_optimizer', 'Runtime', 'make_runtime', 'document_ids', 'document_block_mask',
-           'model_inputs', 'rng_state', 'set_rng_state', 'save_rng_states', 'load_rng_state', 'seed_everything',
-           'full_model_state', 'save_weights', 'load_weights', 'TrainState', 'grad_sync', 'lm_loss_sum', 'train_step',
-           'check_batch', 'step_loss', 'prepare_model', 'build_state', 'parallelize', 'evaluate', 'unigram_bpb',
-           'sample_texts', 'memory_gb', 'device_peak_flops', 'due', 'Checkpointer', 'Validator', 'Reporter',
-           'export_model', 'open_store', 'run_pretrain', 'checkpoint_info', 'check_resume']
+__all__ = ['lr_multiplier', 'make_scheduler', 'Optimizers', 'optimizer_groups', 'make_optimizer', 'Runtime', 'make_runtime',
+           'document_ids', 'document_block_mask', 'model_inputs', 'rng_state', 'set_rng_state', 'save_rng_states',
+           'load_rng_state', 'seed_everything', 'full_model_state', 'save_weights', 'load_weights', 'TrainState',
+           'grad_sync', 'lm_loss_sum', 'train_step', 'check_batch', 'step_loss', 'prepare_model', 'build_state',
+           'parallelize', 'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops', 'due',
+           'Checkpointer', 'Validator', 'Reporter', 'export_model', 'open_store', 'run_pretrain', 'checkpoint_info',
+           'check_resume']
 
 # %% ../nbs/21_pretrain.ipynb #0da20b59
-from .config import PipelineConfig, OptimConfig, PretrainConfig
+from .config import PipelineConfig, OptimConfig, PretrainConfig, init_from_problems
 from .runs import RunDir, StageDir, atomic_dir, atomic_write_json, read_metrics
 from .distributed import DistEnv, dist_env, init_distributed, shutdown_distributed
-from .model import build_model, flops_per_token, model_summary, peak_flops_for, ModelMismatch
+from .model import make_model, loaded_dims, flops_per_token, model_summary, peak_flops_for, ModelMismatch
 from .preempt import PreemptionGuard
 
 # %% ../nbs/21_pretrain.ipynb #def36ea1
@@ -51,13 +52,61 @@ def make_scheduler(optimizer, optim:OptimConfig, total_steps:int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_multiplier, optim=optim, total_steps=total_steps))
 
 # %% ../nbs/21_pretrain.ipynb #33d5c4bf
-def make_optimizer(model, optim:OptimConfig) -> torch.optim.AdamW:
-    "AdamW: decay on ≥2-D weights only; the fused kernel on CUDA and CPU, foreach elsewhere."
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fast = {"fused": True} if params[0].device.type in ("cuda", "cpu") else {"foreach": True}
+class Optimizers(torch.optim.Optimizer):
+    "Optimizers over disjoint parameters acting as one: one `step`, one `param_groups` list, one `state`, one `state_dict`."
+    def __init__(self, *optimizers:torch.optim.Optimizer):
+        self.optimizers, self._sizes = list(optimizers), [len(o.param_groups) for o in optimizers]
+        super().__init__([g for o in optimizers for g in o.param_groups], {})   # the parts' own group dicts, not copies
+        self._share()
+
+    def _share(self):
+        "Each part works on its slice of `param_groups` (the same dicts) and on the one `state`."
+        i = 0
+        for o, n in zip(self.optimizers, self._sizes):
+            o.param_groups, o.state, i = self.param_groups[i:i + n], self.state, i + n
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for o in self.optimizers: o.step()
+        return loss
+
+    def load_state_dict(self, state_dict:dict):
+        super().load_state_dict(state_dict)   # replaces param_groups and state with new objects: hand them to the parts
+        self._share()
+
+    def __repr__(self): return f"Optimizers({', '.join(type(o).__name__ for o in self.optimizers)})"
+
+def optimizer_groups(model) -> dict:
+    "The trainable parameters by role: `matrices` (2-D hidden weights), `embed_head` (embedding, output head), `vectors` (norms, biases)."
+    net = getattr(model, "module", model)                          # DDP's wrapped model
+    params = [p for p in net.parameters() if p.requires_grad]      # a tied embedding/head once
+    io = {id(p) for m in (net.get_input_embeddings(), net.get_output_embeddings()) if m is not None for p in m.parameters()}
+    return {"matrices": [p for p in params if p.dim() >= 2 and id(p) not in io],
+            "embed_head": [p for p in params if p.dim() >= 2 and id(p) in io],
+            "vectors": [p for p in params if p.dim() < 2]}
+
+def _adamw(groups:list, optim:OptimConfig) -> torch.optim.AdamW:
+    "AdamW over `groups` (empty ones left out): fused when every parameter is on CUDA (or every one on CPU), else foreach."
+    groups = [g for g in groups if g["params"]]
+    devices = {p.device.type for g in groups for p in g["params"]}
+    fast = {"fused": True} if devices in ({"cuda"}, {"cpu"}) else {"foreach": True}
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **fast)
+
+def make_optimizer(model, optim:OptimConfig) -> torch.optim.Optimizer:
+    "`adamw`: AdamW, decay on ≥2-D weights only. `muon`: Muon on the hidden matrices + AdamW on the rest, as one `Optimizers`."
+    if optim.name == "adamw":
+        params = [p for p in model.parameters() if p.requires_grad]
+        return _adamw([{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
+                       {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], optim)
+    g = optimizer_groups(model)
+    muon = torch.optim.Muon(g["matrices"], lr=optim.muon_lr, weight_decay=optim.muon_weight_decay,
+                            momentum=optim.muon_momentum, nesterov=True, adjust_lr_fn=optim.muon_adjust_lr)
+    adamw = _adamw([{"params": g["embed_head"], "weight_decay": optim.weight_decay},
+                    {"params": g["vectors"], "weight_decay": 0.0}], optim)
+    return Optimizers(adamw, muon)
 
 # %% ../nbs/21_pretrain.ipynb #ad2a7f22
 @dataclass
@@ -308,7 +357,7 @@ def build_state(cfg:PipelineConfig, store, rt:Runtime, env:DistEnv|None=None):
     pc = cfg.pretrain
     seed_everything(pc.seed)
     tok = store.tokenizer()
-    model = build_model(cfg.model, store.vocab_size, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    model = make_model(cfg.model, store.vocab_size, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                         pad_token_id=tok.pad_token_id).to(rt.device)
     if pc.activation_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = prepare_model(model, pc, rt)
@@ -519,7 +568,7 @@ def export_model(state:TrainState, cfg:PipelineConfig, store, dest:str|Path) -> 
     dest = Path(dest)
     if not _dist_on() or torch.distributed.get_rank() == 0:
         tok = store.tokenizer()
-        m = build_model(cfg.model, store.vocab_size, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        m = make_model(cfg.model, store.vocab_size, weights=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                         pad_token_id=tok.pad_token_id)
         m.load_state_dict(sd)
         with atomic_dir(dest) as tmp:
@@ -529,12 +578,22 @@ def export_model(state:TrainState, cfg:PipelineConfig, store, dest:str|Path) -> 
 
 # %% ../nbs/21_pretrain.ipynb #545e3fdd
 def open_store(cfg:PipelineConfig, run:RunDir):
-    "The run's token store, checked against the model's context length."
+    "The run's token store, checked against the model: its context length and, continuing from `model.init_from`, its tokenizer."
     from forge_nb.data.store import TokenStore
-    store = TokenStore(run.stage("data").root)
-    if store.seq_len > cfg.model.max_seq_len:
-        raise ValueError(f"model.max_seq_len ({cfg.model.max_seq_len}) is shorter than the token store's sequences "
-                         f"({store.seq_len}, {store.path/'manifest.json'}): set model.max_seq_len >= {store.seq_len}")
+    from forge_nb.data.tokenizer import tokenizer_fingerprint
+    if problems := init_from_problems(cfg): raise ValueError(problems[0])
+    store, src = TokenStore(run.stage("data").root), cfg.model.init_from
+    where = store.path/"manifest.json"
+    if src:
+        mine, theirs = tokenizer_fingerprint(src), store.manifest["tokenizer"].get("tokenizer_json_blake2b")
+        if mine != theirs:
+            raise ValueError(f"model.init_from: the token store ({where}) was built with another tokenizer ({store.manifest['tokenizer']['from']}, "
+                             f"fingerprint {theirs}) than the model's ({src}/tokenizer.json, {mine}): rerun the data stage with model.init_from set")
+    ctx, field = (loaded_dims(src)["max_seq_len"], f"the max_position_embeddings of model.init_from ({src}/config.json)") if src else \
+                 (cfg.model.max_seq_len, "model.max_seq_len")
+    if store.seq_len > ctx:
+        raise ValueError(f"{field} ({ctx}) is shorter than the token store's sequences ({store.seq_len}, {where}): "
+                         + ("rebuild the data with data.seq_len <= " + str(ctx) if src else f"set model.max_seq_len >= {store.seq_len}"))
     return store
 
 def run_pretrain(cfg:PipelineConfig,   # the pipeline config (model, pretrain, data.seed)

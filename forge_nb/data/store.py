@@ -18,10 +18,10 @@ __all__ = ['STORE_VERSION', 'input_fingerprint', 'resolve_total_tokens', 'config
            'TokenStore']
 
 # %% ../../nbs/data/14_store.ipynb #b2062fff
-from ..config import PipelineConfig, DataConfig, TokenizerConfig
+from ..config import PipelineConfig, DataConfig, TokenizerConfig, init_from_problems
 from ..runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, is_complete
 from .sources import iter_documents, iter_batches, SourceStats, DataError, markdown_table, resolve_files, source_kind, preview_source
-from .tokenizer import (train_tokenizer, load_tokenizer, TokenizerFiles, tokenizer_sample, encode_documents, encode_batches, token_dtype,
+from .tokenizer import (train_tokenizer, load_tokenizer, TokenizerFiles, tokenizer_fingerprint, tokenizer_sample, encode_documents, encode_batches, token_dtype,
                                      length_chart)
 from .mixing import plan_mix, MixStream, MixPlan
 from .packing import pack, gather_sequences, packing_report
@@ -61,6 +61,8 @@ def config_hash(cfg:PipelineConfig, fingerprint:dict) -> str:
     "Hash of everything the store is a function of."
     key = {"version": STORE_VERSION, "data": cfg.data.to_dict(), "tokenizer": cfg.tokenizer.to_dict(),
            "total_tokens": resolve_total_tokens(cfg), "inputs": fingerprint}
+    if cfg.model.init_from:                         # continued pretraining: the data is tokenized with the model's tokenizer
+        key["init_from_tokenizer"] = [str(cfg.model.init_from), tokenizer_fingerprint(cfg.model.init_from)]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 # %% ../../nbs/data/14_store.ipynb #d7f6bcef
@@ -189,9 +191,14 @@ def store_tokenizer(cfg:PipelineConfig,   # the pipeline config (data, tokenizer
                     out:Path,             # the store folder: the tokenizer goes to `out/tokenizer`
                     total:int|None,       # the token budget (`resolve_total_tokens`)
                     log=print,
-                   ) -> tuple:            # (TokenizerFiles, where it came from: the given path or "trained")
-    "Copy the configured tokenizer into the store, or train one on a sample of the mix."
+                   ) -> tuple:            # (TokenizerFiles, where it came from: "model.init_from: <path>", the given path or "trained")
+    "Copy the model's tokenizer (`model.init_from`) or the configured one into the store, or train one on a sample of the mix."
     data, tcfg, names = cfg.data, cfg.tokenizer, [s.name for s in cfg.data.sources]
+    if cfg.model.init_from:
+        tok = TokenizerFiles(cfg.model.init_from); tok.save(out/"tokenizer")
+        log(f"[data] tokenizer: the model's own, from model.init_from {cfg.model.init_from} ({len(tok):,} tokens, fingerprint "
+            f"{tokenizer_fingerprint(cfg.model.init_from)}): the data is tokenized as that model was trained")
+        return tok, f"model.init_from: {cfg.model.init_from}"
     if tcfg.path:
         tok = TokenizerFiles(tcfg.path); tok.save(out/"tokenizer"); return tok, str(tcfg.path)
     scan = {}
@@ -319,12 +326,11 @@ def build_store(cfg:PipelineConfig,   # the pipeline config (data, tokenizer, pr
     shards, stages, pack_rows, stream = write_train_stream(plan, train, ts, data, pad, out, chunk_docs, log)
     val, comp = write_val_sequences(ts, vals, data, pad, out), compression_table(ts, stats)
     if hasattr(fingerprint, "result"): fingerprint = fingerprint.result()
-    tok_json = out/"tokenizer"/"tokenizer.json"
     manifest = {"version": STORE_VERSION, "config_hash": None, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "sources": names, "inputs": fingerprint, "source_stats": {n: stats[n].to_dict() for n in names},
                 "tokenizer": {"path": "tokenizer", "from": tok_source, "vocab_size": len(tok), "eos_id": tok.eos_token_id,
                               "pad_id": pad, "bos_id": tok.bos_token_id,
-                              "tokenizer_json_blake2b": _file_hash(tok_json) if tok_json.exists() else None},
+                              "tokenizer_json_blake2b": tokenizer_fingerprint(out/"tokenizer")},
                 "seq_len": data.seq_len, "dtype": str(ts.dtype), "packing": data.packing, "total_tokens": int(plan.total_tokens),
                 "train": {"sequences": sum(s["sequences"] for s in stages), "tokens": int(sum(s["tokens"] for s in shards)),
                           "shards": shards, "stages": stages},
@@ -343,7 +349,9 @@ def write_mix_report(out:Path, plan:MixPlan, pack_rows:list, comp:list, val:dict
     atomic_write_text(out/"mix_plan.svg", shares); atomic_write_text(out/"mix_epochs.svg", epochs)
     atomic_write_text(out/"lengths.svg", length_chart(lengths, seq_len))
     srcs = [{"source": n, **{k: v for k, v in s.items() if k != "name"}} for n, s in manifest["source_stats"].items()]
-    md = ["# Data mix report", "", plan.markdown(), "", "## Sources (documents kept, and why others were dropped)", "",
+    t = manifest["tokenizer"]
+    md = ["# Data mix report", "", f"Tokenizer: {t['from']} ({t['vocab_size']:,} tokens, fingerprint `{t['tokenizer_json_blake2b']}`)", "",
+          plan.markdown(), "", "## Sources (documents kept, and why others were dropped)", "",
           markdown_table(srcs), "", "## Packing", "",
           f"Train: {manifest['train']['sequences']:,} sequences × {seq_len} tokens, packing `{manifest['packing']}`; fill per stage: "
           + ", ".join(f"{s['name']} {100 * s['fill']:.2f}%" for s in manifest["train"]["stages"]), "",
@@ -360,6 +368,7 @@ def run_data_stage(cfg:PipelineConfig,    # the pipeline config
                   ) -> dict:              # summary (JSON-able)
     "The data stage: build `<run>/data` (tokenizer, token store, manifest, mix report), or reuse it when unchanged."
     from forge_nb.distributed import dist_env
+    if problems := init_from_problems(cfg): raise DataError(problems[0])   # before reading anything
     run = RunDir(run_dir); out = run.stage("data").root
     mpath = out/"manifest.json"
     fp = None
@@ -434,7 +443,8 @@ def mix_plan_problem(cfg:PipelineConfig,     # the pipeline config that will be 
                     ) -> str|None:           # the data stage's `infeasible mix plan` error, or None when the plan fits
     "Check the mix plan before anything is submitted: the same budget (`resolve_total_tokens`) and caps the data stage uses."
     if not cfg.data.sources: return None
-    tok = load_tokenizer(cfg.tokenizer.path, cfg.tokenizer.trust_remote_code) if cfg.tokenizer.path else None
+    tok_dir = cfg.model.init_from or cfg.tokenizer.path         # the tokenizer the data stage will use (a model's: no remote code)
+    tok = load_tokenizer(tok_dir, cfg.tokenizer.trust_remote_code and not cfg.model.init_from) if tok_dir else None
     sizes = []
     for s in cfg.data.sources:
         st, docs = SourceStats(), []

@@ -12,8 +12,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 # %% auto #0
-__all__ = ['CHAT_TEMPLATE', 'train_tokenizer', 'load_tokenizer', 'TokenizerFiles', 'tokenizer_sample', 'token_dtype', 'backend',
-           'encode_documents', 'encode_batches', 'compression', 'length_chart']
+__all__ = ['CHAT_TEMPLATE', 'train_tokenizer', 'load_tokenizer', 'TokenizerFiles', 'tokenizer_fingerprint', 'tokenizer_sample',
+           'token_dtype', 'backend', 'encode_documents', 'encode_batches', 'compression', 'length_chart']
 
 # %% ../../nbs/data/11_tokenizer.ipynb #b94935ab
 from ..config import SourceConfig
@@ -100,6 +100,17 @@ class TokenizerFiles:
         if self._hf is not None: self._hf.save_pretrained(str(dst)); return
         for n in _TOKENIZER_FILES:
             if (self.path/n).exists(): shutil.copyfile(self.path/n, dst/n)
+
+# %% ../../nbs/data/11_tokenizer.ipynb #010b48db
+def tokenizer_fingerprint(folder:str|Path) -> str|None:   # hex digest, or None when the folder has no tokenizer.json
+    "BLAKE2b (16 bytes) of a tokenizer folder's `tokenizer.json`: equal fingerprints, equal tokenization."
+    import hashlib
+    f = Path(folder)/"tokenizer.json"
+    if not f.is_file(): return None
+    h = hashlib.blake2b(digest_size=16)
+    with open(f, "rb") as fh:
+        while b := fh.read(1 << 22): h.update(b)
+    return h.hexdigest()
 
 # %% ../../nbs/data/11_tokenizer.ipynb #af95ec9f
 def tokenizer_sample(sources:list[SourceConfig],  # the sources

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 # %% auto #0
-__all__ = ['field_kind', 'field_help', 'ConfigForm']
+__all__ = ['DIAL_FIELDS', 'field_kind', 'field_help', 'model_size_note', 'ConfigForm']
 
 # %% ../../nbs/widgets/60_forms.ipynb #49691800
 import yaml
 import ipywidgets as W
 from pydantic import BaseModel
 from ..config import ForgeConfig, PipelineConfig, ConfigError, validate_config, load_config, STAGES
+from .. import model as M
 
 # %% ../../nbs/widgets/60_forms.ipynb #bd215cd7
 def _is_model(t) -> bool: return isinstance(t, type) and issubclass(t, BaseModel)
@@ -228,14 +229,14 @@ class _NestedField:
     def __init__(self, name, finfo, cls, value, path, on_change, depth, lazy:bool=True):
         self.name, self.finfo, self.cls, self.path, self.bad = name, finfo, cls, path, False
         self.value, self.on_change, self.depth, self.form = value, on_change, depth, None
-        self.widget = W.VBox()
+        self.widget, self.note = W.VBox(), W.HTML()     # `note`: a line above the sub-form (the model's size)
         self.widget.add_class(_css(path))
         if not lazy: self.build()
     def build(self) -> _ModelForm:
         "The sub-form, built now if it was not yet (a closed tab or accordion costs nothing until opened)."
         if self.form is None:
             self.form = _ModelForm(self.cls, self.value, self.path, self.on_change, self.depth)
-            self.widget.children = [self.form.widget]
+            self.widget.children = [self.note, self.form.widget]
         return self.form
     def title(self) -> str: return self.name + (" ✗" if self.bad else "")
     def collect(self, errors):
@@ -304,6 +305,21 @@ class _ModelListField:
         return any(bad) or bool(self.errors)
 
 # %% ../../nbs/widgets/60_forms.ipynb #b6e70fee
+DIAL_FIELDS = ("arch", "depth", "aspect_ratio", "head_dim", "hidden_size", "n_kv_heads", "mlp_ratio", "max_seq_len",
+               "rope_theta", "tie_embeddings")   # what `model.init_from` replaces
+
+def model_size_note(cfg:PipelineConfig) -> str:
+    "HTML line for the model tab: the loaded model's size (`model.init_from`: its config.json and weights) or the dialled one's."
+    mc, V = cfg.model, cfg.tokenizer.vocab_size
+    try: d, p = M.model_dims(mc, V), M.count_params(mc, V)
+    except (ValueError, OSError, KeyError) as e:
+        return f"<span class='forge-field-error' style='color:#c62828'>✗ {html.escape(str(e))}</span>"
+    size = (f"<b>{M.human_count(p['total'])}</b> parameters, {d['layers']} layers, d_model {d['hidden']}, {d['heads']} heads")
+    if mc.init_from:
+        return (f"<div class='forge-model-size'><b>Loaded model</b> ({html.escape(d['arch'])}, {html.escape(mc.init_from)}): {size}, "
+                f"vocab {d['vocab']:,}, context {d['max_seq_len']}; from its files: the size fields below are not used</div>")
+    return f"<div class='forge-model-size'><b>Dialled model</b>: {size} (vocab {V:,}: tokenizer.vocab_size)</div>"
+
 def _split_loc(loc:str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in loc.split(".")) if loc not in ("", "(top)") else ()
 
@@ -318,6 +334,7 @@ class ConfigForm(W.VBox):
         self.status = W.HTML()
         super().__init__([self.status, self._form.widget, W.HTML(_FORM_CSS, layout=W.Layout(display="none"))])
         self.add_class("forge-form")
+        if getattr(self._form, "_nested_fields", None): self._form.nested.observe(lambda ch: self._show_model(), "selected_index")
         self._changed()
 
     def _changed(self):
@@ -342,7 +359,18 @@ class ConfigForm(W.VBox):
         self.status.value = ("<span class='forge-form-status' style='color:#2e7d32'>✓ valid</span>" if cfg is not None else
                              f"<span class='forge-form-status forge-field-error' style='color:#c62828'>✗ {n} error{'s' * (n != 1)}: "
                              + html.escape("; ".join(f"{l}: {m}" for l, m in self.errors[:3])) + (" …" if n > 3 else "") + "</span>")
+        self._show_model(cfg)
         for cb in self._callbacks: cb(cfg)
+
+    def _show_model(self, cfg=None):
+        "The model tab's size line, and its dial fields greyed out while `model.init_from` is set."
+        f = self._form.fields.get("model")
+        cfg = cfg if cfg is not None else self._config
+        if not isinstance(f, _NestedField) or not isinstance(cfg, PipelineConfig): return
+        f.note.value = model_size_note(cfg)
+        if f.form is not None:
+            for n in DIAL_FIELDS:
+                if n in f.form.fields: f.form.fields[n].input.disabled = bool(cfg.model.init_from)
 
     @property
     def config(self) -> ForgeConfig|None:

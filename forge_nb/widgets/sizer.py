@@ -46,12 +46,16 @@ class ModelSizer(W.VBox):
         self.n_devices = W.BoundedIntText(value=max(1, res.nodes * max(res.gpus_per_node, 1)), min=1, max=100_000,
                                           description="devices", layout=lay, style=style)
         self.mfu = W.FloatSlider(value=0.4, min=0.05, max=0.8, step=0.05, description="assumed MFU", layout=lay, style=style)
+        self.init_from = W.Text(value=mc.init_from or "", placeholder="(none: the dial sizes the model)", description="init_from",
+                                continuous_update=False, layout=lay, style=style)
+        self.optimizer = W.Dropdown(options=["muon", "adamw"], value=pipe.pretrain.optim.name if pipe else "muon",
+                                    description="optimizer", layout=lay, style=style)
         self.summary, self.curve, self.message = W.HTML(), W.HTML(), W.HTML()
         for w in [self.arch, self.depth, self.aspect, self.head_dim, self.vocab, self.seq_len, self.tpp, self.tokens,
-                  self.device, self.peak, self.n_devices, self.mfu]:
+                  self.device, self.peak, self.n_devices, self.mfu, self.init_from, self.optimizer]:
             w.observe(lambda ch: self.update(), "value")
-        super().__init__([W.HBox([W.VBox([W.HTML("<b>Model</b>"), self.arch, self.depth, self.aspect, self.head_dim, self.vocab,
-                                          self.seq_len, self.tpp, self.tokens]),
+        super().__init__([W.HBox([W.VBox([W.HTML("<b>Model</b>"), self.init_from, self.arch, self.depth, self.aspect, self.head_dim, self.vocab,
+                                          self.seq_len, self.tpp, self.tokens, self.optimizer]),
                                   W.VBox([W.HTML("<b>Hardware</b>"), self.device, self.peak, self.n_devices, self.mfu])]),
                           self.message, W.HBox([self.summary, self.curve])])
         self.add_class("forge-model-sizer")
@@ -63,13 +67,15 @@ class ModelSizer(W.VBox):
         "The dialled `ModelConfig` (other fields as given); raises `ConfigError` naming a bad dial."
         data = self._base.to_dict()
         data.update(arch=self.arch.value, depth=self.depth.value, aspect_ratio=self.aspect.value, head_dim=self.head_dim.value,
-                    max_seq_len=self.seq_len.value, tokens_per_param=self.tpp.value)
+                    max_seq_len=self.seq_len.value, tokens_per_param=self.tpp.value, init_from=self.init_from.value.strip() or None)
         return validate_config(ModelConfig, data, "sizer", prefix=("model",))
 
     def update(self):
         "Recompute every figure for the current dials."
         if self._quiet: return
         self.peak.disabled = self.device.value is not None
+        loaded = bool(self.init_from.value.strip())        # a loaded model's size is its files', not the dial's
+        for w in (self.arch, self.depth, self.aspect, self.head_dim, self.vocab): w.disabled = loaded
         self.figures = None
         try:
             mc, V = self.model_config, self.vocab.value
@@ -79,21 +85,27 @@ class ModelSizer(W.VBox):
             fpt, budget = M.flops_per_token(mc, V, self.seq_len.value), M.token_budget(mc, V)
             hw = dict(device=self.device.value) if self.device.value else dict(peak_flops=self.peak.value * 1e12)
             est = M.estimate_time(mc, V, tokens, self.seq_len.value, n_devices=self.n_devices.value, mfu=self.mfu.value, **hw)
-        except ValueError as e:   # ConfigError is a ValueError too
+        except (ValueError, OSError, KeyError) as e:   # ConfigError is a ValueError too; a model folder's files may be bad
             self.message.value = f"<span class='forge-field-error' style='color:#c62828'>✗ {html.escape(str(e))}</span>"
             self.summary.value = self.curve.value = ""; return
         self.message.value = ""
-        self.figures = dict(dims=d, params=p, flops_per_token=fpt, token_budget=budget, estimate=est)
-        rows = [("shape", f"{d['layers']} layers × {d['hidden']} wide, {d['heads']} heads ({d['kv_heads']} kv) of "
+        lrs = [r for r in M.lr_guide(mc, V, est["tokens"], self.seq_len.value) if r["optimizer"] == self.optimizer.value]
+        self.figures = dict(dims=d, params=p, flops_per_token=fpt, token_budget=budget, estimate=est, lr=lrs)
+        rows = ([("loaded model", f"<b>{html.escape(d['arch'])}</b> from {html.escape(mc.init_from)} (its config.json and weights; "
+                                  f"the dial is off), context {d['max_seq_len']}, vocab {d['vocab']:,}")] if loaded else []) + [
+                ("shape", f"{d['layers']} layers × {d['hidden']} wide, {d['heads']} heads ({d['kv_heads']} kv) of "
                           f"{d['head_dim']}, MLP {d['intermediate']}"),
                 ("parameters", f"{M.human_count(p['total'])} ({M.human_count(p['non_embedding'])} non-embedding)"),
                 ("FLOPs / token", f"{M.human_count(fpt)} (training, T={self.seq_len.value})"),
                 ("token budget", f"{M.human_count(budget)} ({mc.tokens_per_param:g} tokens/param)"),
                 ("train tokens", f"{M.human_count(est['tokens'])} = {est['flops']:.2e} FLOP"),
                 ("throughput", f"{M.human_count(est['tokens_per_s'])} tokens/s ({est['basis']})"),
-                ("estimated time", f"<b>{M.human_duration(est['seconds'])}</b>")]
+                ("estimated time", f"<b>{M.human_duration(est['seconds'])}</b>")] + [
+                (f"suggested lr ({self.optimizer.value})", f"<b>{r['lr']:.2g}</b> <code>{r['field']}</code> for {html.escape(r['params'])}: "
+                 f"<span style='color:#777'>{html.escape(r['rule'])}</span>") for r in lrs]
         self.summary.value = ("<table class='forge-sizer-table' style='font-size:12px'>" +
                               "".join(f"<tr><td style='color:#555;padding-right:1em'>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>")
+        if loaded: self.curve.value = ""; return          # no dial, no curve over depths
         lo, hi = self.depth.min, self.depth.max
         depths = sorted({lo, hi, mc.depth, *range(lo, hi + 1, max(1, (hi - lo) // 24))})
         curve = []
