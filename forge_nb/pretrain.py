@@ -275,9 +275,9 @@ class TrainState:
         record = {"step": self.step, "world_size": len(per_rank), "format": "dcp-safetensors", **info}
         writer = _shard_writer(tmp/"state")
         if blocking:
-            dcp.save(tensors, storage_writer=writer, process_group=group)
+            dcp.save(tensors, storage_writer=writer, process_group=group, no_dist=not _dist_on())
             return PendingSave(path, tmp, None, record, t0)
-        fut = dcp.async_save(tensors, storage_writer=writer, process_group=group)   # copies to CPU, then writes in a thread
+        fut = dcp.async_save(tensors, storage_writer=writer, process_group=group, no_dist=not _dist_on())   # copies to CPU, then writes in a thread
         return PendingSave(path, tmp, fut, {**record, "blocked_s": round(time.perf_counter() - t0, 3)}, t0)
 
     def load(self, path:str|Path) -> "TrainState":
@@ -289,7 +289,7 @@ class TrainState:
             raise ValueError(f"{path}: no state/ folder: a checkpoint written before sharded checkpoints (model.safetensors); "
                              "start the stage afresh or resume it with the forge_nb version that wrote it")
         tensors, _ = sharded_state(self.model, self.optimizer)
-        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path/"state")))
+        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path/"state")), no_dist=not _dist_on())
         set_sharded_state(self.model, self.optimizer, tensors, json.loads((path/"optimizer.json").read_text())["param_groups"])
         self.scheduler.load_state_dict(json.loads((path/"scheduler.json").read_text()))
         rank = _rank()
