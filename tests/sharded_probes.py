@@ -39,7 +39,7 @@ def pretrain_recorded(cfg_path: str, run_dir: str, record_dir: str, slow_save_s:
     from forge_nb.config import load_config
     from forge_nb.pretrain import run_pretrain
     record_batches(record_dir)
-    if slow_save_s: slow_background_saves(slow_save_s)
+    if float(slow_save_s): slow_background_saves(float(slow_save_s))
     return run_pretrain(load_config(cfg_path), run_dir, log=print)
 
 

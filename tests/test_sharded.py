@@ -29,6 +29,15 @@ def store_dir(tmp_path_factory):
     return d/"t"/"data"
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, store_dir):
+    "10 uninterrupted steps on one process (micro-batch 2 x accumulation 2): (losses, {step: rows trained on})."
+    tmp = tmp_path_factory.mktemp("reference")
+    run = _run_dir(tmp, "ref", store_dir)
+    _finish(_pretrain(_cfg(tmp, steps=10, grad_accum=2, parallel="none"), run, tmp/"rec-ref"))
+    return _losses(run), _rows(tmp/"rec-ref")
+
+
 def _cfg(tmp: Path, **pc):
     "The tiny pipeline with a constant learning rate after warmup (so a 6-step run continued to 10 = a 10-step run)."
     return tiny_config(tmp, **{"micro_batch_size": 2, "eval_every": 100, "eval_batches": 1, "save_every": 3, "keep_last": 2,
@@ -135,27 +144,24 @@ def test_sigkill_during_background_save_keeps_previous_checkpoint(tmp_path, stor
 
 
 @pytest.mark.parametrize("before,after", [((2, "fsdp"), (1, "none")), ((1, "none"), (2, "fsdp"))])
-def test_reshard_resume(tmp_path, store_dir, before, after):
+def test_reshard_resume(tmp_path, store_dir, reference, before, after):
     """6 steps on N ranks (checkpoint at 6), continued to 10 on M ranks, against 10 uninterrupted steps on 1:
     equal losses, and each step's training rows (recorded by the ranks) equal the uninterrupted run's: none skipped,
     none read twice. Global batch 4 sequences: N ranks x micro-batch 2 x accumulation 2/N."""
-    cfg = lambda steps, ranks, par: _cfg(tmp_path, steps=steps, grad_accum=2 // ranks, parallel=par)
-    ref = _run_dir(tmp_path, "ref", store_dir)
+    cfg = lambda steps, ranks, par: _cfg(tmp_path, steps=steps, grad_accum=2 // ranks, parallel=par, keep_last=4)
     run = _run_dir(tmp_path, "resharded", store_dir)
-    procs = _pretrain(cfg(10, 1, "none"), ref, tmp_path/"rec-ref")
     _finish(_pretrain(cfg(6, before[0], before[1]), run, tmp_path/"rec-a", ranks=before[0]))
     _finish(_pretrain(cfg(10, after[0], after[1]), run, tmp_path/"rec-b", ranks=after[0]))
-    _finish(procs)
     stage = RunDir(run).stage("pretrain")
     state = json.loads((stage.checkpoint_path(6)/"trainer_state.json").read_text())
     shards = sorted(p.name for p in (stage.checkpoint_path(6)/"state").iterdir())
     assert state["world_size"] == before[0] and len(shards) == before[0], shards   # each rank wrote its own shard
     assert json.loads((stage.root/"summary.json").read_text())["resumed_from"] == 6
-    a, b = _losses(ref), _losses(run)
+    (a, want), b = reference, _losses(run)
     assert [s for s, _ in b] == list(range(1, 11))
     diff = max(abs(x - y) for (_, x), (_, y) in zip(a, b))
     assert diff < 1e-4 * a[0][1], list(zip(a, b))
-    want, got = _rows(tmp_path/"rec-ref"), _rows(tmp_path/"rec-a", tmp_path/"rec-b")
+    got = _rows(tmp_path/"rec-a", tmp_path/"rec-b")
     assert sorted(got) == list(range(1, 11)) and got == want, "rows skipped or read twice after resharding"
     every = [h for v in got.values() for h in v]
     assert len(every) == 40 and len(set(every)) == len(set(h for v in want.values() for h in v))
@@ -179,33 +185,30 @@ def test_two_rank_validation_equals_one_process(tmp_path, store_dir):
 
 
 @pytest.mark.slurm
-def test_reshard_on_slurm(slurm_cluster, tmp_path, store_dir):
+def test_reshard_on_slurm(slurm_cluster, tmp_path, store_dir, reference):
     """The same on the local SLURM cluster, through the launcher: DDP on 2 nodes -> 1 task, and 1 task -> DDP on 2 nodes;
-    both chains run at once, the uninterrupted reference locally meanwhile."""
+    both chains run at once, against the same uninterrupted reference."""
     import sharded_probes
     from forge_nb import launch as L
     from forge_nb.config import ResourcesConfig
     def submit(name, steps, nodes, after=None):
         run = _run_dir(tmp_path, name, store_dir)
-        cfg = _cfg(tmp_path, steps=steps, grad_accum=2 // nodes, parallel="ddp" if nodes > 1 else "none")
+        cfg = _cfg(tmp_path, steps=steps, grad_accum=2 // nodes, parallel="ddp" if nodes > 1 else "none", keep_last=4)
         save_config(cfg, run/f"cfg-{steps}.yaml")
         res = ResourcesConfig(cluster="slurm", partition="cpu", nodes=nodes, tasks_per_node=1, time_min=10,
                               env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
         return L.submit(sharded_probes.pretrain_recorded, str(run/f"cfg-{steps}.yaml"), str(run), str(tmp_path/f"rec-{name}-{steps}"),
                         resources=res, run_dir=tmp_path/"jobs"/f"{name}-{steps}", name="reshard", depends_on=[after] if after else None)
-    ref = _run_dir(tmp_path, "ref", store_dir)
-    local = _pretrain(_cfg(tmp_path, steps=10, grad_accum=2, parallel="none"), ref, tmp_path/"rec-ref")
     chains = {name: submit(name, 6, a) for name, a, _ in [("2to1", 2, 1), ("1to2", 1, 2)]}
     chains = {name: (first, submit(name, 10, b, after=first)) for (name, first), b in zip(chains.items(), [1, 2])}
-    _finish(local)
-    want = _rows(tmp_path/"rec-ref")
+    a, want = reference
     for name, (first, second) in chains.items():
         first.result(timeout_s=600); second.result(timeout_s=600)
         run = tmp_path/name
         stage = RunDir(run).stage("pretrain")
         assert json.loads((stage.checkpoint_path(6)/"trainer_state.json").read_text())["world_size"] == (2 if name == "2to1" else 1)
         assert json.loads((stage.root/"summary.json").read_text())["resumed_from"] == 6
-        a, b = _losses(ref), _losses(run)
+        b = _losses(run)
         assert [s for s, _ in b] == list(range(1, 11))
         diff = max(abs(x - y) for (_, x), (_, y) in zip(a, b))
         assert diff < 1e-4 * a[0][1], (name, list(zip(a, b)))
