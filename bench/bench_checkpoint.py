@@ -12,7 +12,7 @@ during the save and `+ over state` = how far that is above the rank's memory jus
 and optimizer state already resident); `sum` = the peaks of all ranks added. Ratios are against the rank-0 gather
 with the same number of ranks. Model + AdamW state in fp32 = 12 bytes per parameter (+4 for gradients).
 """
-import argparse, json, os, resource, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, socket, statistics, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ class _Loader:
 def worker(args):
     "One rank: build the model (FSDP2 on 2 ranks), give AdamW its state, then time and measure one save."
     import torch
-    from forge_nb.config import ModelConfig, OptimConfig, PretrainConfig
+    from forge_nb.config import ModelConfig, OptimConfig
     from forge_nb.distributed import init_distributed, shutdown_distributed
     from forge_nb.model import build_model
     from forge_nb.pretrain import TrainState, make_optimizer, make_scheduler, parallelize, _barrier
@@ -128,7 +128,7 @@ def main():
     n = med[cases[0]]["params"]
     print(f"\ncheckpoint save, {n / 1e6:.0f}M parameters (depth {args.depth}, hidden {args.depth * args.aspect}, vocab {args.vocab}), "
           f"fp32 model + AdamW; median of {args.repeats}; load average {os.getloadavg()[0]:.1f}")
-    head = f"| save | ranks | blocked s | total s | peak RSS GB (busiest rank) | + over state GB | sum of ranks GB | on disk GB | blocked vs gather | peak vs gather |"
+    head = "| save | ranks | blocked s | total s | peak RSS GB (busiest rank) | + over state GB | sum of ranks GB | on disk GB | blocked vs gather | peak vs gather |"
     print(head); print("|---" * (head.count("|") - 1) + "|")
     names = {"gather": "rank-0 gather (before)", "sharded": "sharded (DCP), blocking", "async": "sharded (DCP), background"}
     for c in cases:

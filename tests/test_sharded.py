@@ -170,16 +170,17 @@ def test_reshard_resume(tmp_path, store_dir, reference, before, after):
 
 def test_two_rank_validation_equals_one_process(tmp_path, store_dir):
     "FSDP on 2 ranks, each scoring its share of an odd number of batches, all-reduced = one process's bits per byte."
+    from forge_nb.data.store import TokenStore
+    from forge_nb.pretrain import build_state, evaluate, make_runtime
     run = _run_dir(tmp_path, "val", store_dir)
-    save_config(_cfg(tmp_path), run/"cfg.yaml")
-    one, two = _start("validate", [run/"cfg.yaml", run, tmp_path/"one.json", "none"]), \
-               _start("validate", [run/"cfg.yaml", run, tmp_path/"two.json", "fsdp"], ranks=2)
-    _finish(one + two)
-    a, b = json.loads((tmp_path/"one.json").read_text()), json.loads((tmp_path/"two.json").read_text())
+    cfg = _cfg(tmp_path); save_config(cfg, run/"cfg.yaml")
+    two = _start("validate", [run/"cfg.yaml", run, tmp_path/"two.json", "fsdp"], ranks=2)
+    st, rt = TokenStore(store_dir), make_runtime(cfg.pretrain)
+    a = evaluate(build_state(cfg, st, rt).model, st, rt, 3)          # this process, the same seeded model
+    _finish(two)
+    b = json.loads((tmp_path/"two.json").read_text())
     assert sorted(a) == sorted(b) and any(k.endswith("/bpb") for k in a)
     for k in a: assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (k, a[k], b[k])
-    from forge_nb.data.store import TokenStore
-    st = TokenStore(store_dir)
     assert any(-(-st.num_sequences(s) // 3) % 2 for s in st.val_sources), "no source has an odd batch count: the padding forward is untested"
     print({k: (round(a[k], 6), round(b[k], 6)) for k in a if k.endswith("bpb")})
 
