@@ -17,10 +17,10 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['lr_multiplier', 'make_scheduler', 'make_optimizer', 'Runtime', 'make_runtime', 'model_inputs', 'rng_state',
            'set_rng_state', 'save_rng_states', 'load_rng_state', 'seed_everything', 'full_model_state', 'save_weights',
-           'load_weights', 'plain_json', 'sharded_state', 'set_sharded_state', 'PendingSave', 'TrainState', 'grad_sync',
-           'lm_loss_sum', 'train_step', 'check_batch', 'step_loss', 'build_state', 'parallelize', 'eval_share',
-           'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops', 'due', 'Checkpointer',
-           'Validator', 'Reporter', 'export_model', 'open_store', 'run_pretrain']
+           'load_weights', 'plain_json', 'sharded_state', 'set_sharded_state', 'flat_tensors', 'PendingSave',
+           'TrainState', 'grad_sync', 'lm_loss_sum', 'train_step', 'check_batch', 'step_loss', 'build_state',
+           'parallelize', 'eval_share', 'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops',
+           'due', 'Checkpointer', 'Validator', 'Reporter', 'export_model', 'open_store', 'run_pretrain']
 
 # %% ../nbs/21_pretrain.ipynb #0da20b59
 from .config import PipelineConfig, OptimConfig, PretrainConfig
@@ -201,10 +201,23 @@ def set_sharded_state(model, optimizer, tensors:dict, groups:list):
                    optim_state_dict={"state": tensors["optim"], "param_groups": groups})
 
 # %% ../nbs/21_pretrain.ipynb #129abcc1
-def _shard_writer(folder:Path):
-    "Each rank writes its own safetensors shard of `folder`; no `.metadata` pickle (the reader rebuilds it from the headers)."
+def flat_tensors(tensors:dict) -> dict:
+    "`sharded_state`'s nested tensors as one flat dict (`model.<name>`, `optim.<name>.<exp_avg…>`), the same tensor objects."
+    out = {}
+    for k, v in tensors.items():
+        if isinstance(v, dict): out.update({f"{k}.{kk}": vv for kk, vv in flat_tensors(v).items()})
+        else: out[k] = v
+    return out
+
+def _shard_writer(folder:Path, tensors:dict, file_bytes:int=2**28):
+    """Each rank writes its own safetensors files in `folder`, about `file_bytes` each (a writer holds one file's bytes
+    in memory at a time); no `.metadata` pickle: the reader rebuilds the layout from the files' headers."""
     from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
-    return HuggingFaceStorageWriter(str(folder), save_distributed=True)
+    files, size = {}, 0
+    for k, v in tensors.items():          # the same keys in the same order on every rank: rank 0's grouping serves all
+        files[k] = 1 + size // file_bytes
+        size += getattr(v, "_local_tensor", v).nbytes
+    return HuggingFaceStorageWriter(str(folder), fqn_to_index_mapping=files, save_distributed=True)
 
 def _check_tensors_only(tensors:dict, where:str="state"):
     "Only tensors go to the shards (anything else DCP would pickle and unpickle on load)."
@@ -263,6 +276,7 @@ class TrainState:
         t0, path = time.perf_counter(), Path(path)
         tensors, groups = sharded_state(self.model, self.optimizer)
         _check_tensors_only(tensors); tensors["model"] = _untie(tensors["model"])
+        tensors = flat_tensors(tensors)
         per_rank = _gather({"rng": rng_state(), "loader": self.loader.state_dict()})
         name = f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
         if _rank() == 0:              # rank 0 writes the small files, in plain JSON (and the torch RNG as safetensors)
@@ -273,7 +287,7 @@ class TrainState:
             atomic_write_json(tmp/"loader.json", [r["loader"] for r in per_rank])
         tmp = path.parent/_gather(name)[0]     # rank 0's name, once the folder exists
         record = {"step": self.step, "world_size": len(per_rank), "format": "dcp-safetensors", **info}
-        writer = _shard_writer(tmp/"state")
+        writer = _shard_writer(tmp/"state", tensors)
         if blocking:
             dcp.save(tensors, storage_writer=writer, process_group=group, no_dist=not _dist_on())
             return PendingSave(path, tmp, None, record, t0)
@@ -289,7 +303,7 @@ class TrainState:
             raise ValueError(f"{path}: no state/ folder: a checkpoint written before sharded checkpoints (model.safetensors); "
                              "start the stage afresh or resume it with the forge_nb version that wrote it")
         tensors, _ = sharded_state(self.model, self.optimizer)
-        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path/"state")), no_dist=not _dist_on())
+        dcp.load(flat_tensors(tensors), storage_reader=HuggingFaceStorageReader(str(path/"state")), no_dist=not _dist_on())
         set_sharded_state(self.model, self.optimizer, tensors, json.loads((path/"optimizer.json").read_text())["param_groups"])
         self.scheduler.load_state_dict(json.loads((path/"scheduler.json").read_text()))
         rank = _rank()
