@@ -67,7 +67,7 @@ def worker(args):
     opt = make_optimizer(model, OptimConfig())
     model(input_ids=torch.randint(0, args.vocab, (1, 8)), use_cache=False).logits.float().mean().backward()
     opt.step()
-    n = sum(p.numel() for p in model.parameters()) * (env.world_size if env.distributed else 1)
+    n = sum(p.numel() for p in model.parameters())     # FSDP2 DTensors count their global size
     st = TrainState(model, opt, make_scheduler(opt, OptimConfig(), 10), _Loader(), step=1)
     group = torch.distributed.new_group(backend="gloo") if env.distributed else None
     _barrier()
