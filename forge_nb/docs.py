@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['cell_directives', 'strip_directives', 'Page', 'page_href', 'notebook_title', 'find_pages', 'prepare_notebook',
-           'DocsBuildError', 'mark_skipped', 'execute_notebook', 'visible_cells', 'symbols_from_pages', 'relative_href',
-           'linkify_markdown', 'sidebar_html', 'page_html', 'rewrite_nb_links', 'render_body', 'pygments_css',
-           'build_site', 'readme_text', 'render_readme', 'check_readme', 'check_sync', 'kept_output',
-           'fresh_kept_outputs', 'refresh_outputs', 'stray_outputs', 'main']
+__all__ = ['CATALOGUE_SECTIONS', 'CATALOGUE_PAGE', 'cell_directives', 'strip_directives', 'Page', 'page_href', 'notebook_title',
+           'find_pages', 'prepare_notebook', 'DocsBuildError', 'mark_skipped', 'execute_notebook', 'visible_cells',
+           'symbols_from_pages', 'relative_href', 'linkify_markdown', 'sidebar_html', 'page_html', 'rewrite_nb_links',
+           'render_body', 'pygments_css', 'build_site', 'readme_links', 'readme_text', 'render_readme', 'check_readme',
+           'check_sync', 'kept_output', 'fresh_kept_outputs', 'refresh_outputs', 'stray_outputs', 'BadInput',
+           'catalogue_entry', 'catalogue_cells', 'parse_catalogue', 'page_markdown', 'write_catalogue',
+           'run_catalogue_tests', 'update_catalogue', 'main']
 
 # %% ../nbs/90_docs.ipynb #d1f10476
 _re_directive = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
@@ -440,6 +442,12 @@ def _output_text(o) -> str:
     t = "".join(t) if isinstance(t, list) else t
     return "```\n" + t.rstrip("\n") + "\n```" if t.strip() else ""
 
+_re_md_nb_link = re.compile(r"(\]\()(?![a-zA-Z][\w+.-]*:|/|#)([^)\s]+\.ipynb)(#[^)\s]*)?\)")
+
+def readme_links(md:str, folder:str) -> str:
+    "Markdown links to notebooks (relative to the index notebook) as seen from the README one folder up: `folder/` in front."
+    return _re_md_nb_link.sub(lambda m: f"{m.group(1)}{folder}/{m.group(2)}{m.group(3) or ''})", md)
+
 def readme_text(index_nb:str|Path="nbs/index.ipynb") -> str:
     "README markdown made from the notebook `index_nb` (deterministic)."
     index_nb = Path(index_nb)
@@ -448,7 +456,7 @@ def readme_text(index_nb:str|Path="nbs/index.ipynb") -> str:
     for c in nb["cells"]:
         src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
         if c["cell_type"] == "markdown":
-            if src.strip(): blocks.append(src.strip("\n"))
+            if src.strip(): blocks.append(readme_links(src.strip("\n"), index_nb.parent.name))
         elif c["cell_type"] == "code":
             d = cell_directives(src)
             if d.keys() & _HIDDEN or d.get("include", "").lower() == "false": continue
@@ -595,18 +603,153 @@ def stray_outputs(nbs_path:str|Path="nbs") -> list[str]:
                 out.append(f"{p}: cell {i} has an output but no `#| keep_output` (`forge-nb docs outputs` clears it)")
     return out
 
+# %% ../nbs/90_docs.ipynb #48128ce1
+CATALOGUE_SECTIONS = {   # category -> its heading on the page, in page order
+    "config": "Config typos and out-of-range values",
+    "data": "Malformed or non-UTF-8 data",
+    "inputs": "Empty sources and missing inputs",
+    "tokenizer": "Tokenizer and model mismatches",
+    "cluster": "Resources a cluster cannot satisfy",
+    "checkpoint": "A checkpoint from a different config",
+    "sft": "Bad SFT rows",
+    "preference": "Bad preference rows",
+    "policy": "Bad policy rules",
+}
+CATALOGUE_PAGE = "99_bad_inputs.ipynb"   # the page's notebook, under nbs/
+
+@dataclass(frozen=True)
+class BadInput:
+    "One entry of the bad-input catalogue: what a user did and the one line they see."
+    category: str      # a key of `CATALOGUE_SECTIONS`
+    did: str           # what the user did, e.g. "a misspelt field in the YAML"
+    message: str       # the line they see: the CLI's error line, or `ErrorType: message` in Python (one line per problem)
+    test: str          # the test that asserts it: `tests/test_x.py::test_name`
+    command: str = ""  # the shell command that printed it ('' when it is raised in Python)
+
+_ENTRY = "**{did}** · {where} · asserted by `{test}`\n\n```text\n{body}\n```"
+_re_entry = re.compile(r"^\*\*(?P<did>.+?)\*\* · (?P<where>shell|Python) · asserted by `(?P<test>[^`\n]+)`\n\n```text\n"
+                       r"(?:\$ (?P<command>[^\n]*)\n)?(?P<message>[\s\S]*?)\n```$", re.MULTILINE)
+
+def catalogue_entry(e:BadInput) -> str:
+    "One entry as the page shows it (each `bad_input` test looks for exactly this text on the committed page)."
+    if "\n" in e.command or "\n" in e.did or "**" in e.did or "```" in e.message or not e.message.strip():
+        raise ValueError(f"{e.test}: a catalogue entry needs a one-line command and `did` (no `**`), and a message: {e}")
+    return _ENTRY.format(did=e.did, where="shell" if e.command else "Python", test=e.test,
+                         body=(f"$ {e.command}\n" if e.command else "") + e.message)
+
+
+# %% ../nbs/90_docs.ipynb #3682cd5d
+_CATALOGUE_INTRO = """# Bad input: what you see
+> Every class of bad input forge_nb handles, and the one line it answers with: generated from the tests that assert those lines
+
+<!-- Generated by `forge-nb docs catalogue` (forge_nb.docs.write_catalogue) from the tests marked `bad_input`: do not edit. -->
+
+A mistake should cost a user one line of reading: what is wrong, and where (the field, the file and line, the rule,
+the partition), before anything long starts. Each entry below was produced by a test that makes the mistake and checks
+that answer: one line, naming what it should name, no traceback. `forge-nb docs catalogue` runs those tests
+(`pytest -m bad_input`) and writes this page; each of them fails when the line it sees is no longer the one shown
+here, so the page cannot drift from the code. To add an entry, see the `bad_input` fixture in `tests/conftest.py`.
+
+**shell** entries show the command and the line `forge-nb` prints on stderr. It exits with status 2 for a bad config,
+a missing file or a refused resource request, 1 otherwise. A stage that fails inside a job prints a second line saying
+where its full traceback is, and `--debug` prints the traceback. **Python** entries show the last line of the exception
+a notebook cell raises. A mistake with several problems gets one line per problem under a header. Paths are shown
+under `~/proj`, the folder the test ran in.
+
+{n} entries in {k} classes."""
+
+def catalogue_cells(entries:list) -> list[str]:
+    "The page's markdown cells for `entries` (`BadInput`s): the introduction, then one cell per class."
+    unknown = sorted({e.category for e in entries} - set(CATALOGUE_SECTIONS))
+    if unknown: raise ValueError(f"unknown bad-input categories {unknown}; expected one of {list(CATALOGUE_SECTIONS)}")
+    entries = sorted(set(entries), key=lambda e: (e.did.lower(), e.did, e.test, e.command, e.message))
+    cells = [_CATALOGUE_INTRO.format(n=len(entries), k=len({e.category for e in entries}))]
+    for cat, head in CATALOGUE_SECTIONS.items():
+        es = [catalogue_entry(e) for e in entries if e.category == cat]
+        cells.append(f"## {head}\n\n" + ("\n\n".join(es) if es else "*No test asserts a message of this kind yet.*"))
+    return cells
+
+def parse_catalogue(cells:list[str]) -> list[BadInput]:
+    "The entries on a page made by `catalogue_cells` (its markdown cells), in page order."
+    heads, out = {v: k for k, v in CATALOGUE_SECTIONS.items()}, []
+    for c in cells:
+        m = re.match(r"## (.+)", c)
+        if not m or m.group(1).strip() not in heads: continue
+        out += [BadInput(heads[m.group(1).strip()], e["did"], e["message"], e["test"], e["command"] or "")
+                for e in _re_entry.finditer(c)]
+    return out
+
+def page_markdown(path:str|Path) -> list[str]:
+    "The markdown cells' sources of a notebook."
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [_src(c) for c in nb["cells"] if c["cell_type"] == "markdown"]
+
+def write_catalogue(entries:list, path:str|Path) -> Path:
+    "Write the catalogue page for `entries` as a notebook of markdown cells at `path` (atomically, as nbdev-clean leaves it)."
+    from nbdev.clean import nbdev_clean
+    from forge_nb.runs import atomic_write_text
+    ids = ["intro", *CATALOGUE_SECTIONS]               # stable cell ids: a regenerated page differs only where entries do
+    cells = [{"cell_type": "markdown", "id": f"bad-input-{i}", "metadata": {}, "source": s} for i, s in zip(ids, catalogue_cells(entries))]
+    nb = {"cells": cells, "metadata": {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    nbdev_clean(fname=str(path))
+    return Path(path)
+
+
+# %% ../nbs/90_docs.ipynb #0be81717
+def run_catalogue_tests(root:str|Path=".",      # the project root (with tests/)
+                        pytest_args:list=(),     # more pytest arguments
+                        quiet:bool=False,        # capture pytest's output (shown only on failure)
+                       ) -> tuple[list, list]:   # the entries (`BadInput`) the tests recorded; the tests skipped (`tests/x.py::name`)
+    "Run `pytest -m bad_input` in `root` and return the catalogue entries its tests record; `DocsBuildError` if one fails."
+    import tempfile
+    root = Path(root)
+    if not (root/"tests").is_dir(): raise DocsBuildError(f"{root.resolve()}/tests: no such folder (run in a clone of the project)")
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d)/"entries.jsonl"
+        cmd = [sys.executable, "-m", "pytest", "-m", "bad_input", "-p", "no:cacheprovider", "-q", *pytest_args, "tests"]
+        r = subprocess.run(cmd, cwd=root, env={**os.environ, "FORGE_CATALOGUE_OUT": str(out)}, text=True,
+                           capture_output=quiet)
+        recs = [json.loads(l) for l in out.read_text().splitlines()] if out.exists() else []
+    if r.returncode:
+        tail = "\n" + (r.stdout or "")[-3000:] if quiet else ""
+        raise DocsBuildError(f"`{' '.join(cmd[2:])}` failed (exit {r.returncode}): the catalogue was not written{tail}")
+    skipped = sorted({re.sub(r"\[.*\]$", "", x["skipped"]) for x in recs if "skipped" in x})
+    return [BadInput(**x["entry"]) for x in recs if "entry" in x], skipped
+
+def update_catalogue(root:str|Path=".",        # the project root
+                     page:str|Path|None=None,   # the page (default: nbs/99_bad_inputs.ipynb under root)
+                     log=print,
+                    ) -> Path:
+    "Run the bad-input tests and rewrite the page from what they record; a skipped test keeps its entries from the page."
+    page = Path(page or Path(root)/"nbs"/CATALOGUE_PAGE)
+    entries, skipped = run_catalogue_tests(root)
+    old = parse_catalogue(page_markdown(page)) if page.exists() else []
+    ran = {(e.test, e.did) for e in entries}
+    kept = [e for e in old if e.test in skipped and (e.test, e.did) not in ran]
+    if kept: log(f"kept {len(kept)} entries of skipped tests from the committed page, not checked here: "
+                 f"{sorted({e.test for e in kept})}")
+    if lost := [t for t in skipped if t not in {e.test for e in entries + kept}]:
+        log(f"skipped, and not on the page: {lost}: the page lacks their entries until they run where they can")
+    if not entries + kept: raise DocsBuildError("no test recorded a catalogue entry (is the `bad_input` fixture in tests/conftest.py?)")
+    write_catalogue(entries + kept, page)
+    log(f"wrote {page}: {len(set(entries + kept))} entries from {len({e.test for e in entries + kept})} tests")
+    return page
+
+
 # %% ../nbs/90_docs.ipynb #914957bc
 def main(argv:list|None=None) -> int:
     "Entry point of `python -m forge_nb.docs` and `forge-nb docs`."
     ap = argparse.ArgumentParser(prog="forge-nb docs", description="Offline docs site, README and sync checks from the notebooks.")
-    ap.add_argument("action", choices=["build", "readme", "check-readme", "check-sync", "outputs", "check-outputs"])
+    ap.add_argument("action", choices=["build", "readme", "check-readme", "check-sync", "outputs", "check-outputs", "catalogue"])
     ap.add_argument("--out", default=None, help="site folder (build, default _site) or README file (readme, check-readme; default README.md)")
     ap.add_argument("--nbs", default="nbs", help="notebook folder (default nbs)")
     ap.add_argument("--no-execute", action="store_true", help="build: run only what the API reference needs (no other outputs; faster)")
     ap.add_argument("--timeout", type=float, default=600, help="build: seconds per notebook (default 600)")
     ap.add_argument("--workers", type=int, default=2, help="build: notebooks executed at once (default 2)")
     ap.add_argument("--only", action="append", default=None, metavar="NB", help="build: only this notebook (relative to --nbs); repeatable")
-    ap.add_argument("--root", default=".", help="check-sync: project root (default .)")
+    ap.add_argument("--root", default=".", help="check-sync, catalogue: project root (default .)")
     a = ap.parse_args(argv)
     index = Path(a.nbs)/"index.ipynb"
     try:
@@ -629,6 +772,8 @@ def main(argv:list|None=None) -> int:
                 if any(part[0] in "_." for part in Path(p).parts): continue
                 n = refresh_outputs(Path(a.nbs)/p, a.timeout)                 # runs only notebooks with kept cells
                 if n: print(f"[outputs] {p}: {n} cells keep an output", flush=True)
+        elif a.action == "catalogue":
+            update_catalogue(a.root, a.out)
         elif a.action == "check-outputs":
             probs = stray_outputs(a.nbs)
             for p in probs: print(p, file=sys.stderr)

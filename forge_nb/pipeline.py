@@ -18,6 +18,7 @@ __all__ = ['DEMO_POLICY', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task'
 from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
 from .runs import RunDir, atomic_write_text, read_metrics
 from .jobs import error_message
+from .launch import holding_run_lock
 
 # %% ../nbs/70_pipeline.ipynb #c03e40da
 def _docstrings(stdlib:Path, limit:int):
@@ -341,6 +342,7 @@ def _record_timing(run:RunDir, timings:dict, t0:float):
     atomic_write_text(run.root/"pipeline.json", json.dumps({"stages": timings, "wall_s": round(time.time() - t0, 1),
                       "peak_rss_gb": round(_peak_rss_gb(), 2), "finished": time.time()}, indent=1) + "\n")
 
+@holding_run_lock
 def run_foreground(cfg:PipelineConfig,     # the pipeline to run
                    stages:list|None=None,  # subset of stages (default: cfg.stages)
                    log=print,              # where the stages' log lines go
@@ -387,6 +389,7 @@ def _finish(run:RunDir, t0:float):
     print(f"forge_nb: finished in {time.time() - t0:.1f} s. Run directory:\n{run.tree()}", flush=True)
     print(f"forge_nb: report: {write_report(run.root).absolute()}", flush=True)
 
+@holding_run_lock
 def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  stages:list|None=None,  # subset of stages (default: cfg.stages)
                  wait:bool=True,         # follow the jobs until they finish

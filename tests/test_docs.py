@@ -9,6 +9,8 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from conftest import in_ci, slurm_up
+
 from forge_nb.docs import build_site, check_sync, find_pages, readme_text, render_readme, check_readme
 from forge_nb.docs import fresh_kept_outputs, kept_output, stray_outputs
 
@@ -82,10 +84,10 @@ def test_browser_check_catches_problems(browser, tmp_path):
                    "broken anchor '../index.html#nowhere'", "undefined_fn"]:
         assert needle in got, got
 
-def _build_and_check(browser, tmp_path, artifacts_dir, only, name):
+def _build_and_check(browser, tmp_path, artifacts_dir, only, name, built=None):
     t = time.monotonic()
-    site = build_site(NBS, tmp_path/"_site", execute=True, timeout=600, only=only)
-    t_build = time.monotonic() - t
+    site, t_build = built if built else (build_site(NBS, tmp_path/"_site", execute=True, timeout=600, only=only), None)
+    t_build = t_build if t_build is not None else time.monotonic() - t
     t = time.monotonic()
     art = artifacts_dir/f"docs-{name}"; shutil.rmtree(art, ignore_errors=True); art.mkdir()
     problems = check_site_in_browser(browser, site, art)
@@ -93,6 +95,9 @@ def _build_and_check(browser, tmp_path, artifacts_dir, only, name):
     n = len(list(site.rglob("*.html")))
     print(f"[docs] {name}: {n} pages, build {t_build:.1f} s, browser check {t_browser:.1f} s")
     (art/"timings.json").write_text(json.dumps({"pages": n, "build_s": round(t_build, 1), "browser_s": round(t_browser, 1)}))
+    if only is not None:       # a subset: links to notebooks it leaves out (the index's tutorial links) stay as .ipynb links
+        left_out = lambda e: (m := re.match(r"broken link '([^']+\.ipynb)'", e)) and (NBS/m.group(1)).exists() and m.group(1) not in only
+        problems = {k: v for k, v in ((k, [e for e in v if not left_out(e)]) for k, v in problems.items()) if v}
     assert not problems, json.dumps(problems, indent=1)
     return site
 
@@ -111,13 +116,105 @@ def test_site_stable_subset_in_browser(browser, tmp_path, artifacts_dir):
     for p in ["index.html", "config.html", "runs.html", "distributed.html"]:
         assert f'href="{p}"' in cfg
 
+@pytest.fixture(scope="module")
+def full_site(tmp_path_factory):
+    "Every notebook in nbs/ executed and rendered once for this module's tests: (site, pages expected, build seconds)."
+    expected = {p.href for p in find_pages(NBS)}     # before the build: notebooks may be added meanwhile
+    t = time.monotonic()
+    site = build_site(NBS, tmp_path_factory.mktemp("full")/"_site", execute=True, timeout=600)
+    return site, expected, time.monotonic() - t
+
 @pytest.mark.slow
 @pytest.mark.browser
-def test_full_site_in_browser(browser, tmp_path, artifacts_dir):
+def test_full_site_in_browser(browser, tmp_path, artifacts_dir, full_site):
     "Every notebook in nbs/ executed and rendered; every page opens without errors, CDN requests or broken links."
-    expected = {p.href for p in find_pages(NBS)}     # before the build: notebooks may be added meanwhile
-    site = _build_and_check(browser, tmp_path, artifacts_dir, None, "full")
+    site, expected, t_build = full_site
+    _build_and_check(browser, tmp_path, artifacts_dir, None, "full", built=(site, t_build))
     assert expected <= {f.relative_to(site).as_posix() for f in site.rglob("*.html")}
+
+# ---------------------------------------------------------------- tutorials
+
+TUTORIALS = sorted((NBS/"tutorials").glob("[0-9]*.ipynb"))
+
+def _page_text(html_text: str) -> str:
+    "What a reader sees of a page: tags dropped, entities unescaped, whitespace squeezed."
+    import html as _html
+    return re.sub(r"\s+", " ", _html.unescape(re.sub(r"<[^>]+>", " ", html_text)))
+
+def _outputs(html_text: str) -> list:
+    "The HTML of each cell output of a rendered page: from nbconvert's `output_area` to the next output or cell."
+    chunks = re.split(r'<div class="output_area', html_text)[1:]
+    return [re.split(r'<div class="cell[ "]', c)[0] for c in chunks]
+
+# What each tutorial's page must show, from the outputs of its cells (not its prose): a chart drawn from the run and
+# the figures the text talks about. The SLURM tutorial shows jobs that ran on the cluster when there is one, and
+# says it is missing otherwise (CI: the cluster is up, and the notebook fails without it).
+TUTORIAL_OUTPUTS = {
+    "tutorials/first_model.html": ["validation bits per byte", "unigram bpb", "held-out loss", "compliance on", "report: first/report.html"],
+    "tutorials/mix_corpora.html": ["token shares", "infeasible mix plan", "Sources (documents kept", "bytes_per_token", "document length"],
+    "tutorials/slurm.html": ["#SBATCH", "partition"],
+    "tutorials/align_policy.html": ["no_competitors", "compliance on", "policy compliance on held-out prompts", "rules.0 (no_competitors).regex"],
+}
+
+def test_tutorials_are_pages_of_the_tutorials_section():
+    "Numbered notebooks in nbs/tutorials/, first in the sidebar after the index, linked from it, exporting nothing."
+    assert [p.name for p in TUTORIALS] == ["01_first_model.ipynb", "02_mix_corpora.ipynb", "03_slurm.ipynb", "04_align_policy.ipynb"]
+    pages = find_pages(NBS)
+    assert [p.rel for p in pages[1:1 + len(TUTORIALS)]] == [f"tutorials/{p.name}" for p in TUTORIALS]
+    assert {f"tutorials/{p.href.split('/')[-1]}" for p in pages if p.section == "tutorials"} == set(TUTORIAL_OUTPUTS)
+    index = (NBS/"index.ipynb").read_text()
+    readme = (ROOT/"README.md").read_text()
+    for p in TUTORIALS:
+        assert f"(tutorials/{p.name})" in index and f"(nbs/tutorials/{p.name})" in readme, p.name
+        srcs = ["".join(c["source"]) for c in json.loads(p.read_text())["cells"] if c["cell_type"] == "code"]
+        for s in srcs:
+            assert not re.search(r"^\s*#\|\s*(default_exp|export)", s, flags=re.M), f"{p.name} exports code:\n{s}"
+
+def _public(module: str, name: str) -> bool:
+    import importlib
+    m = importlib.import_module(module)
+    return not name.startswith("_") and name in getattr(m, "__all__", [n for n in dir(m) if not n.startswith("_")])
+
+def test_tutorials_use_only_the_public_api():
+    "Every `from forge_nb... import x` and `forge_nb.x.y` attribute in a tutorial names a public (`__all__`) name."
+    import ast
+    bad = []
+    for p in TUTORIALS:
+        for c in json.loads(p.read_text())["cells"]:
+            if c["cell_type"] != "code": continue
+            src = "\n".join(l for l in "".join(c["source"]).splitlines() if not l.lstrip().startswith("#|"))
+            for node in ast.walk(ast.parse(src)):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("forge_nb"):
+                    bad += [f"{p.name}: {node.module}.{a.name}" for a in node.names if not _public(node.module, a.name)]
+                elif isinstance(node, ast.Import):
+                    bad += [f"{p.name}: import {a.name}" for a in node.names if a.name.startswith("forge_nb") and a.name != "forge_nb"]
+    assert not bad, "tutorials must use only the public API:\n" + "\n".join(bad)
+    assert not _public("forge_nb.pipeline", "_finish") and _public("forge_nb.pipeline", "run_pipeline")   # the check can fail
+
+def check_tutorial_pages(site: Path, cluster: bool):
+    "Each tutorial's page is in `site` with the outputs its cells produced: charts (SVG) and the figures the prose refers to."
+    for href, needles in TUTORIAL_OUTPUTS.items():
+        page = site/href
+        assert page.is_file(), f"{href} missing from the site"
+        html_text = page.read_text(encoding="utf-8")
+        outs = _outputs(html_text)
+        shown = _page_text(" ".join(outs))
+        missing = [n for n in needles if n not in shown]
+        assert not missing, f"{href}: outputs lack {missing}"
+        assert "Traceback" not in shown, href
+        if href != "tutorials/slurm.html":
+            assert any("<svg" in o and "forge-chart" in o for o in outs), f"{href}: no chart among its outputs"
+    slurm = _page_text(" ".join(_outputs((site/"tutorials/slurm.html").read_text(encoding="utf-8"))))
+    if cluster:                    # the cluster's jobs are on the page: submitted, chained, finished, accounted
+        assert "COMPLETED" in slurm and "afterok" in slurm and "not run:" not in slurm, slurm[:3000]
+        assert "cluster-pretrain" in slurm, slurm[:3000]
+    else:
+        assert "No SLURM cluster answers on this machine" in slurm and "not run:" in slurm
+
+@pytest.mark.slow
+def test_tutorial_pages_show_their_outputs(full_site):
+    "The full site (built once for this module) has every tutorial page with its outputs; in CI, the SLURM one with real jobs."
+    check_tutorial_pages(full_site[0], cluster=in_ci() or slurm_up())
 
 # ---------------------------------------------------------------- failing builds
 
