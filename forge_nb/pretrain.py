@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/pretrain.html.md"""
 
 # %% ../nbs/21_pretrain.ipynb #d7ccfed1
 from __future__ import annotations
-import contextlib, functools, json, math, random, resource, time
+import contextlib, functools, json, math, os, random, resource, shutil, time, uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +17,10 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['lr_multiplier', 'make_scheduler', 'Optimizers', 'optimizer_groups', 'make_optimizer', 'Runtime', 'make_runtime',
            'document_ids', 'document_block_mask', 'model_inputs', 'rng_state', 'set_rng_state', 'save_rng_states',
-           'load_rng_state', 'seed_everything', 'full_model_state', 'save_weights', 'load_weights', 'TrainState',
-           'grad_sync', 'lm_loss_sum', 'train_step', 'check_batch', 'step_loss', 'prepare_model', 'build_state',
-           'parallelize', 'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops', 'due',
+           'load_rng_state', 'seed_everything', 'full_model_state', 'save_weights', 'load_weights', 'plain_json',
+           'sharded_state', 'set_sharded_state', 'flat_tensors', 'PendingSave', 'TrainState', 'grad_sync',
+           'lm_loss_sum', 'train_step', 'check_batch', 'step_loss', 'prepare_model', 'build_state', 'parallelize',
+           'eval_share', 'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops', 'due',
            'Checkpointer', 'Validator', 'Reporter', 'export_model', 'open_store', 'run_pretrain', 'checkpoint_info',
            'check_resume']
 
@@ -220,6 +221,8 @@ def _barrier():
         import torch.distributed as dist
         dist.barrier()
 
+def _rank() -> int: return torch.distributed.get_rank() if _dist_on() else 0
+
 def full_model_state(model) -> dict:
     "The full, unsharded state dict on CPU (on rank 0; other ranks of an FSDP job get `{}`)."
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, StateDictOptions
@@ -244,39 +247,139 @@ def load_weights(path:Path) -> dict:
     for k, src in tied.items(): sd[k] = sd[src]
     return sd
 
+# %% ../nbs/21_pretrain.ipynb #22b84fb8
+def plain_json(v, where:str="state"):
+    "`v` as plain JSON values (tuples become lists); anything else is an error naming where it sits."
+    if v is None or isinstance(v, (bool, int, float, str)): return v
+    if isinstance(v, (list, tuple)): return [plain_json(x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if isinstance(v, dict): return {str(k): plain_json(x, f"{where}.{k}") for k, x in v.items()}
+    if isinstance(v, torch.Tensor) and v.numel() == 1: return v.item()
+    raise TypeError(f"{where}: a {type(v).__name__} cannot be checkpointed as JSON (only tensors go to the shards)")
+
+def sharded_state(model, optimizer) -> tuple[dict, list]:
+    "(tensors, param groups): this rank's model and optimizer tensors keyed by name (FSDP: its shards), and the groups as JSON."
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    msd, osd = get_state_dict(model, optimizer)
+    return {"model": msd, "optim": osd["state"]}, plain_json(osd["param_groups"], "optimizer.param_groups")
+
+def set_sharded_state(model, optimizer, tensors:dict, groups:list):
+    "Load what `sharded_state` returned (its JSON groups given back the optimizer's own tuple types)."
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    now = get_state_dict(model, optimizer)[1]["param_groups"]
+    if len(groups) != len(now):
+        raise ValueError(f"the checkpoint has {len(groups)} optimizer parameter groups, the optimizer now has {len(now)}: "
+                         "not the same optimizer (pretrain.optim)")
+    groups = [{k: tuple(v) if isinstance(g.get(k), tuple) else v for k, v in s.items()} for s, g in zip(groups, now)]
+    set_state_dict(model, optimizer, model_state_dict=tensors["model"],
+                   optim_state_dict={"state": tensors["optim"], "param_groups": groups})
+
+# %% ../nbs/21_pretrain.ipynb #129abcc1
+def flat_tensors(tensors:dict) -> dict:
+    "`sharded_state`'s nested tensors as one flat dict (`model.<name>`, `optim.<name>.<exp_avg…>`), the same tensor objects."
+    out = {}
+    for k, v in tensors.items():
+        if isinstance(v, dict): out.update({f"{k}.{kk}": vv for kk, vv in flat_tensors(v).items()})
+        else: out[k] = v
+    return out
+
+def _shard_writer(folder:Path, tensors:dict, file_bytes:int=2**28):
+    """Each rank writes its own safetensors files in `folder`, about `file_bytes` each (a writer holds one file's bytes
+    in memory at a time); no `.metadata` pickle: the reader rebuilds the layout from the files' headers."""
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
+    files, size = {}, 0
+    for k, v in tensors.items():          # the same keys in the same order on every rank: rank 0's grouping serves all
+        files[k] = 1 + size // file_bytes
+        size += getattr(v, "_local_tensor", v).nbytes
+    return HuggingFaceStorageWriter(str(folder), fqn_to_index_mapping=files, save_distributed=True)
+
+def _check_tensors_only(tensors:dict, where:str="state"):
+    "Only tensors go to the shards (anything else DCP would pickle and unpickle on load)."
+    for k, v in tensors.items():
+        if isinstance(v, dict): _check_tensors_only(v, f"{where}.{k}")
+        elif not isinstance(v, torch.Tensor): raise TypeError(f"{where}.{k}: a {type(v).__name__} in the sharded state; only tensors are sharded")
+
+def _untie(tensors:dict) -> dict:
+    "A copy of any tensor that shares memory with an earlier one (tied embeddings): safetensors stores each tensor once."
+    seen, out = set(), {}
+    for k, v in tensors.items():
+        key = (getattr(v, "_local_tensor", v).untyped_storage().data_ptr(), v.storage_offset() if not hasattr(v, "_local_tensor") else 0)
+        out[k] = v.clone() if key in seen else v
+        seen.add(key)
+    return out
+
+class PendingSave:
+    "A checkpoint whose shards are being written: `done()` polls, `wait()` finishes it (rank 0 then marks it complete)."
+    def __init__(self, path:Path, tmp:Path, future, record:dict, t0:float):
+        self.path, self.tmp, self.future, self.record, self.t0, self.finished = path, tmp, future, record, t0, False
+
+    def done(self) -> bool: return self.future is None or self.future.done()
+
+    def wait(self) -> Path:
+        "Wait for this rank's shards (re-raising a failed write); on rank 0, write `trainer_state.json`, `COMPLETE`, rename."
+        if self.future is not None: self.future.result(); self.future = None
+        if _rank() == 0 and not self.finished:      # rank 0's save returns after every rank's shards are written
+            rec = {**self.record, "save_s": round(time.perf_counter() - self.t0, 3)}
+            atomic_write_json(self.tmp/"trainer_state.json", rec)
+            _commit_dir(self.tmp, self.path)
+        self.finished = True
+        return self.path
+
+def _commit_dir(tmp:Path, path:Path):
+    "Mark `tmp` complete (`COMPLETE`, every file synced) and rename it to `path`: the last step of `runs.atomic_dir`."
+    from forge_nb.runs import MARKER
+    (tmp/MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh: os.fsync(fh.fileno())
+    if path.exists(): shutil.rmtree(path)
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
 # %% ../nbs/21_pretrain.ipynb #19dc6e91
 class TrainState:
     "What survives a restart: model, optimizer, scheduler, data loader, step and RNG, saved and loaded as one."
     def __init__(self, model, optimizer, scheduler, loader, step:int=0):
         self.model, self.optimizer, self.scheduler, self.loader, self.step = model, optimizer, scheduler, loader, step
 
-    def save(self, path:str|Path, **info) -> Path:
-        "Write a checkpoint folder atomically (every rank calls this; rank 0 writes)."
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, StateDictOptions
-        t0 = time.perf_counter()
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        msd, osd = full_model_state(self.model), get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+    def save(self, path:str|Path, blocking:bool=True, group=None, **info) -> PendingSave:
+        "Every rank writes its shards to a hidden folder (in the background unless `blocking`); `wait()` makes it `path`."
+        import torch.distributed.checkpoint as dcp
+        t0, path = time.perf_counter(), Path(path)
+        tensors, groups = sharded_state(self.model, self.optimizer)
+        _check_tensors_only(tensors); tensors["model"] = _untie(tensors["model"])
+        tensors = flat_tensors(tensors)
         per_rank = _gather({"rng": rng_state(), "loader": self.loader.state_dict()})
-        path = Path(path)
-        if not _dist_on() or torch.distributed.get_rank() == 0:
-            with atomic_dir(path) as tmp:
-                save_weights(msd, tmp/"model.safetensors")
-                torch.save(osd, tmp/"optimizer.pt"); torch.save(self.scheduler.state_dict(), tmp/"scheduler.pt")
-                save_rng_states([r["rng"] for r in per_rank], tmp)
-                atomic_write_json(tmp/"loader.json", [r["loader"] for r in per_rank])
-                atomic_write_json(tmp/"trainer_state.json", {"step": self.step, "world_size": len(per_rank),
-                                                             "save_s": round(time.perf_counter() - t0, 3), **info})
-        _barrier()
-        return path
+        name = f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        if _rank() == 0:              # rank 0 writes the small files, in plain JSON (and the torch RNG as safetensors)
+            tmp = path.parent/name; (tmp/"state").mkdir(parents=True)
+            atomic_write_json(tmp/"optimizer.json", {"param_groups": groups})
+            atomic_write_json(tmp/"scheduler.json", plain_json(self.scheduler.state_dict(), "scheduler"))
+            save_rng_states([r["rng"] for r in per_rank], tmp)
+            atomic_write_json(tmp/"loader.json", [r["loader"] for r in per_rank])
+        tmp = path.parent/_gather(name)[0]     # rank 0's name, once the folder exists
+        record = {"step": self.step, "world_size": len(per_rank), "format": "dcp-safetensors", **info}
+        writer = _shard_writer(tmp/"state", tensors)
+        if blocking:
+            dcp.save(tensors, storage_writer=writer, process_group=group, no_dist=not _dist_on())
+            return PendingSave(path, tmp, None, record, t0)
+        fut = dcp.async_save(tensors, storage_writer=writer, process_group=group, no_dist=not _dist_on())   # copies to CPU, then writes in a thread
+        return PendingSave(path, tmp, fut, {**record, "blocked_s": round(time.perf_counter() - t0, 3)}, t0)
 
     def load(self, path:str|Path) -> "TrainState":
-        "Restore everything from a checkpoint folder (every rank reads the full state and keeps its part)."
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict, StateDictOptions
-        path, opts = Path(path), StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.model, load_weights(path/"model.safetensors"), options=opts)
-        set_optimizer_state_dict(self.model, self.optimizer, torch.load(path/"optimizer.pt", weights_only=True), options=opts)
-        self.scheduler.load_state_dict(torch.load(path/"scheduler.pt", weights_only=True))
-        rank = torch.distributed.get_rank() if _dist_on() else 0
+        "Restore everything from a checkpoint folder written with any number of ranks (each rank reads what it holds)."
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+        path = Path(path)
+        if not (path/"state").is_dir():
+            raise ValueError(f"{path}: no state/ folder: a checkpoint written before sharded checkpoints (model.safetensors); "
+                             "start the stage afresh or resume it with the forge_nb version that wrote it")
+        tensors, _ = sharded_state(self.model, self.optimizer)
+        dcp.load(flat_tensors(tensors), storage_reader=HuggingFaceStorageReader(str(path/"state")), no_dist=not _dist_on())
+        set_sharded_state(self.model, self.optimizer, tensors, json.loads((path/"optimizer.json").read_text())["param_groups"])
+        self.scheduler.load_state_dict(json.loads((path/"scheduler.json").read_text()))
+        rank = _rank()
         set_rng_state(load_rng_state(path, rank))
         loaders = json.loads((path/"loader.json").read_text())
         self.loader.load_state_dict(loaders[rank] if rank < len(loaders) else loaders[0])
@@ -382,23 +485,36 @@ def parallelize(model, parallel:str, env:DistEnv, device):
     return model
 
 # %% ../nbs/21_pretrain.ipynb #b5c022a5
+def eval_share(n:int, rank:int, world:int) -> list:
+    "Batch indices rank `rank` scores out of `n`: every `world`-th one, then None (a forward left unscored) until every rank has as many."
+    mine = list(range(rank, n, world))
+    return mine + [None] * (-(-n // world) - len(mine))
+
 @torch.no_grad()
 def evaluate(model, store, rt:Runtime, micro_batch_size:int=8, max_batches:int|None=None) -> dict:
-    "Per-source validation loss (nats/token) and bits per byte: `val/<source>/loss`, `val/<source>/bpb`."
+    "Per-source validation loss (nats/token) and bits per byte (`val/<source>/loss`, `/bpb`); the ranks split the batches."
     from torch.nn.parallel import DistributedDataParallel as DDP
     net = model.module if isinstance(model, DDP) else model
-    was_training, out = net.training, {}
+    was_training, sums = net.training, torch.zeros(len(store.val_sources), 2, dtype=torch.float64)
     net.eval()
     try:
-        for src in store.val_sources:
-            tot, n = 0.0, 0
-            for i, b in enumerate(store.val_loader(src, micro_batch_size)):
-                if max_batches is not None and i >= max_batches: break
-                tot += float(lm_loss_sum(net, b, rt)); n += int((b["labels"][:, 1:] != -100).sum())
-            if n == 0: continue
-            out[f"val/{src}/loss"] = tot / n
-            out[f"val/{src}/bpb"] = tot / n / math.log(2) / store.val_bytes_per_token[src]
+        for j, src in enumerate(store.val_sources):
+            vl = store.val_loader(src, micro_batch_size)
+            n = len(vl) if max_batches is None else min(len(vl), max_batches)
+            share, first = eval_share(n, rt.rank, rt.world_size), None
+            for i, b in enumerate(vl):
+                if i >= n: break
+                first = first or b
+                if i in share: sums[j] += torch.tensor([float(lm_loss_sum(net, b, rt)), int((b["labels"][:, 1:] != -100).sum())], dtype=torch.float64)
+            for _ in range(share.count(None)): lm_loss_sum(net, first, rt)   # FSDP: every rank runs as many forwards
     finally: net.train(was_training)
+    sums = _all_reduce_sum(sums.to(rt.device)).cpu()     # (nats, tokens) per source, summed over the ranks
+    out = {}
+    for j, src in enumerate(store.val_sources):
+        tot, n = sums[j].tolist()
+        if n == 0: continue
+        out[f"val/{src}/loss"] = tot / n
+        out[f"val/{src}/bpb"] = tot / n / math.log(2) / store.val_bytes_per_token[src]
     return out
 
 def unigram_bpb(store, micro_batch_size:int=8, max_batches:int|None=None) -> dict:
@@ -456,10 +572,13 @@ def due(step:int, every:int, last:int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 class Checkpointer:
-    "A stage's checkpoints: resume from the latest, save on schedule (timed), keep the last few."
-    def __init__(self, sd:StageDir, pc:PretrainConfig, is_main:bool=True, log=print):
+    "A stage's checkpoints: resume from the latest, save on schedule (in the background, timed), keep the last few."
+    def __init__(self, sd:StageDir, pc:PretrainConfig, is_main:bool=True, log=print, background:bool=True):
         self.sd, self.every, self.keep, self.last, self.is_main, self.log = sd, pc.save_every, pc.keep_last, pc.steps, is_main, log
-        self.save_s = None   # seconds the last save took (this process's, else the checkpoint's own record)
+        self.save_s = None      # seconds the last save took (this process's, else the checkpoint's own record)
+        self.pending, self.saved_step, self.background = None, None, background
+        # background saves talk over their own gloo group, so their collectives never interleave with training's
+        self.group = torch.distributed.new_group(backend="gloo") if background and _dist_on() else None
 
     @property
     def latest(self) -> Path|None: return self.sd.latest_checkpoint()
@@ -469,19 +588,32 @@ class Checkpointer:
         ck = self.latest
         if ck is None: return 0
         state.load(ck)
-        self.save_s = json.loads((ck/"trainer_state.json").read_text()).get("save_s")
+        self.save_s, self.saved_step = json.loads((ck/"trainer_state.json").read_text()).get("save_s"), state.step
         self.log(f"pretrain: resuming from {ck} (step {state.step})")
         return state.step
 
     def due(self, step:int) -> bool: return due(step, self.every, self.last)
 
-    def save(self, state:TrainState, **info) -> Path:
-        "Write `state` as `step_<step>` (unless that checkpoint exists already), time it, prune old ones."
+    def save(self, state:TrainState, blocking:bool=False, **info) -> Path:
+        "Start writing `state` as `step_<step>` (unless saved already); the previous save is finished first."
         path = self.sd.checkpoint_path(state.step)
-        if path == self.latest: return path
-        t = time.perf_counter()
-        state.save(path, **info)
-        self.save_s = time.perf_counter() - t
+        if state.step == self.saved_step: return self.wait() or path
+        self.wait()
+        self.pending = state.save(path, blocking=blocking or not self.background, group=self.group, **info)
+        self.saved_step = state.step
+        if blocking or not self.background: self.wait()
+        return path
+
+    def poll(self):
+        "Finish a background save whose shards are all written (call it at step boundaries)."
+        if self.pending is not None and self.pending.done(): self.wait()
+
+    def wait(self) -> Path|None:
+        "Finish the save in flight, if any: it becomes the latest complete checkpoint; older ones are pruned."
+        if self.pending is None: return None
+        p, self.pending = self.pending, None
+        path = p.wait()
+        self.save_s = time.perf_counter() - p.t0
         if self.is_main: self.sd.prune_checkpoints(self.keep)
         return path
 
@@ -652,9 +784,11 @@ def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
             with rep.paused():
                 rep.validation(step, val.validate(state.model, step))
                 rep.samples(step, val.samples(state.model, step))
+                ckpt.poll()          # a background save whose shards are written becomes the latest checkpoint
                 if ckpt.due(step): ckpt.save(state, tokens=step * batch_tokens, **info)
             if guard.requested(step):   # preempted or out of time: checkpoint this step if it fits, then requeue
-                guard.stop(step, lambda: ckpt.save(state, tokens=step * batch_tokens, **info), ckpt.save_s, ckpt.latest)
+                guard.stop(step, lambda: ckpt.save(state, blocking=True, tokens=step * batch_tokens, **info), ckpt.save_s, ckpt.latest)
+    ckpt.wait()                  # the last checkpoint is complete before the model is exported
     final = export_model(state, cfg, store, sd.final)
     return _summarize(sd, state, store, start, batch_tokens, rep.tps, env, final, ckpt.latest, log)
 
