@@ -131,10 +131,13 @@ def _cmd_docs(args) -> int:
 
 # %% ../nbs/80_cli.ipynb #ee76e5cd
 def _cmd_launch(args) -> int:
-    "Submit a config's stage (or all its stages, chained) and print how to follow them."
-    from forge_nb.launch import launch, launch_pipeline, ResourceError
+    "Submit a config's stage (or all its stages, chained; finished ones skipped) and print how to follow them."
+    from forge_nb.launch import ResourceError
+    from forge_nb.pipeline import run_pipeline
     cfg = _load(args)
-    try: jobs = [launch(cfg, args.stage)] if args.stage else launch_pipeline(cfg)
+    # through the pipeline, not waiting: finished stages are skipped, and each job is recorded in its stage's
+    # stage.json so a later `run` finds it finished (or still running, and follows it) instead of running it again
+    try: jobs = run_pipeline(cfg, stages=[args.stage] if args.stage else None, wait=False)
     except ResourceError as e:
         print(f"forge-nb: {e}", file=sys.stderr); return 2
     for j in jobs: print(f"submitted {j.stage}: {j.cluster} job {j.job_id} ({j.state()})")
