@@ -161,13 +161,20 @@ def close(a, b, tol, path=""):
     return [(path, abs(a - b))]
 
 
-# Same config, same seeds, same code, CPU: the only source of difference between a run on this machine and one on the
-# cluster's nodes is the order of floating-point reductions, which depends on the number of threads torch uses and on
-# the CPU's vector units. The dev cluster's nodes are this host, so the runs are expected to agree bit for bit; on a
-# real cluster (other CPUs, other thread counts) losses differ in the last bits, and greedy/seeded sampling can then
-# flip a token, so a pass rate over 4 held-out prompts could move by a whole prompt. TOL covers float noise on the losses
-# and bits per byte; pass rates are compared with the same tolerance here because on one host they are identical.
+# Same config, same seeds, same code, CPU: what can differ between a run on this machine and one on the cluster's nodes
+# is the order of floating-point reductions (torch's thread count, the CPU's vector units, one process or several).
+# Measured on this host: a foreground run and a run as local jobs of this config agree exactly on bits per byte and
+# pass rates, and SFT's held-out loss differs by 2.3e-7 (float noise). TOL, 1e-4 absolute on losses and bits per
+# byte, is ~400x that noise and ~1000x below what a real change moves (SFT moves the loss by ~0.2 here). Pass rates
+# come from sampled completions: logits equal to ~1e-7 give the same tokens except at a near tie, where one token can
+# flip, so a pass rate (and the mean reward) may differ by at most one held-out sample's share, never more.
 TOL = 1e-4
+
+
+def rl_sample_share(run: Path) -> float:
+    "One sample's share of a pass rate: 1 / (held-out prompts × samples per prompt), from the run's RL report."
+    rep = json.loads((run/"rl"/"report.json").read_text())
+    return 1 / (rep["prompts"] * rep["samples_per_prompt"])
 
 
 @pytest.mark.slurm
@@ -195,8 +202,12 @@ def test_tiny_pipeline_on_slurm_matches_local(slurm_cluster, tmp_path):
     finish(loc, tmp_path/"local.log", timeout=900)
     t_both = time.time() - t0
     a, b = report_figures(tmp_path/"local"), report_figures(tmp_path/"slurm")
-    assert a.keys() == {"bpb", "sft", "rl"}, a
-    diffs = close(a, b, TOL)
-    print(f"slurm pipeline {t_slurm:.0f} s, both {t_both:.0f} s; largest difference {max(d for _, d in diffs):.3g} over {len(diffs)} figures")
+    assert a.keys() == {"bpb", "sft", "rl"} and len(a["bpb"]) == 2, a
+    diffs = close({k: a[k] for k in ("bpb", "sft")}, {k: b[k] for k in ("bpb", "sft")}, TOL)
+    share = rl_sample_share(tmp_path/"local")
+    rl = close({k: v for k, v in a["rl"].items() if k != "mean reward"}, {k: v for k, v in b["rl"].items() if k != "mean reward"}, share)
+    rl += close(a["rl"]["mean reward"], b["rl"]["mean reward"], share * (len(a["rl"]) - 2))   # one sample, every rule (weight 1 each)
+    print(f"slurm pipeline {t_slurm:.0f} s, both {t_both:.0f} s; largest difference: bpb/SFT {max(d for _, d in diffs):.3g} "
+          f"over {len(diffs)} figures, pass rates/reward {max(d for _, d in rl):.3g} over {len(rl)} (allowed {share:.3g} per rate)")
     out = subprocess.run([FORGE, "run", "slurm.yaml", "--cluster", "slurm"], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
     assert all(f"[{s}] skipped:" in out for s in ["data", "pretrain", "sft", "rl"]) and len(read_registry(tmp_path/"slurm")) == 4, out
