@@ -148,6 +148,15 @@ def test_launch_then_run_reruns_nothing(tmp_path):
     assert r.returncode == 0 and "[data] skipped:" in r.stdout and "[pretrain] skipped:" in r.stdout, r.stdout + r.stderr
     assert len(read_registry(tmp_path/"lr")) == 2
     assert json.loads((tmp_path/"lr"/"pretrain"/"stage.json").read_text())["recorded_by"] == "job result"
+    # launched again with another pretraining setting (long enough to be caught running), then `run` at once: the job is followed
+    # to its end (not submitted a second time), and the report is written
+    r = subprocess.run([FORGE, "launch", "lr.yaml", "--set", "pretrain.steps=20"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    jid = re.findall(r"submitted pretrain: local job (\d+)", r.stdout)
+    assert r.returncode == 0 and len(jid) == 1 and "[data] skipped:" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([FORGE, "run", "lr.yaml", "--set", "pretrain.steps=20"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"[pretrain] job {jid[0]}, submitted earlier for the same inputs, is still" in r.stdout, r.stdout + r.stderr
+    assert len(read_registry(tmp_path/"lr")) == 3 and steps_logged(tmp_path/"lr", "pretrain") == 20
+    assert "[pretrain] step=20 loss=" in r.stdout and (tmp_path/"lr"/"report.html").exists(), r.stdout
 
 
 def close(a, b, tol, path=""):
