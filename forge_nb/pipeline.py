@@ -304,7 +304,9 @@ def stage_key(cfg:PipelineConfig,   # the pipeline config
         ups[n] = keys.get(p) or recorded_key(run_dir, p) if p else None
     return _hash({"stage": stage, "sections": secs, "files": _named_files(secs), "needs": ups})
 
-def _record_path(run_dir, stage) -> Path: return Path(run_dir)/stage/"stage.json"
+def _record_path(run_dir, stage) -> Path:
+    "`<stage>/stage.json`; the data stage's in `logs/` (its folder is replaced whole when it is built, and its manifest holds its key)."
+    return Path(run_dir)/"logs"/"data-stage.json" if stage == "data" else Path(run_dir)/stage/"stage.json"
 
 def stage_record(run_dir:str|Path, stage:str) -> dict|None:
     "A stage's `stage.json` (key, status, and the job that runs it, if any), or None."
@@ -339,8 +341,8 @@ def is_current(cfg:PipelineConfig, stage:str, run_dir:str|Path, key:str) -> bool
     return recorded_key(run_dir, stage) == key and all((Path(run_dir)/m).exists() for m in STAGES[stage].makes)
 
 def mark_stage(run_dir:str|Path, stage:str, key:str, status:str, **info):
-    "Record a stage as `running` (a rerun with another key starts it afresh; `job_id`/`folder` name its job) or `done` (later runs skip it)."
-    if stage == "data": return                 # the data stage records its key in its manifest
+    """Record a stage as `running` (a rerun with another key starts it afresh; `job_id`/`folder` name its job) or `done`
+    (later runs skip it). The data stage's finished key is its manifest's; its record only names its job."""
     p = _record_path(run_dir, stage); p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(p, json.dumps({"key": key, "status": status, "time": time.time(), **info}, default=str, indent=1) + "\n")
 
