@@ -138,25 +138,28 @@ def test_killed_during_pretraining_and_sft_resumes_from_checkpoints(tmp_path):
 
 @pytest.mark.slow
 def test_launch_then_run_reruns_nothing(tmp_path):
-    "`forge-nb launch` (nobody waits), then `forge-nb run` once the jobs ended: every stage is found finished, nothing submitted."
-    save_config(tiny_config(tmp_path, name="lr", steps=4), tmp_path/"lr.yaml")
-    r = subprocess.run([FORGE, "launch", "lr.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and re.findall(r"submitted (\w+):", r.stdout) == ["data", "pretrain"], r.stdout + r.stderr
+    """`forge-nb launch` (nobody waits), then `forge-nb run`: stages whose jobs still run are followed, not submitted
+    again; once launched jobs have ended, `run` finds them finished from their results and submits nothing."""
     from forge_nb.jobs import Job
+    save_config(tiny_config(tmp_path, name="lr", steps=12), tmp_path/"lr.yaml")
+    launched = lambda *a: subprocess.run([FORGE, "launch", "lr.yaml", *a], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    ran = lambda *a: subprocess.run([FORGE, "run", "lr.yaml", *a], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = launched()
+    ids = re.findall(r"submitted (\w+): local job (\d+)", r.stdout)
+    assert r.returncode == 0 and [s for s, _ in ids] == ["data", "pretrain"], r.stdout + r.stderr
+    r = ran()                                           # at once: the launched jobs are live (or just ended)
+    assert r.returncode == 0 and len(read_registry(tmp_path/"lr")) == 2, r.stdout + r.stderr
+    assert all(f"[{s}] skipped:" in r.stdout or f"[{s}] job {j}, submitted earlier for the same inputs, is still" in r.stdout
+               for s, j in ids), r.stdout
+    assert "submitted earlier" in r.stdout and steps_logged(tmp_path/"lr", "pretrain") == 12 and (tmp_path/"lr"/"report.html").exists()
+    # launched with another pretraining setting and left alone until it ends: `run` then submits nothing
+    r = launched("--set", "pretrain.steps=4")
+    assert r.returncode == 0 and "[data] skipped:" in r.stdout and re.findall(r"submitted (\w+):", r.stdout) == ["pretrain"], r.stdout
     for rec in read_registry(tmp_path/"lr"): assert Job(rec).wait(timeout_s=300) == "COMPLETED"
-    r = subprocess.run([FORGE, "run", "lr.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    r = ran("--set", "pretrain.steps=4")
     assert r.returncode == 0 and "[data] skipped:" in r.stdout and "[pretrain] skipped:" in r.stdout, r.stdout + r.stderr
-    assert len(read_registry(tmp_path/"lr")) == 2
+    assert len(read_registry(tmp_path/"lr")) == 3 and steps_logged(tmp_path/"lr", "pretrain") == 4
     assert json.loads((tmp_path/"lr"/"pretrain"/"stage.json").read_text())["recorded_by"] == "job result"
-    # launched again with another pretraining setting (long enough to be caught running), then `run` at once: the job is followed
-    # to its end (not submitted a second time), and the report is written
-    r = subprocess.run([FORGE, "launch", "lr.yaml", "--set", "pretrain.steps=20"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    jid = re.findall(r"submitted pretrain: local job (\d+)", r.stdout)
-    assert r.returncode == 0 and len(jid) == 1 and "[data] skipped:" in r.stdout, r.stdout + r.stderr
-    r = subprocess.run([FORGE, "run", "lr.yaml", "--set", "pretrain.steps=20"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and f"[pretrain] job {jid[0]}, submitted earlier for the same inputs, is still" in r.stdout, r.stdout + r.stderr
-    assert len(read_registry(tmp_path/"lr")) == 3 and steps_logged(tmp_path/"lr", "pretrain") == 20
-    assert "[pretrain] step=20 loss=" in r.stdout and (tmp_path/"lr"/"report.html").exists(), r.stdout
 
 
 def close(a, b, tol, path=""):
