@@ -175,9 +175,10 @@ def close(a, b, tol, path=""):
 
 # Same config, same seeds, same code, CPU: what can differ between a run on this machine and one on the cluster's nodes
 # is the order of floating-point reductions (torch's thread count, the CPU's vector units, one process or several).
-# Measured on this host: a foreground run and a run as local jobs of this config agree exactly on bits per byte and
-# pass rates, and SFT's held-out loss differs by 2.3e-7 (float noise). TOL, 1e-4 absolute on losses and bits per
-# byte, is ~400x that noise and ~1000x below what a real change moves (SFT moves the loss by ~0.2 here). Pass rates
+# Measured on the dev cluster: the SLURM jobs' figures equal a run as local jobs bit for bit; against the foreground
+# run (all stages in one process) bits per byte and pass rates are equal and SFT's held-out loss after SFT differs by
+# 2.3e-7 (float noise). TOL, 1e-4 absolute on losses and bits per byte, is ~400x that noise and ~1000x below what a
+# real change moves (SFT moves the loss by ~0.2 here). Pass rates
 # come from sampled completions: logits equal to ~1e-7 give the same tokens except at a near tie, where one token can
 # flip, so a pass rate (and the mean reward) may differ by at most one held-out sample's share, never more.
 TOL = 1e-4
