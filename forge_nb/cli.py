@@ -143,7 +143,9 @@ def _cmd_launch(args) -> int:
     try: jobs = run_pipeline(cfg, stages=[args.stage] if args.stage else None, wait=False)
     except ResourceError as e:
         print(f"forge-nb: {e}", file=sys.stderr); return 2
-    for j in jobs: print(f"submitted {j.stage}: {j.cluster} job {j.job_id} ({j.state()})")
+    for j in jobs:
+        if getattr(j, "followed", False): print(f"{j.stage}: {j.cluster} job {j.job_id}, submitted earlier for the same inputs, is {j.state()}")
+        else: print(f"submitted {j.stage}: {j.cluster} job {j.job_id} ({j.state()})")
     print(f"follow: forge-nb logs {cfg.name} --runs-dir {cfg.runs_dir}   cancel: forge-nb cancel {cfg.name} --runs-dir {cfg.runs_dir}")
     return 0
 

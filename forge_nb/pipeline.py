@@ -467,17 +467,19 @@ def live_job(run_dir:str|Path, stage:str, key:str):
 def _submit_stages(cfg:PipelineConfig, todo:list, run:RunDir, force) -> list:
     """Submit the stages to run, chained; stages whose job from an earlier invocation is still running (same key) are
     followed, not submitted again, and the rest wait for them."""
-    from forge_nb.launch import launch_pipeline, launch
-    live, rest = [], list(todo)
+    from forge_nb.launch import launch_pipeline, launch, check_resources
+    live, rest, said = [], list(todo), []
     while rest and rest[0][0] not in force:    # only a prefix can be live: the stages were submitted in order
         st, key = rest[0]
         job = live_job(run.root, st, key)
         if job is not None:
-            print(f"[{st}] job {job.job_id}, submitted earlier for the same inputs, is still {job.state()}: following it", flush=True)
-            live.append(job)
-        elif is_current(cfg, st, run.root, key): print(_skip_line(st, key), flush=True)   # its job ended since the plan
+            said.append(f"[{st}] job {job.job_id}, submitted earlier for the same inputs, is still {job.state()}: following it")
+            job.followed = True; live.append(job)
+        elif is_current(cfg, st, run.root, key): said.append(_skip_line(st, key))   # its job ended since the plan
         else: break
         rest.pop(0)
+    if live: check_resources(cfg.resources)    # a request that does not fit is refused, as if it were submitted
+    for line in said: print(line, flush=True)
     for st, key in rest:
         prepare_stage(run.root, st, key, force=st in force); mark_stage(run.root, st, key, "running")
     if not rest: jobs = []
