@@ -4,6 +4,7 @@ Hugging Face baseline (`datasets.interleave_datasets` + `map(tokenize, batched=T
 
     .venv/bin/python bench/bench_data.py            # the 50 MB figures (a few minutes on 2 cores)
     .venv/bin/python bench/bench_data.py --mb 6     # a quick check
+    .venv/bin/python bench/bench_data.py --quick    # what `bench/run --quick` runs: 3 MB, one round
 
 The corpus is built from Python's own standard library (every machine with Python has it), as three sources whose
 documents differ ~10x in length: `short` (4-line blocks), `medium` (40-line blocks) and `long` (whole modules).
@@ -13,6 +14,7 @@ Everything is cached under bench/out/ (git-ignored); the token stores are rebuil
 import argparse, json, os, shutil, sys, sysconfig, time
 from pathlib import Path
 import numpy as np
+from benchlib import emit, figure
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT/"bench"/"out"
@@ -130,7 +132,9 @@ def main():
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--no-baseline", action="store_true", help="skip the datasets baseline")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the three pipelines (medians and best reported)")
+    ap.add_argument("--quick", action="store_true", help="3 MB corpus, one round (a smoke figure, not the reported one)")
     a = ap.parse_args()
+    if a.quick: a.mb, a.repeats = 3, 1
     OUT.mkdir(parents=True, exist_ok=True)
     corpus = build_corpus(a.mb)
     mb = sum((corpus/f"{n}.jsonl").stat().st_size for n in NAMES) / 1e6
@@ -170,6 +174,16 @@ def main():
     print(f"forge_nb / raw encode_batch_fast: {100 * res['ratio_vs_raw']:.1f}% median of rounds, {100 * best_r:.1f}% best vs best (target >= 90%); "
           f"forge_nb shares {res['forge_nb']['shares']}, fill {res['forge_nb']['fill']}")
     (OUT/"bench_data.json").write_text(json.dumps(res, indent=2))
+    f = res["forge_nb"]["median_tokens_per_s"]
+    figs = [figure("data stage tokens/s (read+tokenize+mix+pack+write)", f, "tokens/s", "raw encode_batch_fast (text in memory)",
+                   res["raw"]["median_tokens_per_s"], note="goal >= 0.90")]
+    if "baseline" in res:
+        figs.append(figure("data stage tokens/s", f, "tokens/s", "datasets interleave+map+group", res["baseline"]["median_tokens_per_s"],
+                           note="goal >= 2"))
+    figs.append(figure("token-share error", res["forge_nb"]["share_error_pts"], "points",
+                       "datasets interleave+map+group" if "baseline" in res else None,
+                       res["baseline"]["share_error_pts"] if "baseline" in res else None, better="lower"))
+    emit("data", figs, quick=a.quick, corpus_mb=round(mb, 1), rounds=a.repeats)
 
 if __name__ == "__main__":
     main()

@@ -6,9 +6,11 @@ cannot be paged out without swap) is sampled every 20 ms and shown beside it.
 
     .venv/bin/python bench/bench_data_memory.py                 # N = 1M and 3M (about a minute)
     .venv/bin/python bench/bench_data_memory.py 250000 1000000
+    .venv/bin/python bench/bench_data_memory.py --quick         # N = 100k and 300k (what `bench/run --quick` runs)
 """
 import json, os, random, resource, shutil, subprocess, sys, threading, time
 from pathlib import Path
+from benchlib import emit, figure
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT/"bench"/"out"/"memory"
@@ -48,7 +50,8 @@ def child(n: int):
 
 def main():
     if sys.argv[1:2] == ["--child"]: return child(int(sys.argv[2]))
-    ns = [int(x) for x in sys.argv[1:]] or [1_000_000, 3_000_000]
+    quick = "--quick" in sys.argv[1:]
+    ns = [int(x) for x in sys.argv[1:] if x != "--quick"] or ([100_000, 300_000] if quick else [1_000_000, 3_000_000])
     if not (OUT/"tokenizer"/"tokenizer.json").exists():
         from forge_nb.data.tokenizer import train_tokenizer
         train_tokenizer([l for _, l in zip(range(20_000), open(corpus(min(ns))))], OUT/"tokenizer", vocab_size=1024)
@@ -63,6 +66,14 @@ def main():
         a, b = rows[0], rows[-1]
         per = lambda k: (b[k] - a[k]) * 2**20 / (b["n"] - a["n"])
         print(f"slope: {per('rss_mb'):.0f} bytes per document (anonymous: {per('anon_mb'):.0f})")
+    b = rows[-1]
+    figs = [figure(f"data stage peak RSS, {b['n']:,} docs", b["rss_mb"], "MB", "same process after its imports", b["imports_mb"], better="lower"),
+            figure(f"data stage peak anonymous RSS, {b['n']:,} docs", b["anon_mb"], "MB", "same process after its imports",
+                   b["imports_mb"], better="lower")]
+    if len(rows) > 1:
+        figs.append(figure(f"RSS slope {rows[0]['n']:,} -> {b['n']:,} docs", per("rss_mb"), "bytes/doc", better="lower",
+                           note=f"anonymous {per('anon_mb'):.0f} B/doc"))
+    emit("data memory", figs, quick=quick, ns=ns)
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@ plus the median ratio of adjacent window pairs (robust when other processes load
 
     .venv/bin/python bench/bench_pretrain.py                 # depth 4 (256 wide), 8 × 128 tokens per step, 41 one-step windows
     .venv/bin/python bench/bench_pretrain.py --depth 6 --windows 9 --steps 8 --json out.json
+    .venv/bin/python bench/bench_pretrain.py --quick         # 7 windows, 1 warm-up step (what `bench/run --quick` runs)
 
 forge_nb's loop is exactly the per-step work of `run_pretrain`: `check_batch`, `train_step` (summed-token loss,
 grad-sync control, clipping, foreach/fused AdamW, scheduler) and reading the loss and grad norm back every
@@ -17,6 +18,7 @@ import argparse, copy, json, statistics, sys, tempfile, time
 from pathlib import Path
 
 import torch
+from benchlib import emit, figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forge_nb.config import PipelineConfig, DataConfig, SourceConfig
@@ -47,7 +49,9 @@ def main():
     ap.add_argument("--log-every", type=int, default=10); ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-doc-mask", action="store_true", help="plain causal attention in both loops (no position ids)")
     ap.add_argument("--json", type=str, default=None)
+    ap.add_argument("--quick", action="store_true", help="7 windows, 1 warm-up step")
     a = ap.parse_args()
+    if a.quick: a.windows, a.warmup = 7, 1
     if a.threads: torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as d:
         store, cfg = build_store(Path(d), a.seq_len)
@@ -95,6 +99,9 @@ def main():
     paired = statistics.median(x / y for x, y in zip(res["forge"], res["plain"]))
     print(f"ratio forge/plain = {f / p:.3f} (medians); median of paired adjacent windows = {paired:.3f}; "
           f"best windows = {max(res['forge']) / max(res['plain']):.3f}")
+    emit("pretrain", [figure(f"pretrain step tokens/s (depth {a.depth}, {a.batch}x{a.seq_len})", f, "tokens/s",
+                             "plain PyTorch loop (same model, batches, process)", p, note=f"paired windows {paired:.3f}")],
+         quick=a.quick, windows=a.windows)
     if a.json:
         Path(a.json).write_text(json.dumps({"forge_tokens_per_s": f, "plain_tokens_per_s": p, "ratio": f / p,
                                             "paired_ratio": paired, "windows": res,

@@ -7,9 +7,11 @@
 2. Policy scoring throughput: completions/s for a 10-rule regex policy on one core.
 
     python bench/bench_rl.py [--rounds 3] [--steps 12] [--out /tmp/bench-rl]
+    python bench/bench_rl.py --quick          # one round of 5 steps (what `bench/run --quick` runs)
 """
 import argparse, json, os, re, shutil, statistics, sys, time
 from pathlib import Path
+from benchlib import emit, figure
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -115,7 +117,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3); ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--out", default="/tmp/bench-rl")
+    ap.add_argument("--quick", action="store_true", help="one round of 5 steps, a 15-step base model")
     a = ap.parse_args(argv)
+    if a.quick: a.rounds, a.steps = 1, 5
     import torch
     torch.set_num_threads(1)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +131,7 @@ def main(argv=None):
     print(f"forge_nb-only work per step: rewards {ov['forge_rewards_s'] * 1e3:.3f} ms (hand-written: {ov['plain_rewards_s'] * 1e3:.3f} ms), "
           f"metrics record {ov['metrics_record_s'] * 1e3:.3f} ms", flush=True)
     base = out / "model"
-    if not (base / "config.json").exists(): tiny_chat_model(base, task["chat"], steps=30)
+    if not (base / "config.json").exists(): tiny_chat_model(base, task["chat"], steps=15 if a.quick else 30)
     forge, plain = [], []   # (median step s, tokens/s) per round
     for r in range(a.rounds):
         order = [("forge", run_forge), ("plain", run_plain)]
@@ -147,6 +151,12 @@ def main(argv=None):
     print(f"forge_nb / plain TRL GRPO steps/s: {res['ratio_of_medians']:.3f} (ratio of medians), {res['ratio_median_paired']:.3f} "
           f"(median of per-round ratios), tokens/s {res['tokens_per_s_ratio_median_paired']:.3f} (goal >= 0.97)")
     (out / "bench_rl.json").write_text(json.dumps(res, indent=2))
+    emit("rl", [figure("GRPO steps/s", res["forge_steps_per_s"], "steps/s", "plain TRL GRPOTrainer, hand-written rewards",
+                       res["plain_trl_steps_per_s"], note=f"goal >= 0.97; median per-round {res['ratio_median_paired']:.3f}"),
+                figure("forge_nb reward functions per step", ov["forge_rewards_s"] * 1e3, "ms", "hand-written TRL rewards",
+                       ov["plain_rewards_s"] * 1e3, better="lower"),
+                figure("policy scoring, 10 regex rules, 1 core", res["scoring_completions_per_s_10_regex_rules_1_core"],
+                       "completions/s")], quick=a.quick, rounds=a.rounds, steps=a.steps)
 
 
 if __name__ == "__main__":

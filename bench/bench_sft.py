@@ -5,6 +5,7 @@ without packing.
 
     .venv/bin/python bench/bench_sft.py                       # depth 4, 8 sequences × 256 tokens, 7 rounds × 20 steps
     .venv/bin/python bench/bench_sft.py --rounds 9 --steps 30 --json out.json
+    .venv/bin/python bench/bench_sft.py --quick               # 1 round × 6 steps, no unpacked run (`bench/run --quick`)
 
 forge_nb's side is what `run_sft` runs: `load_sft_data` (its records checked, tokenized with the template's
 assistant mask, mixed by token share), `trl_args` (bfd packing, padding-free), the metrics callback writing
@@ -17,6 +18,7 @@ import argparse, json, statistics, sys, tempfile, time
 from pathlib import Path
 
 import torch
+from benchlib import emit, figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forge_nb.config import PipelineConfig, SourceConfig, ModelConfig, SFTConfig
@@ -97,7 +99,9 @@ def main():
     ap.add_argument("--batch", type=int, default=8); ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=7); ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=str, default=None)
+    ap.add_argument("--quick", action="store_true", help="one round of 6 steps, depth 2, without the unpacked run")
     a = ap.parse_args()
+    if a.quick: a.rounds, a.steps, a.depth = 1, 6, 2
     if a.threads: torch.set_num_threads(a.threads)
     import transformers; transformers.logging.set_verbosity_error()
     res = {"forge": [], "plain": [], "forge_tok": [], "plain_tok": [], "nopack_tok": []}
@@ -112,7 +116,9 @@ def main():
                 fn = run_forge if who == "forge" else run_plain
                 sps, tps = fn(model_dir, data, sc, a.steps, d/f"{who}{r}")
                 res[who].append(sps); res[who + "_tok"].append(tps)
-            _, tps = run_forge(model_dir, data, sc.model_copy(update={"packing": False}), a.steps, d/f"nopack{r}")
+            if not a.quick:
+                _, tps = run_forge(model_dir, data, sc.model_copy(update={"packing": False}), a.steps, d/f"nopack{r}")
+            else: tps = float("nan")
             res["nopack_tok"].append(tps)
             print(f"round {r}: forge {res['forge'][-1]:.2f} steps/s, plain TRL {res['plain'][-1]:.2f} steps/s, "
                   f"ratio {res['forge'][-1] / res['plain'][-1]:.3f}; tokens/s packed {res['forge_tok'][-1]:,.0f}, "
@@ -128,6 +134,12 @@ def main():
     print(f"tokens/s (non-padding tokens through the model): packed {out['tokens_per_s_packed']:,.0f}, "
           f"unpacked {out['tokens_per_s_unpacked']:,.0f} ({out['tokens_per_s_packed'] / out['tokens_per_s_unpacked']:.2f}x)")
     if a.json: Path(a.json).write_text(json.dumps(out, indent=2))
+    figs = [figure("SFT steps/s", out["forge_steps_per_s"], "steps/s", "plain TRL SFTTrainer (same model, data, settings)",
+                   out["plain_trl_steps_per_s"], note=f"goal >= 0.97; median per-round {out['median_round_ratio']:.3f}")]
+    if not a.quick:
+        figs.append(figure("SFT tokens/s, packed (bfd)", out["tokens_per_s_packed"], "tokens/s", "forge_nb SFT unpacked",
+                           out["tokens_per_s_unpacked"]))
+    emit("sft", figs, quick=a.quick, rounds=a.rounds, steps=a.steps)
 
 
 if __name__ == "__main__":

@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path"); c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     c = cadd("schema", help="print the JSON schema of the config tree")
 
-    p = add("docs", help="build the offline docs site and the README from the notebooks; refresh and check kept outputs")
-    p.add_argument("action", choices=["build", "readme", "check-readme", "check-sync", "outputs", "check-outputs"])
+    p = add("docs", help="build the offline docs site and the README from the notebooks; refresh and check kept outputs; write the bad-input catalogue page")
+    p.add_argument("action", choices=["build", "readme", "check-readme", "check-sync", "outputs", "check-outputs", "catalogue"])
     p.add_argument("--out", default=None, help="output folder/file")
     p.add_argument("--only", action="append", default=None, metavar="NB", help="build, outputs: only this notebook (repeatable)")
     from forge_nb.rl import add_policy_parser   # `forge-nb policy check|validate` (RL policies, forge_nb.rl)
@@ -142,7 +142,7 @@ def _cmd_launch(args) -> int:
     # stage.json so a later `run` finds it finished (or still running, and follows it) instead of running it again
     try: jobs = run_pipeline(cfg, stages=[args.stage] if args.stage else None, wait=False)
     except ResourceError as e:
-        print(f"forge-nb: {e}", file=sys.stderr); return 2
+        print(f"forge-nb: error: {e}", file=sys.stderr); return 2
     for j in jobs:
         if getattr(j, "followed", False): print(f"{j.stage}: {j.cluster} job {j.job_id}, submitted earlier for the same inputs, is {j.state()}")
         else: print(f"submitted {j.stage}: {j.cluster} job {j.job_id} ({j.state()})")
@@ -189,10 +189,11 @@ def _cmd_cancel(args) -> int:
 def report_error(e:BaseException,   # what went wrong
                  debug:bool=False,   # print the full traceback too
                  err=None,           # where to print (default: stderr)
-                ) -> int:            # the exit status: 2 for a bad config or a missing file, else 1
+                ) -> int:            # the exit status: 2 for a bad config, a refused resource request or a missing file, else 1
     "Print an error for a person: one line, where the full traceback is, and the traceback itself with `debug`."
     import traceback
     from forge_nb.config import ConfigError
+    from forge_nb.cluster import ResourceError
     from forge_nb.pipeline import StageFailed, error_message
     err = err or sys.stderr
     if isinstance(e, StageFailed):
@@ -203,7 +204,7 @@ def report_error(e:BaseException,   # what went wrong
         print(f"forge-nb: stage {e.stage!r} failed ({where}); {log}" + ("" if debug or not e.traceback else " (--debug prints it here)"), file=err)
         return 1
     if debug: traceback.print_exception(e, file=err)
-    if isinstance(e, (ConfigError, FileNotFoundError)):
+    if isinstance(e, (ConfigError, ResourceError, FileNotFoundError)):
         print(f"forge-nb: error: {e.strerror + ': ' + repr(e.filename) if isinstance(e, FileNotFoundError) and e.filename else e}", file=err)
         return 2
     print(f"forge-nb: error: {error_message(e)}", file=err)

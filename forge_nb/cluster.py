@@ -122,6 +122,8 @@ def cluster_partitions() -> list[dict]:
     return partitions_from_scontrol(_run(["scontrol", "show", "partition", "-o"]), _run(["scontrol", "show", "node", "-o"]))
 
 # %% ../nbs/50_cluster.ipynb #9795b037
+_SETS = re.compile(r"(?:^|[\s;&|(])(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(?!\$|\s|$)")   # NAME=value, not NAME=$OTHER
+
 def _local_gpus() -> int:
     if not shutil.which("nvidia-smi"): return 0
     try: return sum(1 for l in subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout.splitlines() if l.startswith("GPU"))
@@ -133,6 +135,9 @@ def validate_resources(res:ResourcesConfig,              # resolved resources (p
     "Check a request against the machine or the cluster; one message per problem."
     errs = [f"resources.env.{k}: looks like a secret; don't put it in the config (it would be saved). Export it in the "
             f"shell that launches: the job receives it by name" for k in res.env if is_secret_name(k)]
+    errs += [f"resources.setup.{i}: sets {m.group(1)}, which looks like a secret, to a value written in the config (it would be "
+             f"saved, and copied into the sbatch script). Export it in the shell that launches: the job receives it by name"
+             for i, line in enumerate(res.setup) for m in _SETS.finditer(line) if is_secret_name(m.group(1))]
     if res.cluster == "local":
         if res.nodes != 1: errs.append(f"resources.nodes: the local executor runs on this machine only (1 node), got {res.nodes}")
         if res.gpus_per_node and res.gpus_per_node > (n := _local_gpus()):
@@ -166,7 +171,8 @@ class ResourceError(ValueError):
     "A resource request that does not fit; `errors` holds one message per problem. Nothing was submitted."
     def __init__(self, errors:list[str]):
         self.errors = errors
-        super().__init__("resources do not fit, nothing was submitted:\n  " + "\n  ".join(errors))
+        super().__init__(f"{errors[0]}; nothing was submitted" if len(errors) == 1 else      # one problem, one line
+                         "resources do not fit, nothing was submitted:\n  " + "\n  ".join(errors))
 
 # %% ../nbs/50_cluster.ipynb #c8a20898
 def check_resources(res:ResourcesConfig|dict|None,    # the user's resources (None: all defaults)

@@ -15,9 +15,9 @@ from typing import Literal, Optional
 __all__ = ['SourceKind', 'STAGES', 'StageName', 'SECRET_NAME', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig',
            'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig', 'RLConfig',
            'ResourcesConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig', 'ConfigError',
-           'validate_config', 'load_config', 'config_from_yaml', 'override', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_write_json', 'is_secret_name', 'redact_secrets', 'save_config', 'config_schema', 'field_docs',
-           'show_fields']
+           'validate_config', 'load_config', 'config_from_yaml', 'override', 'is_secret_name', 'secret_values',
+           'redact_text', 'redact_secrets', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+           'save_config', 'config_schema', 'field_docs', 'show_fields']
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
@@ -106,6 +106,7 @@ class TokenizerConfig(ForgeConfig):
     train_bytes: int = Field(20_000_000, ge=1000, description="Bytes of mixed text sampled to train the tokenizer.")
     special_tokens: list[str] = Field(default_factory=lambda: ["<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|system|>"],
                                       description="Special tokens, in id order after the byte alphabet is learned.")
+    trust_remote_code: bool = Field(False, description="Let a `path` tokenizer run Python code shipped in its folder (`auto_map`). Off: only built-in classes load.")
 
 class ModelConfig(ForgeConfig):
     "A decoder-only transformer built from transformers' own classes, sized by one dial."
@@ -154,6 +155,8 @@ class PretrainConfig(ForgeConfig):
     sample_every: int = Field(0, ge=0, description="Steps between sample generations (0: off).")
     seed: int = Field(0, description="Seed for initialisation and dropout.")
     peak_flops: Optional[float] = Field(None, gt=0, description="Peak FLOP/s per device for MFU (None: look up the device).")
+    attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field("auto", description="Attention kernel. `auto`: flex_attention with a document block mask on GPU (when `doc_mask`), SDPA on CPU.")
+    compile_backend: str = Field("inductor", description="`torch.compile` backend when `compile` is on (`aot_eager`: trace without generating code, a quick check).")
 
 # %% ../nbs/00_config.ipynb #5befc4db
 class LoraSettings(ForgeConfig):
@@ -199,6 +202,7 @@ class SFTConfig(ForgeConfig):
     n_eval_prompts: int = Field(4, ge=0, description="Held-out prompts generated when `eval_prompts` is empty.")
     max_new_tokens: int = Field(64, ge=1, description="Tokens generated per evaluation prompt.")
     seed: int = Field(0, description="Seed for the mix, the split, the order and initialisation of adapters.")
+    trust_remote_code: bool = Field(False, description="Let `base_model` run Python code shipped in its folder (`auto_map`). Off: only built-in model classes load.")
 
     @model_validator(mode="after")
     def _weights_match(self):
@@ -239,6 +243,7 @@ class RLConfig(ForgeConfig):
     keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     report_samples: int = Field(2, ge=1, description="Completions per held-out prompt in the compliance report.")
     seed: int = Field(0, description="Seed for sampling and initialisation.")
+    trust_remote_code: bool = Field(False, description="Let `base_model` run Python code shipped in its folder (`auto_map`). Off: only built-in model classes load.")
 
     @model_validator(mode="after")
     def _group(self):
@@ -267,6 +272,7 @@ class ResourcesConfig(ForgeConfig):
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the job (never secrets: those are passed by name).")
     signal_delay_s: int = Field(120, ge=0, description="Seconds before the time limit at which the job is told to checkpoint.")
     max_requeues: int = Field(3, ge=0, description="Requeues after preemption or time-out.")
+    group_readable: bool = Field(False, description="Run directories readable by your group too (mode 0o750; default 0o700: only you). A site profile sets it where a team shares runs.")
 
 # %% ../nbs/00_config.ipynb #009424ca
 @dataclass(frozen=True)
@@ -329,7 +335,9 @@ class ConfigError(ValueError):
     def __init__(self, errors:list, source:str|None=None):
         self.errors, self.source = errors, source
         lines = [f"{loc}: {msg}" + (f"  ({where})" if where else "") for loc, msg, where in errors]
-        head = f"invalid config{' in ' + source if source else ''} ({len(errors)} error{'s' if len(errors) != 1 else ''}):"
+        if len(lines) == 1:      # one problem, one line (the file is named by `where`, else by `source`)
+            super().__init__(lines[0] + (f"  (in {source})" if source and not errors[0][2] else "")); return
+        head = f"invalid config{' in ' + source if source else ''} ({len(errors)} errors):"
         super().__init__("\n  ".join([head] + lines))
 
 # %% ../nbs/00_config.ipynb #1bebe4f9
@@ -460,6 +468,36 @@ def override(cfg:ForgeConfig,      # config to start from
         node[parts[-1]] = yaml.safe_load(val)
     return validate_config(type(cfg), data, "overrides")
 
+# %% ../nbs/00_config.ipynb #2e512d06
+SECRET_NAME = re.compile(r"(TOKEN(?!IZER)|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE)", re.I)
+
+def is_secret_name(name:str) -> bool:
+    "Does an environment variable or field name look like it holds a secret?"
+    return bool(SECRET_NAME.search(str(name)))
+
+def secret_values(env:dict|None=None,   # environment (None: `os.environ`)
+                  min_len:int=8,          # shorter values (`1`, `false`) are not treated as secrets
+                 ) -> list[str]:          # longest first, so a secret containing another is replaced whole
+    "The values of secret-looking environment variables: what must never reach a file."
+    env = os.environ if env is None else env
+    return sorted({v for k, v in env.items() if is_secret_name(k) and len(v) >= min_len}, key=len, reverse=True)
+
+def redact_text(text:str, env:dict|None=None) -> str:
+    "`text` with every secret-looking environment value replaced by `<redacted>`."
+    for v in secret_values(env):
+        if v in text: text = text.replace(v, "<redacted>")
+    return text
+
+def redact_secrets(d:dict, env:dict|None=None) -> dict:
+    "Copy of a config dict with the values of secret-looking keys, and secret environment values anywhere in it, replaced by `<redacted>`."
+    d = json.loads(json.dumps(d))
+    def walk(x):
+        items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+        for k, v in items:
+            if isinstance(v, str): x[k] = "<redacted>" if isinstance(k, str) and is_secret_name(k) else redact_text(v, env)
+            else: walk(v)
+    walk(d); return d
+
 # %% ../nbs/00_config.ipynb #97c39932
 def _fsync_dir(path:Path):
     try:
@@ -480,31 +518,12 @@ def atomic_write_bytes(path:str|Path,   # destination file
     return path
 
 def atomic_write_text(path:str|Path, text:str) -> Path:
-    "Text version of `atomic_write_bytes`."
-    return atomic_write_bytes(path, text.encode())
+    "Text version of `atomic_write_bytes`; the values of secret-looking environment variables are redacted (`redact_text`)."
+    return atomic_write_bytes(path, redact_text(text).encode())
 
 def atomic_write_json(path:str|Path, obj) -> Path:
     "Write `obj` as indented JSON, atomically."
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-# %% ../nbs/00_config.ipynb #2e512d06
-SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE)", re.I)
-
-def is_secret_name(name:str) -> bool:
-    "Does an environment variable or field name look like it holds a secret?"
-    return bool(SECRET_NAME.search(str(name)))
-
-def redact_secrets(d:dict) -> dict:
-    "Copy of a config dict with the values of secret-looking keys replaced by `<redacted>`."
-    d = json.loads(json.dumps(d))
-    def walk(x):
-        if isinstance(x, dict):
-            for k, v in x.items():
-                if isinstance(v, str) and is_secret_name(k): x[k] = "<redacted>"
-                else: walk(v)
-        elif isinstance(x, list):
-            for v in x: walk(v)
-    walk(d); return d
 
 # %% ../nbs/00_config.ipynb #a98de65c
 def save_config(cfg:ForgeConfig,                     # config to write

@@ -10,13 +10,14 @@ import contextlib, json, os, re, signal, subprocess, time, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'register_job', 'update_job_record', 'sacct_states',
-           'local_state', 'Job', 'find_run_dir', 'attach', 'list_jobs', 'error_message', 'progress']
+__all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'SNAPSHOT_S', 'read_registry', 'register_job', 'update_job_record', 'sacct_states',
+           'local_state', 'job_states', 'Job', 'prefetch_states', 'live_jobs', 'run_lock', 'find_run_dir', 'attach',
+           'list_jobs', 'error_message', 'progress']
 
 # %% ../nbs/51_jobs.ipynb #c3d9d961
 from fastcore.basics import patch
 from .config import atomic_write_json
-from .runs import RunDir, read_metrics
+from .runs import RunDir, RunLock, read_metrics
 from .cluster import _run
 
 # %% ../nbs/51_jobs.ipynb #ed2b3836
@@ -86,10 +87,21 @@ def _proc_alive(pid:int, must_contain:str="submitit") -> bool:
         return must_contain in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except (OSError, IndexError): return False
 
+def _owner_only(p:Path) -> bool:
+    "Was `p` written by this user in a folder no one else can write to (so no one else can have put it there)?"
+    st, d = p.stat(), p.parent.stat()
+    return st.st_uid == d.st_uid == os.getuid() and not (st.st_mode & 0o022) and not (d.st_mode & 0o022)
+
 def _read_result(folder:Path, job_id:str, task:int=0):
-    "(outcome, value) from submitit's result pickle of a task, or None."
-    p = Path(folder)/f"{job_id}_{task}_result.pkl"
+    "(outcome, value) of a task: the JSON forge_nb's job wrote, else submitit's pickle if only this user could have written it; or None."
+    folder = Path(folder)
+    j = folder/f"{job_id}_{task}_result.json"
+    if j.exists():
+        try: d = json.loads(j.read_text()); return d["outcome"], d["value"]
+        except (ValueError, KeyError, OSError): pass
+    p = folder/f"{job_id}_{task}_result.pkl"
     if not p.exists(): return None
+    if not _owner_only(p): return "error", f"{p} not unpickled: other users can write it or its folder (chmod go-w)"
     import pickle
     for _ in range(3):
         try:
@@ -112,6 +124,28 @@ def local_state(rec:dict) -> tuple[str, str]:
     if rec.get("cancelled") or any(r["job_id"] == jid and r.get("cancelled") for r in read_registry(rec["run_dir"])):
         return "CANCELLED", "cancelled by user"
     return "FAILED", "the process ended without a result"
+
+# %% ../nbs/51_jobs.ipynb #40650c22
+_SNAPSHOT:dict = {}   # (cluster, job id) -> (time.monotonic(), info) from the last `prefetch_states`
+SNAPSHOT_S = 2.0      # how long a prefetched answer stands in for asking again
+
+def _slurm_info(rec:dict, info:dict|None) -> dict:
+    if info is not None: return info
+    res = _read_result(Path(rec["folder"]), str(rec["job_id"]))   # neither sacct nor squeue knows it (accounting lag, slurmdbd down)
+    return (dict(state="UNKNOWN", reason="not in sacct/squeue (yet)") if res is None else
+            dict(state="COMPLETED" if res[0] == "success" else "FAILED", reason="from the job's result file"))
+
+def _local_info(rec:dict) -> dict:
+    try: st, reason = local_state(rec)
+    except Exception as e: st, reason = "UNKNOWN", f"{type(e).__name__}: {e}"
+    return dict(state=st, reason=reason)
+
+def job_states(records:list,   # job records (`jobs.json` rows), of either executor
+              ) -> list[dict]:  # one info dict (state, reason, ...) per record, in order
+    "The state of many jobs with at most two scheduler calls (one `sacct`, one `squeue`), whatever their number."
+    slurm = [str(r["job_id"]) for r in records if r.get("cluster") == "slurm"]
+    found = sacct_states(slurm) if slurm else {}
+    return [_slurm_info(r, found.get(str(r["job_id"]))) if r.get("cluster") == "slurm" else _local_info(r) for r in records]
 
 # %% ../nbs/51_jobs.ipynb #c4bc267c
 class Job:
@@ -142,15 +176,8 @@ class Job:
 def info(self:Job) -> dict:
     "State, reason and (SLURM) exit code, nodes, elapsed time, restarts."
     if self._final: return self._final
-    if self.cluster == "slurm":
-        info = sacct_states([self.job_id]).get(self.job_id)
-        if info is None:   # neither sacct nor squeue knows it (accounting lag or slurmdbd down): the result file may
-            res = _read_result(self.folder, self.job_id)
-            info = (dict(state="UNKNOWN", reason="not in sacct/squeue (yet)") if res is None else
-                    dict(state="COMPLETED" if res[0] == "success" else "FAILED", reason="from the job's result file"))
-    else:
-        st, reason = local_state(self.record)
-        info = dict(state=st, reason=reason)
+    snap = _SNAPSHOT.get((self.cluster, self.job_id))
+    info = snap[1] if snap and time.monotonic() - snap[0] < SNAPSHOT_S else job_states([self.record])[0]
     if info["state"] in TERMINAL_STATES: self._final = info
     return info
 
@@ -163,6 +190,35 @@ def state(self:Job) -> str:
 def done(self:Job) -> bool:
     "Has the job ended (whatever the outcome)?"
     return self.state() in TERMINAL_STATES
+
+# %% ../nbs/51_jobs.ipynb #9ba9df91
+def prefetch_states(jobs:list,   # `Job`s about to be read (anything else is skipped)
+                   ) -> int:     # scheduler answers stored
+    "Ask once for many jobs and the jobs they depend on; their `info()` uses the answer for the next `SNAPSHOT_S` seconds."
+    recs = {}
+    for j in jobs:
+        rec = getattr(j, "record", None)
+        if not isinstance(rec, dict) or "job_id" not in rec or getattr(j, "_final", None): continue
+        recs[(rec.get("cluster"), str(rec["job_id"]))] = rec
+        if rec.get("depends_on") and rec.get("run_dir"):
+            for d in read_registry(rec["run_dir"]):
+                if str(d["job_id"]) in {str(x) for x in rec["depends_on"]}: recs.setdefault((d.get("cluster"), str(d["job_id"])), d)
+    now = time.monotonic()
+    for k, info in zip(recs, job_states(list(recs.values()))): _SNAPSHOT[k] = (now, info)
+    return len(recs)
+
+def live_jobs(records:list) -> list[tuple]:
+    "(record, state) of the jobs that have not ended, asked in one batch; a SLURM job nobody knows after 10 minutes is gone."
+    import datetime
+    def recent(r):
+        try: return (datetime.datetime.now() - datetime.datetime.fromisoformat(r.get("submitted", ""))).total_seconds() < 600
+        except ValueError: return False
+    return [(r, i["state"]) for r, i in zip(records, job_states(records))
+            if i["state"] not in TERMINAL_STATES and (i["state"] != "UNKNOWN" or recent(r))]
+
+def run_lock(run_dir:str|Path, log=print) -> RunLock:
+    "The lock of a run, knowing which of its jobs still run (`forge_nb.runs.RunLock` with `live_jobs`)."
+    return RunLock(run_dir, live_jobs, log)
 
 # %% ../nbs/51_jobs.ipynb #986e25cb
 @patch
@@ -293,14 +349,18 @@ def attach(run:str|Path,               # run name (under `runs_dir`) or run dire
 
 def list_jobs(runs_dir:str|Path="runs") -> list[dict]:
     "One row per registered job under `runs_dir`: run, stage, cluster, job id, state, submitted."
-    rows = []
+    recs = []
     for jp in sorted(Path(runs_dir).glob("*/jobs.json")):
-        for r in read_registry(jp.parent):
-            j = Job(r)
-            try: info = j.info()
-            except Exception as e: info = dict(state="UNKNOWN", reason=str(e))
-            rows.append(dict(run=jp.parent.name, stage=j.stage, cluster=j.cluster, job_id=j.job_id,
-                             state=info["state"], reason=info.get("reason", ""), submitted=r.get("submitted", "")))
+        try: recs += [(jp.parent.name, r) for r in read_registry(jp.parent)]
+        except (OSError, ValueError) as e: recs.append((jp.parent.name, dict(job_id="?", cluster="?", error=f"unreadable jobs.json: {e}")))
+    good = [r for _, r in recs if "error" not in r]
+    try: infos = iter(job_states(good))                                  # every job in one scheduler question
+    except Exception as e: infos = iter([dict(state="UNKNOWN", reason=str(e))] * len(good))
+    rows = []
+    for run, r in recs:
+        info = dict(state="UNKNOWN", reason=r["error"]) if "error" in r else next(infos)
+        rows.append(dict(run=run, stage=Job(r).stage, cluster=r["cluster"], job_id=str(r["job_id"]),
+                         state=info["state"], reason=info.get("reason", ""), submitted=r.get("submitted", "")))
     return rows
 
 # %% ../nbs/51_jobs.ipynb #9f3f5826

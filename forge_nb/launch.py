@@ -6,24 +6,25 @@ Docs: https://forge-nb.github.io/forge_nb/launch.html.md"""
 
 # %% ../nbs/52_launch.ipynb #9fadec7a
 from __future__ import annotations
-import datetime, json, os, shlex, socket, subprocess, sys, time
+import contextlib, datetime, functools, json, os, shlex, socket, subprocess, sys, time, traceback
 from pathlib import Path
 from typing import Callable
 
 # %% auto #0
 __all__ = ['DependencyNeverSatisfied', 'master_port_for', 'StageCall', 'slurm_parameters', 'sbatch_preview',
-           'detached_local_executor', 'make_executor', 'submit', 'MissingInputs', 'stage_inputs', 'missing_inputs',
-           'launch', 'launch_fn', 'launch_pipeline', 'profile_dirs', 'profile_path', 'resolve_resources',
-           'cluster_partitions', 'validate_resources', 'check_resources', 'ResourceError', 'TERMINAL_STATES',
-           'FAILED_STATES', 'read_registry', 'sacct_states', 'Job', 'attach', 'list_jobs', 'find_run_dir']
+           'detached_local_executor', 'make_executor', 'sbatch_refusal', 'submit', 'MissingInputs', 'stage_inputs',
+           'missing_inputs', 'holding_run_lock', 'launch', 'launch_fn', 'launch_pipeline', 'profile_dirs',
+           'profile_path', 'resolve_resources', 'cluster_partitions', 'validate_resources', 'check_resources',
+           'ResourceError', 'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states', 'Job', 'attach',
+           'list_jobs', 'find_run_dir']
 
 # %% ../nbs/52_launch.ipynb #b03f74d0
-from .config import ResourcesConfig, PipelineConfig, STAGES, redact_secrets
+from .config import ResourcesConfig, PipelineConfig, STAGES, redact_secrets, redact_text, secret_values, atomic_write_json
 from .runs import RunDir, stage_function
 from .cluster import (profile_dirs, profile_path, resolve_resources, cluster_partitions, validate_resources,
                               check_resources, ResourceError, parse_scontrol, _run)
 from .jobs import (TERMINAL_STATES, FAILED_STATES, read_registry, register_job, sacct_states,
-                           local_state, Job, find_run_dir, attach, list_jobs)
+                           local_state, Job, find_run_dir, attach, list_jobs, run_lock)
 
 # %% ../nbs/52_launch.ipynb #019bd018
 _all_ = ["profile_dirs", "profile_path", "resolve_resources", "cluster_partitions", "validate_resources", "check_resources",
@@ -61,6 +62,26 @@ def _export_torch_env():
     env.export(set_cuda_visible_devices=False, overwrite=True)
     return env
 
+# %% ../nbs/52_launch.ipynb #38a21439
+class _Redacting:
+    "A job's stdout/stderr with the values of secret-looking environment variables redacted (`forge_nb.config.redact_text`); everything else (fileno, encoding, isatty) is the stream's."
+    def __init__(self, stream): self._s = stream
+    def write(self, s): return self._s.write(redact_text(s))
+    def flush(self): self._s.flush()
+    def __getattr__(self, k): return getattr(self._s, k)
+
+def _write_result(outcome:str, value):
+    "The task's result as JSON next to submitit's pickle, so the launcher, `forge-nb jobs` and the monitor read it without unpickling; a value JSON cannot hold exactly is left to the pickle."
+    try:
+        import submitit
+        env = submitit.JobEnvironment()
+        path = Path(env.paths.folder)/f"{env.job_id}_{env.global_rank}_result.json"
+    except Exception: return                                     # not inside a submitit job (a direct call)
+    try:
+        if json.loads(json.dumps(value)) != value: return
+    except (TypeError, ValueError): return
+    atomic_write_json(path, {"outcome": outcome, "value": value})
+
 # %% ../nbs/52_launch.ipynb #f66df966
 try: from submitit.helpers import Checkpointable as _Checkpointable
 except ImportError: _Checkpointable = object
@@ -87,9 +108,17 @@ class StageCall(_Checkpointable):
             raise RuntimeError(f"requeued {restarts} times, more than resources.max_requeues={self.max_requeues}: giving up")
         if self.wait_for: self._wait_for_dependencies()
         _export_torch_env()
+        if secret_values(): sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)
         print(f"[forge_nb] {self.describe()} on {socket.gethostname()} rank {os.environ.get('RANK')}/{os.environ.get('WORLD_SIZE')}"
               f"{f' (restart {restarts})' if restarts else ''}", flush=True)
-        return self.function()(*self.args, **self.kwargs)
+        try: value = self.function()(*self.args, **self.kwargs)
+        except Exception as e:
+            tb = "".join(traceback.format_exception(e))
+            _write_result("error", redact_text(tb))
+            if redact_text(tb) != tb: raise RuntimeError(redact_text(tb)) from None   # submitit pickles the traceback: no secret in it
+            raise
+        _write_result("success", value)
+        return value
 
     def _wait_for_dependencies(self):
         marker = Path(os.environ.get("SUBMITIT_FOLDER", "."))/f"{os.environ.get('SUBMITIT_LOCAL_JOB_ID', '0')}_waiting"
@@ -190,21 +219,46 @@ def make_executor(res:ResourcesConfig, folder:Path, name:str, dependency:str|Non
                              **({"setup": list(res.setup)} if res.setup else {}))
     return ex
 
+# %% ../nbs/52_launch.ipynb #ad3cad17
+def sbatch_refusal(stderr:str,            # what sbatch printed
+                   res:ResourcesConfig,   # the request it refused
+                  ) -> str:               # one line: what was asked, and sbatch's reason
+    "sbatch's refusal of a request as one line naming the resources fields that were sent."
+    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    why = next((l for l in reversed(lines) if "error" in l.lower()), lines[0] if lines else "no reason given")
+    why = why.removeprefix("sbatch: error: ").removeprefix("Batch job submission failed: ")
+    asked = [f"partition={res.partition or '(default)'}", f"nodes={res.nodes}", f"gpus_per_node={res.gpus_per_node}"]
+    asked += [f"{k}={getattr(res, k)}" for k in ("account", "qos", "constraint") if getattr(res, k)]
+    asked += [f"sbatch_extra.{k}={v!r}" for k, v in res.sbatch_extra.items()]
+    return f"resources: sbatch refused the job ({', '.join(asked)}): {why}"
+
+def _sbatch(executor, call, res:ResourcesConfig):
+    "Submit `call`; a request sbatch refuses raises `ResourceError` (one line), with submitit's echo of sbatch's stderr silenced."
+    import contextlib, io
+    from submitit.core.utils import FailedJobError
+    echo = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(echo): return executor.submit(call)
+    except FailedJobError as e:
+        if res.cluster != "slurm": raise
+        raise ResourceError([sbatch_refusal(str(e) or echo.getvalue(), res)]) from None
+
 # %% ../nbs/52_launch.ipynb #de268990
 def _submit(fn:Callable|str, args:tuple, kwargs:dict, res:ResourcesConfig, run_dir:str|Path, name:str|None,
             stage:str|None, depends_on:list|None) -> Job:
     "Submit an already checked request, register the job, return its `Job`."
-    run = RunDir(Path(run_dir).absolute()).create()
+    run = RunDir(Path(run_dir).absolute(), res.group_readable).create()
     name = name or stage or getattr(fn, "__name__", "job")
     deps = list(depends_on or [])
     dependency = ("afterok:" + ":".join(d.job_id for d in deps)) if deps and res.cluster == "slurm" else None
     call = StageCall(fn, args, kwargs, env=res.env, max_requeues=res.max_requeues,
                      wait_for=[d.record for d in deps] if res.cluster == "local" else [])
-    sj = make_executor(res, run.logs, f"{run.name}-{name}", dependency).submit(call)
+    sj = _sbatch(make_executor(res, run.logs, f"{run.name}-{name}", dependency), call, res)
     rec = dict(job_id=str(sj.job_id), name=name, stage=stage, cluster=res.cluster, run_dir=str(run.root),
                folder=str(run.logs.absolute()), tasks=res.nodes * res.tasks_per_node,
                depends_on=[d.job_id for d in deps], resources=redact_secrets(res.to_dict()),
-               submitted=datetime.datetime.now().isoformat(timespec="seconds"), cancelled=False)
+               submitted=datetime.datetime.now().isoformat(timespec="seconds"), cancelled=False,
+               launched_by=f"{os.getpid()}@{socket.gethostname()}")
     register_job(run.root, rec)
     return Job(rec, sj)
 
@@ -257,9 +311,25 @@ def _check_mix(cfg:PipelineConfig, stages:list):
     if problem: raise DataError(f"not submitted: {problem}")
 
 def _launch_checked(cfg:PipelineConfig, stage:str, res:ResourcesConfig, run_dir, depends_on) -> Job:
-    run = RunDir(Path(run_dir) if run_dir else RunDir.for_config(cfg).root).create()
+    run = RunDir(Path(run_dir) if run_dir else RunDir.for_config(cfg).root, res.group_readable).create()
     run.save_config(cfg)
-    return _submit(f"stage:{stage}", (cfg, str(run.root.absolute())), {}, res, run.root, None, stage, depends_on)
+    job = _submit(f"stage:{stage}", (cfg, str(run.root.absolute())), {}, res, run.root, None, stage, depends_on)
+    run_lock(run.root).add_jobs([job.record])          # the run stays locked while the job lives
+    return job
+
+@contextlib.contextmanager
+def _holding(root, depends_on=()):
+    "Hold the run's lock (`forge_nb.jobs.run_lock`) around a launch."
+    lock = run_lock(root).acquire(depends_on=[d.job_id for d in depends_on or []])
+    try: yield lock
+    finally: lock.release()
+
+def holding_run_lock(fn:Callable) -> Callable:
+    "Decorate `fn(cfg, ...)`, something that writes into `cfg`'s run, to hold the run's lock while it runs (re-entrant)."
+    @functools.wraps(fn)
+    def wrapper(cfg, *args, **kwargs):
+        with _holding(RunDir.for_config(cfg).create().root): return fn(cfg, *args, **kwargs)
+    return wrapper
 
 def launch(cfg:PipelineConfig,                   # the pipeline config
            stage:str="pretrain",                  # stage to run
@@ -274,7 +344,7 @@ def launch(cfg:PipelineConfig,                   # the pipeline config
     root = Path(run_dir) if run_dir else RunDir.for_config(cfg).root
     if not depends_on and (miss := missing_inputs(cfg, [stage], root)): raise MissingInputs(miss)
     _check_mix(cfg, [stage])
-    return _launch_checked(cfg, stage, res, run_dir, depends_on)
+    with _holding(root, depends_on): return _launch_checked(cfg, stage, res, run_dir, depends_on)
 
 def launch_fn(fn:Callable, *args, cfg:PipelineConfig|None=None, name:str|None=None, **kwargs) -> Job:
     "Submit any function with `cfg`'s resources into `cfg`'s run directory (tests, probes, one-off jobs)."
@@ -293,11 +363,15 @@ def launch_pipeline(cfg:PipelineConfig,          # the pipeline config
     if partitions is None and any(r.cluster == "slurm" for r in asked.values()):
         try: partitions = cluster_partitions()     # ask the cluster once for the whole pipeline
         except Exception: partitions = None        # validate_resources reports it
-    errs = [f"stage {st}: {e}" for st in stages for e in validate_resources(asked[st], partitions)]
+    where = {}                                     # a problem -> the stages that have it (they often share resources)
+    for st in stages:
+        for e in validate_resources(asked[st], partitions): where.setdefault(e, []).append(st)
+    errs = [f"{e} (stage{'s' if len(sts) > 1 else ''} {', '.join(sts)})" for e, sts in where.items()]
     if errs: raise ResourceError(errs)             # every stage is checked, once, before the first one is submitted
     miss = missing_inputs(cfg, stages, RunDir.for_config(cfg).root)
     if miss: raise MissingInputs(miss)
     _check_mix(cfg, stages)
     jobs = []
-    for st in stages: jobs.append(_launch_checked(cfg, st, asked[st], None, jobs[-1:]))
+    with _holding(RunDir.for_config(cfg).root):
+        for st in stages: jobs.append(_launch_checked(cfg, st, asked[st], None, jobs[-1:]))
     return jobs

@@ -6,11 +6,13 @@ Docs: https://forge-nb.github.io/forge_nb/model.html.md"""
 
 # %% ../nbs/20_model.ipynb #d3dc9c96
 from __future__ import annotations
-import math
+import json, math
+from pathlib import Path
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'model_dims', 'count_params', 'flops_per_token', 'token_budget', 'peak_flops_for', 'estimate_time',
-           'human_count', 'human_duration', 'model_summary', 'hf_config', 'build_model']
+           'human_count', 'human_duration', 'model_summary', 'hf_config', 'build_model', 'ModelMismatch', 'check_vocab',
+           'set_attention', 'attention_implementation']
 
 # %% ../nbs/20_model.ipynb #49e5ea79
 from .config import ModelConfig
@@ -179,3 +181,37 @@ def build_model(model_cfg:ModelConfig,   # the architecture config
     from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
     cls = {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM}[model_cfg.arch]
     return cls(hf_config(model_cfg, vocab_size, **kw))
+
+# %% ../nbs/20_model.ipynb #6ac72ddc
+class ModelMismatch(ValueError):
+    "A model folder, tokenizer or checkpoint that does not belong with the others or with the config."
+
+def check_vocab(folder,          # a Hugging Face model folder (its `config.json` is read, nothing is loaded)
+                n_tokens:int,    # the tokenizer's size, `len(tokenizer)`
+                field:str,       # the config field that named the folder, for the message
+               ):
+    "Raise `ModelMismatch` when the tokenizer has ids the model has no embedding for."
+    try: vocab = json.loads((Path(folder)/"config.json").read_text()).get("vocab_size")
+    except (OSError, ValueError): return
+    if isinstance(vocab, int) and n_tokens > vocab:
+        raise ModelMismatch(f"{field}: {folder}: its tokenizer has {n_tokens} tokens but the model has embeddings for {vocab} "
+                            f"(vocab_size in config.json): the tokenizer is not this model's; put the model's own tokenizer there")
+
+# %% ../nbs/20_model.ipynb #2d88ff78
+import contextlib
+
+# %% ../nbs/20_model.ipynb #7452774b
+def set_attention(model,     # a model from `build_model` (or any transformers model)
+                  name:str,  # `sdpa`, `flex_attention` or `eager`
+                 ):
+    "Switch a built model's attention kernel in place; returns the model."
+    if model.config._attn_implementation != name: model.set_attn_implementation(name)
+    return model
+
+@contextlib.contextmanager
+def attention_implementation(model, name:str):
+    "Run a block with the model's attention kernel set to `name`, then put the previous one back."
+    before = model.config._attn_implementation
+    set_attention(model, name)
+    try: yield model
+    finally: set_attention(model, before)

@@ -19,6 +19,7 @@ __all__ = ['DEMO_POLICY', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task'
 from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
 from .runs import RunDir, atomic_write_text, read_metrics
 from .jobs import error_message, progress
+from .launch import holding_run_lock
 
 # %% ../nbs/70_pipeline.ipynb #c03e40da
 def _docstrings(stdlib:Path, limit:int):
@@ -403,6 +404,7 @@ def _ticking(prog:StageProgress, stage:str, every:float=1.0):
         stop.set(); t.join()
         prog.poll(stage)
 
+@holding_run_lock
 def run_foreground(cfg:PipelineConfig,     # the pipeline to run
                    stages:list|None=None,  # subset of stages (default: cfg.stages)
                    log=print,              # where the stages' log lines go
@@ -464,10 +466,9 @@ def live_job(run_dir:str|Path, stage:str, key:str):
     try: return None if job.state() in TERMINAL_STATES else job
     except Exception: return None
 
-def _submit_stages(cfg:PipelineConfig, todo:list, run:RunDir, force) -> list:
-    """Submit the stages to run, chained; stages whose job from an earlier invocation is still running (same key) are
-    followed, not submitted again, and the rest wait for them."""
-    from forge_nb.launch import launch_pipeline, launch, check_resources
+def _live_prefix(cfg:PipelineConfig, todo:list, run:RunDir, force) -> tuple:
+    """(jobs to follow, stages still to submit, lines to print): stages whose job from an earlier invocation is still
+    queued or running with the same key are followed, not submitted again; one that ended since the plan is skipped."""
     live, rest, said = [], list(todo), []
     while rest and rest[0][0] not in force:    # only a prefix can be live: the stages were submitted in order
         st, key = rest[0]
@@ -478,8 +479,12 @@ def _submit_stages(cfg:PipelineConfig, todo:list, run:RunDir, force) -> list:
         elif is_current(cfg, st, run.root, key): said.append(_skip_line(st, key))   # its job ended since the plan
         else: break
         rest.pop(0)
+    return live, rest, said
+
+def _submit_stages(cfg:PipelineConfig, live:list, rest:list, run:RunDir, force) -> list:
+    "Submit the stages still to run, chained after the followed jobs; name each job in its stage's record."
+    from forge_nb.launch import launch_pipeline, launch, check_resources
     if live: check_resources(cfg.resources)    # a request that does not fit is refused, as if it were submitted
-    for line in said: print(line, flush=True)
     for st, key in rest:
         prepare_stage(run.root, st, key, force=st in force); mark_stage(run.root, st, key, "running")
     if not rest: jobs = []
@@ -490,6 +495,14 @@ def _submit_stages(cfg:PipelineConfig, todo:list, run:RunDir, force) -> list:
     for job, (st, key) in zip(jobs, rest):    # the job that makes the stage: how a later invocation finds it finished
         mark_stage(run.root, st, key, "running", job_id=job.job_id, cluster=job.cluster, folder=str(job.folder))
     return live + jobs
+
+@contextlib.contextmanager
+def _holding_run(run:RunDir, live:list=()):
+    "Hold the run's lock (one writer per run, `forge_nb.jobs.run_lock`); the jobs this invocation follows are not a conflict."
+    from forge_nb.jobs import run_lock
+    lock = run_lock(run.root).acquire(depends_on=[j.job_id for j in live])
+    try: yield
+    finally: lock.release()
 
 def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  stages:list|None=None,  # subset of stages (default: cfg.stages)
@@ -505,25 +518,28 @@ def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
     print(f"forge_nb: run {run.root} — stages {' → '.join(stages)} {where}", flush=True)
     if foreground:
         res = run_foreground(cfg, stages, force=force)
-        _finish(run, t0)
+        with _holding_run(run): _finish(run, t0)
         return res
     plan = plan_stages(cfg, stages, run.root, force)
     for st, key, todo in plan:
         if not todo: print(_skip_line(st, key), flush=True)
     todo = [(st, key) for st, key, t in plan if t]
     timings = {st: {"seconds": 0.0, "skipped": True} for st, _, t in plan if not t}
-    if not todo:
-        _record_timing(run, timings, t0)
-        print("forge_nb: nothing to run, every stage is up to date", flush=True)
-        _finish(run, t0)
-        return []
-    jobs = _submit_stages(cfg, todo, run, force)
-    if wait:
-        keys, start = dict(todo), [time.time()]
-        def done(job, res):
-            timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
-            mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"], job_id=job.job_id)
-        try: follow_jobs(jobs, run, on_done=done, totals=_totals(cfg, [st for st, _ in todo]))
-        finally: _record_timing(run, timings, t0)
-        _finish(run, t0)
+    live, rest, said = _live_prefix(cfg, todo, run, force)
+    with _holding_run(run, live):
+        if not todo:
+            _record_timing(run, timings, t0)
+            print("forge_nb: nothing to run, every stage is up to date", flush=True)
+            _finish(run, t0)
+            return []
+        jobs = _submit_stages(cfg, live, rest, run, force)
+        for line in said: print(line, flush=True)
+        if wait:
+            keys, start = dict(todo), [time.time()]
+            def done(job, res):
+                timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
+                mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"], job_id=job.job_id)
+            try: follow_jobs(jobs, run, on_done=done, totals=_totals(cfg, [st for st, _ in todo]))
+            finally: _record_timing(run, timings, t0)
+            _finish(run, t0)
     return jobs

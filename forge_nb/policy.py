@@ -224,7 +224,7 @@ class LengthRule(RuleBase):
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(path:str):
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)   # a policy never runs a folder's code
 
 # %% ../nbs/40_policy.ipynb #21f6df9f
 class CiteRule(RuleBase):
@@ -313,8 +313,8 @@ class RewardModelRule(RuleBase):
         "(model, tokenizer), loaded once per process."
         if self.path not in _RM_CACHE:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
-            m = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True).eval()
-            t = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            m = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True, trust_remote_code=False).eval()
+            t = AutoTokenizer.from_pretrained(self.path, local_files_only=True, trust_remote_code=False)
             if t.pad_token is None: t.pad_token = t.eos_token
             _RM_CACHE[self.path] = (m, t)
         return _RM_CACHE[self.path]
@@ -356,8 +356,8 @@ class PolicyConfig(ForgeConfig):
     @model_validator(mode="after")
     def _unique(self):
         names = [r.name for r in self.rules]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup: raise ValueError(f"rules: rule names must be unique, repeated: {dup}")
+        for j, n in enumerate(names):        # the second use of a name is the error, at its line
+            if n in names[:j]: raise ValueError(f"rules.{j}.name: {n!r} is already rule {names.index(n)}'s name; rule names must be unique")
         return self
 
 # %% ../nbs/40_policy.ipynb #647cce1d
@@ -422,8 +422,9 @@ def _policy_errors(e:ValidationError, data, source, lines) -> list:
         elif err["type"] == "value_error":
             m = str((err.get("ctx") or {}).get("error", ""))
             head = m.split(":", 1)[0]
-            if ":" in m and " " not in head and not head.startswith("function") and head.isidentifier():
-                loc = loc + (head,)
+            parts = head.split(".")
+            if ":" in m and " " not in head and not head.startswith("function") and all(p.isidentifier() or p.isdigit() for p in parts):
+                loc = loc + tuple(int(p) if p.isdigit() else p for p in parts)
         line = _locate(loc, lines) if lines else None
         where = f"{source}:{line}" if source and line else source
         errs.append((".".join(str(p) for p in _rule_label(loc, data)), msg, where))

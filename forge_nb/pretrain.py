@@ -15,17 +15,18 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['lr_multiplier', 'make_scheduler', 'make_optimizer', 'Runtime', 'make_runtime', 'model_inputs', 'rng_state',
-           'set_rng_state', 'save_rng_states', 'load_rng_state', 'seed_everything', 'full_model_state', 'save_weights',
-           'load_weights', 'TrainState', 'grad_sync', 'lm_loss_sum', 'train_step', 'check_batch', 'step_loss',
-           'build_state', 'parallelize', 'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops',
-           'due', 'Checkpointer', 'Validator', 'Reporter', 'export_model', 'open_store', 'run_pretrain']
+__all__ = ['lr_multiplier', 'make_scheduler', 'make_optimizer', 'Runtime', 'make_runtime', 'document_ids', 'document_block_mask',
+           'model_inputs', 'rng_state', 'set_rng_state', 'save_rng_states', 'load_rng_state', 'seed_everything',
+           'full_model_state', 'save_weights', 'load_weights', 'TrainState', 'grad_sync', 'lm_loss_sum', 'train_step',
+           'check_batch', 'step_loss', 'prepare_model', 'build_state', 'parallelize', 'evaluate', 'unigram_bpb',
+           'sample_texts', 'memory_gb', 'device_peak_flops', 'due', 'Checkpointer', 'Validator', 'Reporter',
+           'export_model', 'open_store', 'run_pretrain', 'checkpoint_info', 'check_resume']
 
 # %% ../nbs/21_pretrain.ipynb #0da20b59
 from .config import PipelineConfig, OptimConfig, PretrainConfig
 from .runs import RunDir, StageDir, atomic_dir, atomic_write_json, read_metrics
 from .distributed import DistEnv, dist_env, init_distributed, shutdown_distributed
-from .model import build_model, flops_per_token, model_summary, peak_flops_for
+from .model import build_model, flops_per_token, model_summary, peak_flops_for, ModelMismatch
 from .preempt import PreemptionGuard
 
 # %% ../nbs/21_pretrain.ipynb #def36ea1
@@ -68,6 +69,7 @@ class Runtime:
     world_size: int = 1
     grad_clip: float = 1.0
     doc_mask: bool = True
+    attention: str = "sdpa"             # transformers' attention implementation: sdpa, flex_attention, eager
     def autocast(self):
         if self.amp_dtype is None: return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -80,13 +82,35 @@ def make_runtime(pc:PretrainConfig, env:DistEnv|None=None) -> Runtime:
     cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{env.local_rank}") if cuda else torch.device("cpu")
     bf16 = pc.precision == "bf16" or (pc.precision == "auto" and cuda)
-    return Runtime(device, torch.bfloat16 if bf16 else None, env.rank, env.world_size, pc.optim.grad_clip, pc.doc_mask)
+    attention = pc.attention if pc.attention != "auto" else "flex_attention" if cuda and pc.doc_mask else "sdpa"
+    if attention == "flex_attention" and not cuda:
+        raise ValueError(f"pretrain.attention: flex_attention has no backward pass on CPU (torch {torch.__version__}); "
+                         f"use 'auto' (SDPA on CPU) or 'sdpa'")
+    return Runtime(device, torch.bfloat16 if bf16 else None, env.rank, env.world_size, pc.optim.grad_clip, pc.doc_mask, attention)
 
 # %% ../nbs/21_pretrain.ipynb #4d4edaac
+def document_ids(position_ids:torch.Tensor) -> torch.Tensor:
+    "Which document each token belongs to (0, 1, 2, … along each row): a new one wherever positions do not go up by one."
+    first = position_ids[:, :1] - 1
+    return (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+
+def document_block_mask(position_ids:torch.Tensor,   # (batch, T) positions restarting at each document
+                        compile:bool|None=None,      # compile the mask builder (default: on CUDA)
+                       ):
+    "A flex_attention `BlockMask`: each token sees earlier tokens of its own document only."
+    from torch.nn.attention.flex_attention import create_block_mask
+    doc = document_ids(position_ids)
+    B, T = doc.shape
+    def same_doc_causal(b, h, q, kv): return (q >= kv) & (doc[b, q] == doc[b, kv])
+    if compile is None: compile = doc.is_cuda
+    return create_block_mask(same_doc_causal, B, None, T, T, device=doc.device, _compile=compile)
+
 def model_inputs(batch:dict, rt:Runtime) -> dict:
-    "Keyword arguments for the model's forward from a store batch (position ids only when document masking is on)."
+    "Keyword arguments for the model's forward from a store batch (document masking from the position ids when on)."
     inp = {"input_ids": batch["input_ids"].to(rt.device, non_blocking=True), "use_cache": False}
-    if rt.doc_mask and "position_ids" in batch: inp["position_ids"] = batch["position_ids"].to(rt.device, non_blocking=True)
+    if rt.doc_mask and "position_ids" in batch:
+        inp["position_ids"] = pos = batch["position_ids"].to(rt.device, non_blocking=True)
+        if rt.attention == "flex_attention": inp["attention_mask"] = document_block_mask(pos)
     return inp
 
 # %% ../nbs/21_pretrain.ipynb #89588fd4
@@ -237,7 +261,8 @@ def lm_loss_sum(model, batch:dict, rt:Runtime) -> torch.Tensor:
 def train_step(state:TrainState, batches:list, rt:Runtime) -> dict:
     "One optimizer step over this rank's micro-batches; returns summed loss, global token count, grad norm, lr."
     model, opt = state.model, state.optimizer
-    n_tokens = int(_all_reduce_sum(torch.tensor(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches))))
+    n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    n_tokens = int(_all_reduce_sum(torch.tensor(n_local, device=rt.device)))   # on the device: NCCL reduces no CPU tensors
     loss_sum = torch.zeros((), device=rt.device)
     for i, batch in enumerate(batches):
         with grad_sync(model, enabled=i == len(batches) - 1):
@@ -267,6 +292,15 @@ def step_loss(out:dict) -> float:
 def _scalar(x) -> float:
     return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
 
+# %% ../nbs/21_pretrain.ipynb #e9ce2fa2
+def prepare_model(model, pc:PretrainConfig, rt:Runtime):
+    "Set the runtime's attention kernel; with `pc.compile`, compile each decoder layer (before any FSDP wrapping)."
+    from forge_nb.model import set_attention
+    set_attention(model, rt.attention)
+    if pc.compile:
+        for layer in model.model.layers: layer.compile(backend=pc.compile_backend)   # one graph, reused by every layer
+    return model
+
 # %% ../nbs/21_pretrain.ipynb #a1ba6b48
 def build_state(cfg:PipelineConfig, store, rt:Runtime, env:DistEnv|None=None):
     "Model (wrapped for DDP/FSDP), optimizer, scheduler and this rank's loader, from the config, seeded."
@@ -277,7 +311,7 @@ def build_state(cfg:PipelineConfig, store, rt:Runtime, env:DistEnv|None=None):
     model = build_model(cfg.model, store.vocab_size, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                         pad_token_id=tok.pad_token_id).to(rt.device)
     if pc.activation_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if pc.compile: model.compile()
+    model = prepare_model(model, pc, rt)
     model = parallelize(model, pc.parallel, env, rt.device)
     opt = make_optimizer(model, pc.optim)
     loader = store.loader(micro_batch_size=pc.micro_batch_size, rank=env.rank, world_size=env.world_size, seed=cfg.data.seed)
@@ -337,13 +371,15 @@ def sample_texts(model, store, rt:Runtime, prompt_tokens:int=8, max_new_tokens:i
                  temperature:float=0.8, tokenizer=None) -> dict:
     "One sampled continuation per source, from the start of its first validation document: {source: text}."
     from torch.nn.parallel import DistributedDataParallel as DDP
+    from forge_nb.model import attention_implementation
     net = model.module if isinstance(model, DDP) else model
     tok = tokenizer or store.tokenizer()
     was_training, out = net.training, {}
     net.eval()
     stance = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
     try:
-        with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []), stance:
+        with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []), stance, \
+             attention_implementation(net, "sdpa"):
             torch.manual_seed(seed)
             for src in store.val_sources:
                 ids = next(iter(store.val_loader(src, 1)))["input_ids"][:, :prompt_tokens].to(rt.device)
@@ -512,9 +548,32 @@ def run_pretrain(cfg:PipelineConfig,   # the pipeline config (model, pretrain, d
     finally:
         if owns_group: shutdown_distributed()
 
+# %% ../nbs/21_pretrain.ipynb #631669db
+_NOT_WEIGHTS = ("max_seq_len", "tokens_per_param")   # model fields the weights do not depend on
+
+def checkpoint_info(cfg:PipelineConfig, vocab_size:int) -> dict:
+    "What a checkpoint records about the model it was made for, for `check_resume`."
+    return {"model": {k: v for k, v in cfg.model.to_dict().items() if k not in _NOT_WEIGHTS}, "vocab_size": vocab_size}
+
+def check_resume(ck:Path|None,         # the checkpoint the run would resume from (None: nothing to check)
+                 cfg:PipelineConfig,   # the config the run has now
+                 vocab_size:int,       # the token store's vocabulary now
+                ):
+    "Raise `ModelMismatch` naming each field that changed when `ck` was made for another model or vocabulary."
+    if ck is None: return
+    st = json.loads((Path(ck)/"trainer_state.json").read_text())
+    now, was = checkpoint_info(cfg, vocab_size), st.get("model") or {}
+    diffs = [f"model.{k} {was[k]!r} → {now['model'].get(k)!r}" for k in sorted(was) if was[k] != now["model"].get(k)]
+    if st.get("vocab_size") not in (None, vocab_size):
+        diffs.append(f"vocabulary {st['vocab_size']} → {vocab_size} tokens (the data stage's tokenizer changed)")
+    if diffs:
+        raise ModelMismatch(f"pretrain: checkpoint {ck} was made for another model ({'; '.join(diffs)}): set "
+                            f"{'it' if len(diffs) == 1 else 'them'} back to resume, or start afresh under another run name")
+
 # %% ../nbs/21_pretrain.ipynb #169879d8
 def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
     pc, sd, store = cfg.pretrain, run.stage("pretrain"), open_store(cfg, run)
+    check_resume(sd.latest_checkpoint(), cfg, store.vocab_size)     # before anything is built from it
     rt = make_runtime(pc, env)
     if rt.device.type == "cpu": torch.use_deterministic_algorithms(True, warn_only=True)
     state = build_state(cfg, store, rt, env)
@@ -523,7 +582,7 @@ def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
     T, A = store.seq_len, pc.grad_accum
     batch_tokens = env.world_size * A * pc.micro_batch_size * T
     fpt, peak = flops_per_token(cfg.model, store.vocab_size, T), device_peak_flops(rt, pc)
-    val = Validator(store, rt, pc)
+    val, info = Validator(store, rt, pc), checkpoint_info(cfg, store.vocab_size)
     with Reporter(sd, pc, batch_tokens, env, log, start, fpt, peak) as rep, \
          PreemptionGuard(log, rep.metrics, "pretrain") as guard:
         if start == 0: _introduce(cfg, store, rt, env, batch_tokens, peak, rep, log)
@@ -534,9 +593,9 @@ def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
             with rep.paused():
                 rep.validation(step, val.validate(state.model, step))
                 rep.samples(step, val.samples(state.model, step))
-                if ckpt.due(step): ckpt.save(state, tokens=step * batch_tokens)
+                if ckpt.due(step): ckpt.save(state, tokens=step * batch_tokens, **info)
             if guard.requested(step):   # preempted or out of time: checkpoint this step if it fits, then requeue
-                guard.stop(step, lambda: ckpt.save(state, tokens=step * batch_tokens), ckpt.save_s, ckpt.latest)
+                guard.stop(step, lambda: ckpt.save(state, tokens=step * batch_tokens, **info), ckpt.save_s, ckpt.latest)
     final = export_model(state, cfg, store, sd.final)
     return _summarize(sd, state, store, start, batch_tokens, rep.tps, env, final, ckpt.latest, log)
 

@@ -23,6 +23,7 @@ from .policy import (Policy, load_policy, load_prompts, load_pairs, check_prompt
                              summarize, text_of)
 from .charts import bar_chart
 from .preempt import preemption_callback
+from .model import check_vocab
 
 # %% ../nbs/41_rl.ipynb #ae01cdb4
 _PRODUCTS = ["Basic", "Pro", "Team", "Enterprise", "Starter", "Plus", "Max", "Student", "Family", "Business"]
@@ -157,16 +158,17 @@ def as_messages(prompt) -> list:
     "A prompt as chat messages (a string becomes one user message)."
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
-def load_chat_model(path:str|Path, cls:str="causal"):
+def load_chat_model(path:str|Path, cls:str="causal", trust_remote_code:bool=False):
     "(model, tokenizer) from a local folder; `cls`: `causal` or `reward` (one-label sequence classifier)."
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     check_model_folder(path)
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    check_vocab(path, len(tok), "model folder")
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     if cls == "reward":
-        m = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, local_files_only=True)
+        m = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, local_files_only=True, trust_remote_code=trust_remote_code)
         m.config.pad_token_id = tok.pad_token_id
-    else: m = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    else: m = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     return m, tok
 
 def sample_completions(model, tok,
@@ -358,7 +360,7 @@ def train_grpo(rc:RLConfig, base:Path, policy:Policy, prompts:list, sd, log=prin
     "GRPO on TRL's GRPOTrainer, one reward per rule; returns the trainer after training (checkpoints in `sd.checkpoints`)."
     import torch
     from trl import GRPOTrainer, GRPOConfig
-    model, tok = load_chat_model(base)
+    model, tok = load_chat_model(base, trust_remote_code=rc.trust_remote_code)
     pol = policy.bind(tok)
     extra = dict(num_generations=rc.num_generations, max_completion_length=rc.max_completion_length, temperature=rc.temperature,
                  beta=rc.beta, reward_weights=pol.weights, log_completions=False)
@@ -398,7 +400,7 @@ def pair_dataset(pairs:list):
 def train_dpo(rc:RLConfig, base:Path, pairs:list, sd, log=print):
     "DPO on TRL's DPOTrainer (reference log-probs precomputed when `rl.precompute_ref_log_probs`)."
     from trl import DPOTrainer, DPOConfig
-    model, tok = load_chat_model(base)
+    model, tok = load_chat_model(base, trust_remote_code=rc.trust_remote_code)
     extra = dict(beta=rc.beta, precompute_ref_log_probs=rc.precompute_ref_log_probs, max_length=rc.max_length)
     if rc.loss_type: extra["loss_type"] = [rc.loss_type]
     args = train_args(rc, DPOConfig, sd.checkpoints, **extra)
@@ -410,7 +412,7 @@ def train_dpo(rc:RLConfig, base:Path, pairs:list, sd, log=print):
 def train_reward_model(rc:RLConfig, base:Path, pairs:list, sd, log=print):
     "A reward model on TRL's RewardTrainer: the base model with a one-output head, trained on the pairs."
     from trl import RewardTrainer, RewardConfig
-    model, tok = load_chat_model(base, cls="reward")
+    model, tok = load_chat_model(base, cls="reward", trust_remote_code=rc.trust_remote_code)
     args = train_args(rc, RewardConfig, sd.checkpoints, max_length=rc.max_length)
     tr = RewardTrainer(model=model, args=args, train_dataset=pair_dataset(pairs), processing_class=tok,
                        peft_config=_peft_config(rc, "SEQ_CLS"), callbacks=[metrics_callback(sd.metrics, log)])
@@ -453,9 +455,9 @@ def chat_loss(model, tok, chat:list, max_rows:int=64) -> float:
     return tot / max(n, 1)
 
 def compliance(policy:Policy, model_dir:str|Path, prompts:list, k:int=2, max_new_tokens:int=64, temperature:float=1.0,
-               seed:int=0, chat:list|None=None) -> dict:
+               seed:int=0, chat:list|None=None, trust_remote_code:bool=False) -> dict:
     "Sample k completions per held-out prompt from `model_dir` and summarize the policy on them."
-    m, tok = load_chat_model(model_dir)
+    m, tok = load_chat_model(model_dir, trust_remote_code=trust_remote_code)
     pol = policy.bind(tok)
     comps = sample_completions(m, tok, prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     recs = score_rows(pol, prompts, comps)
@@ -465,10 +467,10 @@ def compliance(policy:Policy, model_dir:str|Path, prompts:list, k:int=2, max_new
     return out
 
 def compliance_report(policy:Policy, before:str|Path, after:str|Path, prompts:list, k:int=2, max_new_tokens:int=64,
-                      temperature:float=1.0, seed:int=0, chat:list|None=None) -> dict:
+                      temperature:float=1.0, seed:int=0, chat:list|None=None, trust_remote_code:bool=False) -> dict:
     "Each rule's pass rate and the reward for the start model and the trained one, side by side."
-    a = compliance(policy, before, prompts, k, max_new_tokens, temperature, seed, chat)
-    b = compliance(policy, after, prompts, k, max_new_tokens, temperature, seed, chat)
+    a = compliance(policy, before, prompts, k, max_new_tokens, temperature, seed, chat, trust_remote_code)
+    b = compliance(policy, after, prompts, k, max_new_tokens, temperature, seed, chat, trust_remote_code)
     rules = {n: {"before": a["rules"][n], "after": b["rules"][n]} for n in policy.names}
     return {"policy": policy.cfg.name, "prompts": len(prompts), "samples_per_prompt": k, "rules": rules,
             "pass_rate": {"before": a["pass_rate"], "after": b["pass_rate"]}, "reward": {"before": a["reward"], "after": b["reward"]},
@@ -532,7 +534,7 @@ def run_rl(cfg:PipelineConfig,   # the pipeline config (its `rl` section)
             pairs_path = sd.root/"pairs.jsonl"
             if pairs_path.exists(): pairs = load_pairs(pairs_path)
             else:
-                m, tok = load_chat_model(inp["base"])
+                m, tok = load_chat_model(inp["base"], trust_remote_code=rc.trust_remote_code)
                 pairs = build_pairs(inp["policy"], inp["prompts"], m, tok, k=rc.pair_samples, margin=rc.pair_margin,
                                     max_new_tokens=rc.max_completion_length, temperature=rc.temperature, seed=rc.seed)
                 if not pairs: raise ValueError(f"no preference pairs: no prompt's {rc.pair_samples} samples differed by rl.pair_margin "
@@ -550,13 +552,14 @@ def run_rl(cfg:PipelineConfig,   # the pipeline config (its `rl` section)
                        if last(k) is not None}
     if env.is_main and rc.method != "reward" and inp["policy"] is not None and inp["heldout"]:
         rep = compliance_report(inp["policy"], inp["base"], dest, inp["heldout"], k=rc.report_samples,
-                                max_new_tokens=rc.max_completion_length, temperature=rc.temperature, seed=rc.seed, chat=inp["chat"])
+                                max_new_tokens=rc.max_completion_length, temperature=rc.temperature, seed=rc.seed, chat=inp["chat"],
+                                trust_remote_code=rc.trust_remote_code)
         atomic_write_json(sd.root/"report.json", rep); atomic_write_text(sd.root/"report.svg", report_svg(rep))
         log(format_report(rep))
         summary["report"] = {"pass_rate": rep["pass_rate"], "reward": rep["reward"],
                              "rules": {n: {k: v[k]["pass_rate"] for k in ("before", "after")} for n, v in rep["rules"].items()}}
     if env.is_main and rc.method == "reward" and inp["heldout"] and inp["policy"] is not None:
-        m, tok = load_chat_model(inp["base"])
+        m, tok = load_chat_model(inp["base"], trust_remote_code=rc.trust_remote_code)
         hp = build_pairs(inp["policy"], inp["heldout"], m, tok, k=rc.pair_samples, margin=rc.pair_margin,
                          max_new_tokens=rc.max_completion_length, temperature=rc.temperature, seed=rc.seed + 1)
         rep = {"heldout_pairs": len(hp), "accuracy": pair_accuracy(dest, hp) if hp else None}

@@ -6,14 +6,16 @@ Docs: https://forge-nb.github.io/forge_nb/runs.html.md"""
 
 # %% ../nbs/01_runs.ipynb #6b5c6307
 from __future__ import annotations
-import json, os, shutil, time, contextlib, uuid
+import json, os, shutil, socket, time, contextlib, uuid
 from pathlib import Path
 from typing import Iterator
-from .config import STAGES, atomic_write_bytes, atomic_write_text, atomic_write_json, redact_secrets, save_config, _fsync_dir
+from fastcore.basics import patch
+from .config import STAGES, atomic_write_bytes, atomic_write_text, atomic_write_json, redact_secrets, redact_text, save_config, _fsync_dir
 
 # %% auto #0
 __all__ = ['MARKER', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics', 'StageDir', 'RunDir', 'latest_trainer_checkpoint',
-           'stage_function', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'redact_secrets']
+           'RunLocked', 'RunLock', 'stage_function', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+           'redact_secrets']
 
 # %% ../nbs/01_runs.ipynb #5a0e311c
 _all_ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "redact_secrets"]   # defined in config; importable from here as before
@@ -60,7 +62,7 @@ class MetricsLog:
         if self.stage: rec["stage"] = self.stage
         rec.update(record)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f: f.write(json.dumps(rec, default=float) + "\n")
+        with open(self.path, "a") as f: f.write(redact_text(json.dumps(rec, default=float)) + "\n")
         return rec
 
     def read(self, since:int=0) -> list[dict]:
@@ -125,12 +127,13 @@ class StageDir:
 # %% ../nbs/01_runs.ipynb #48c60bef
 class RunDir:
     "A run's directory: `config.yaml`, `jobs.json`, `logs/` and one `StageDir` per stage."
-    def __init__(self, root:str|Path): self.root = Path(root)
+    def __init__(self, root:str|Path, group_readable:bool=False):   # created 0o700, or 0o750 when group_readable
+        self.root, self.group_readable = Path(root), group_readable
 
     @classmethod
     def for_config(cls, cfg) -> "RunDir":
         "The run directory a `PipelineConfig` names (`runs_dir/name`)."
-        return cls(Path(cfg.runs_dir)/cfg.name)
+        return cls(Path(cfg.runs_dir)/cfg.name, cfg.resources.group_readable)
 
     @property
     def config_path(self) -> Path: return self.root/"config.yaml"
@@ -146,8 +149,17 @@ class RunDir:
         if name not in STAGES: raise ValueError(f"unknown stage {name!r}; expected one of {list(STAGES)}")
         return StageDir(self.root/name, name)
 
+    @property
+    def mode(self) -> int: return 0o750 if self.group_readable else 0o700
+
     def create(self) -> "RunDir":
-        for p in [self.root, self.logs]: p.mkdir(parents=True, exist_ok=True)
+        "Make the run directory readable only by its owner (0o700; 0o750 when `group_readable`), and its `logs/`."
+        made = [p for p in [self.root, *self.root.parents] if not p.exists()]
+        self.root.mkdir(parents=True, exist_ok=True)
+        for p in made: os.chmod(p, self.mode)                # chmod: the umask would drop the group's bits
+        if self.group_readable and not made and self.root.stat().st_uid == os.getuid():
+            os.chmod(self.root, self.root.stat().st_mode & 0o777 | 0o750)   # a site that shares runs: open it to the group
+        self.logs.mkdir(exist_ok=True)
         return self
 
     def save_config(self, cfg) -> Path:
@@ -182,6 +194,122 @@ def latest_trainer_checkpoint(folder:str|Path) -> Path|None:
     if not folder.exists(): return None
     cks = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit() and (p/"trainer_state.json").exists()]
     return max(cks, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+# %% ../nbs/01_runs.ipynb #d7beab75
+class RunLocked(RuntimeError):
+    "Another process, or the jobs it launched, is writing this run; nothing was started."
+
+def _proc_start(pid:int) -> str|None:
+    "The start time of process `pid` (clock ticks since boot; tells a reused pid apart), or None if it is gone or a zombie."
+    try: f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError): return None
+    return None if f[0] in ("Z", "X") else f[19]
+
+def _me() -> dict: return dict(pid=os.getpid(), host=socket.gethostname(), start=_proc_start(os.getpid()))
+
+# %% ../nbs/01_runs.ipynb #a28794e1
+class RunLock:
+    "One writer per run: `<run>/.run.lock` names the process holding the run and the jobs it launched."
+    _held:dict = {}   # lock path -> how many times this process holds it (re-entrant)
+
+    def __init__(self, root:str|Path,              # the run directory
+                 live_jobs=None,                    # fn(job records) -> [(record, state)] of those not ended (None: none are)
+                 log=print):                        # where "taking over a stale lock" is said
+        self.root, self.live_jobs, self.log = Path(root), live_jobs or (lambda recs: []), log
+        self.path = self.root/".run.lock"
+
+    def read(self) -> dict|None:
+        "The lock's content, or None when the run is free."
+        try: return json.loads(self.path.read_text())
+        except FileNotFoundError: return None
+        except ValueError: return {"owner": {}, "jobs": []}          # unreadable: held by nobody we can name
+
+    @contextlib.contextmanager
+    def _guard(self):
+        import fcntl
+        if not self.root.exists(): RunDir(self.root).create()      # owner-only, like every run directory
+        with open(self.root/".run.lock.guard", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try: yield
+            finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _mine(self, owner:dict) -> bool: return owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid() and owner.get("start") == _proc_start(os.getpid())
+
+    def _process_alive(self, owner:dict) -> bool:
+        "Is the owning process still there (and still holding)? On another host it cannot be checked: assumed so."
+        if owner.get("released") or not owner.get("pid"): return False
+        if owner.get("host") != socket.gethostname(): return True
+        return _proc_start(owner["pid"]) == owner.get("start")
+
+    def _write(self, owner:dict, jobs:list):
+        atomic_write_json(self.path, {"owner": owner, "jobs": jobs})
+
+    def __repr__(self): return f"RunLock({str(self.path)!r})"
+
+# %% ../nbs/01_runs.ipynb #a3fdf3bd
+def _holder(owner:dict, live:list) -> str:
+    "Who holds a run, in words: its live jobs first (the ids a person can cancel), then the process."
+    jobs = ", ".join(f"job {r['job_id']} ({r.get('stage') or r.get('name')}, {r.get('cluster')}, {st})" for r, st in live)
+    proc = (f"process {owner.get('pid')} on {owner.get('host')}" if owner.get("pid") and not owner.get("released") else "")
+    since = f" since {owner['since']}" if owner.get("since") else ""
+    return (f"{jobs} launched by {proc or 'another launcher'}{since}" if jobs else f"{proc or 'an unknown owner'}{since} (no job submitted yet)")
+
+@patch
+def acquire(self:RunLock,
+            depends_on:list|tuple=(),   # job ids the new jobs wait for: holders among them are not a conflict
+           ) -> RunLock:
+    "Take the run's lock (or raise `RunLocked` naming its holder); a stale lock is taken over, with a line saying so."
+    key = str(self.path.absolute())
+    with self._guard():
+        cur, me = self.read(), {**_me(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if cur is not None and self._mine(cur.get("owner", {})):
+            me, jobs = {**cur["owner"], "released": False}, cur.get("jobs", [])
+        elif cur is not None:
+            owner, live = cur.get("owner", {}), self.live_jobs(cur.get("jobs", []))
+            blocking = [(r, st) for r, st in live if str(r["job_id"]) not in {str(d) for d in depends_on}]
+            if blocking or self._process_alive(owner):
+                gone = "" if blocking or owner.get("host") == socket.gethostname() else f"; if that process is gone, remove {self.path}"
+                raise RunLocked(f"run {self.root.name!r} is in use by {_holder(owner, blocking or live)}; "
+                                f"wait for it to end or cancel it (`forge-nb cancel {self.root.name}`); lock: {self.path}{gone}")
+            ended = [r for r in cur.get("jobs", []) if all(r is not l for l, _ in live)]
+            why = ("its jobs ended: " + ", ".join(f"job {r['job_id']}" for r in ended)) if ended else "no job was submitted"
+            if not owner.get("released"): why = f"process {owner.get('pid')} on {owner.get('host')} is gone; {why}"
+            if live: self.log(f"forge_nb: run {self.root.name!r}: taking the lock after job(s) {', '.join(str(r['job_id']) for r, _ in live)}, "
+                              f"which this launch waits for")
+            else: self.log(f"forge_nb: run {self.root.name!r}: taking over a stale lock ({why})")
+            jobs = [r for r, _ in live]                                  # jobs this launch depends on keep holding
+        else: jobs = []
+        self._write(me, jobs)
+        RunLock._held[key] = RunLock._held.get(key, 0) + 1
+    return self
+
+@patch
+def add_jobs(self:RunLock, records:list):
+    "Record jobs submitted under this lock: the run stays locked until they end."
+    with self._guard():
+        cur = self.read()
+        if cur is None or not self._mine(cur.get("owner", {})): raise RunLocked(f"{self.path}: not held by this process")
+        keep = ("job_id", "stage", "name", "cluster", "folder", "run_dir", "submitted")
+        self._write(cur["owner"], cur.get("jobs", []) + [{k: r[k] for k in keep if k in r} for r in records])
+
+@patch
+def release(self:RunLock):
+    "Give the lock up when this process no longer needs it: removed if no job of it is live, else left to those jobs."
+    key = str(self.path.absolute())
+    n = RunLock._held.get(key, 0) - 1
+    if n > 0: RunLock._held[key] = n; return
+    RunLock._held.pop(key, None)
+    with self._guard():
+        cur = self.read()
+        if cur is None or not self._mine(cur.get("owner", {})): return
+        live = self.live_jobs(cur.get("jobs", []))
+        if live: self._write({**cur["owner"], "released": True}, [r for r, _ in live])
+        else: self.path.unlink(missing_ok=True)
+
+@patch
+def __enter__(self:RunLock): return self.acquire()
+@patch
+def __exit__(self:RunLock, *exc): self.release()
 
 # %% ../nbs/01_runs.ipynb #467936db
 def stage_function(name:str):

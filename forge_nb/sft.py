@@ -28,6 +28,7 @@ from .distributed import init_distributed, shutdown_distributed
 from .data.sources import DataError, resolve_files
 from .data.mixing import plan_mix, mix_order
 from .preempt import preemption_callback
+from .model import check_vocab
 
 # %% ../nbs/30_sft.ipynb #38e84fcb
 ROLES = ("system", "user", "assistant")
@@ -373,8 +374,9 @@ def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
     from datasets import Dataset
     sc, sd = cfg.sft, run.stage("sft")
     base = base_model_path(cfg, run)
-    tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True, trust_remote_code=sc.trust_remote_code)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
+    check_vocab(base, len(tok), "sft.base_model" if sc.base_model else "pretrain/final")
     check_chat_template(tok, str(base), sc.assistant_only_loss)
     if env.is_main: sd.mkdirs()
     if sc.doc_sources and env.is_main: load_sft_data(sc, tok, sd.root/"examples", log)   # rank 0 builds the files once
@@ -387,7 +389,7 @@ def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
     prompts, refs = eval_prompts(sc, data["heldout_convs"])
     ck = latest_trainer_checkpoint(sd.checkpoints)
     dev = torch.device(f"cuda:{env.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    model = AutoModelForCausalLM.from_pretrained(str(base), local_files_only=True, dtype=torch.float32).to(dev)
+    model = AutoModelForCausalLM.from_pretrained(str(base), local_files_only=True, trust_remote_code=sc.trust_remote_code, dtype=torch.float32).to(dev)
     before = None
     if env.is_main:
         if ck is None or not (sd.root/"eval_before.json").exists():
@@ -410,7 +412,7 @@ def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
     summary = {}
     if env.is_main:
         export_final(trainer, tok, sd.final, sc.lora.enabled)
-        final = AutoModelForCausalLM.from_pretrained(str(sd.final), local_files_only=True, dtype=torch.float32).to(dev)
+        final = AutoModelForCausalLM.from_pretrained(str(sd.final), local_files_only=True, trust_remote_code=sc.trust_remote_code, dtype=torch.float32).to(dev)
         after = evaluate_model(final, tok, data["heldout"], prompts, sc)
         table = [{"prompt": p, "reference": r, "before": b, "after": a} for p, r, b, a in zip(prompts, refs, before["answers"], after["answers"])]
         ev = {"heldout_examples": min(len(data["heldout"]), sc.eval_examples),

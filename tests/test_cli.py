@@ -79,7 +79,7 @@ def test_help_lists_every_subcommand():
     r = forge("frobnicate")
     assert r.returncode == 2 and "invalid choice: 'frobnicate'" in r.stderr, show(r)
 
-def test_readme_config_init_validate_run(tmp_path):
+def test_readme_config_init_validate_run(tmp_path, bad_input):
     "The README's first three commands, verbatim, in a fresh folder (from a clone, with `.venv` there)."
     (tmp_path/".venv").symlink_to(Path(sys.executable).parents[1])
     sh = lambda cmd: subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -93,11 +93,13 @@ def test_readme_config_init_validate_run(tmp_path):
     (tmp_path/"typo.yaml").write_text("name: x\npretrain:\n  stesp: 3\n")
     r = sh(".venv/bin/forge-nb config validate typo.yaml")
     assert r.returncode == 2 and "pretrain.stesp: unknown field (did you mean 'steps'?)" in r.stderr and "typo.yaml:3" in r.stderr, show(r)
+    bad_input("config", "a misspelt field in the YAML", r, names=["pretrain.stesp", "did you mean 'steps'?", "typo.yaml:3"])
     # `run` on the defaults: no sources yet, said in one line (with where the job's traceback is), not a traceback
     r = sh(".venv/bin/forge-nb run my.yaml")
     err = r.stderr.splitlines()
     assert r.returncode == 1 and "Traceback" not in r.stderr, show(r)
     assert err[0] == "forge-nb: error: data.sources: no sources configured", show(r)
+    bad_input("inputs", "running the default config before adding any data source", r, names=["data.sources"])
     log = Path(re.search(r"full traceback: (\S+)", err[1]).group(1))
     assert log.is_absolute() and "Traceback" in log.read_text() and "no sources configured" in log.read_text()
     r = sh(".venv/bin/forge-nb run my.yaml --stage data --foreground")
@@ -105,25 +107,28 @@ def test_readme_config_init_validate_run(tmp_path):
     assert r.returncode == 1 and err[0] == "forge-nb: error: data.sources: no sources configured" and "Traceback" not in r.stderr, show(r)
     assert err[1].startswith("forge-nb: stage 'data' failed (in this process); full traceback: ") and "data-foreground.err" in err[1]
 
-def test_config_show_and_schema(tiny):
+def test_config_show_and_schema(tiny, bad_input):
     r = forge("config", "show", "t.yaml", "--set", "pretrain.steps=7", cwd=tiny)
     assert r.returncode == 0, show(r)
     assert yaml.safe_load(r.stdout)["pretrain"]["steps"] == 7 and yaml.safe_load((tiny/"t.yaml").read_text())["pretrain"]["steps"] == 4
     r = forge("config", "show", "nope.yaml", cwd=tiny)
     assert (r.returncode, r.stderr.strip()) == (2, "forge-nb: error: No such file or directory: 'nope.yaml'"), show(r)
+    bad_input("inputs", "a config file that does not exist", r, names=["nope.yaml"])
     r = forge("config", "schema")
     assert r.returncode == 0 and "PretrainConfig" in json.loads(r.stdout)["$defs"], show(r)[:500]
     r = forge("config", "show", "t.yaml", "--set", "pretrain.steps=-1", cwd=tiny)
     assert r.returncode == 2 and "pretrain.steps: must be >= 1, got -1" in r.stderr, show(r)
+    bad_input("config", "a negative step count in --set", r, names=["pretrain.steps", ">= 1", "-1"])
 
 # ------------------------------------------------------------------ stages: jobs by default, foreground on request
 
-def test_failing_stage_is_one_line_with_the_log(bad):
+def test_failing_stage_is_one_line_with_the_log(bad, bad_input):
     d, cfg, docs = bad
     want = f"forge-nb: error: source 'bad': {docs}:3: malformed JSON (Expecting ',' delimiter at column 1)"
     r = forge("run", cfg)
     err = r.stderr.splitlines()
     assert r.returncode == 1 and len(err) == 2 and err[0] == want, show(r)
+    bad_input("data", "a JSONL source with a broken line (its data job fails)", r, names=["source 'bad'", f"{docs}:3", "malformed JSON"])
     m = re.fullmatch(r"forge-nb: stage 'data' failed \(job (\d+)\); full traceback: (\S+) \(--debug prints it here\)", err[1])
     assert m, show(r)
     log = Path(m.group(2)).read_text()
@@ -152,16 +157,17 @@ def test_stage_verbs_and_foreground(tiny):
     assert max(s for s in steps if s is not None) == 4
     print(f"data job + foreground pretrain: {time.time() - t0:.1f} s")
 
-def test_stage_that_needs_an_earlier_one(tmp_path):
+def test_stage_that_needs_an_earlier_one(tmp_path, bad_input):
     "Pretraining a run with no data stage yet: the job fails, and the one line says what to run first."
     save_config(tiny_config(tmp_path, steps=2), tmp_path/"t.yaml")
     r = forge("pretrain", "t.yaml", cwd=tmp_path)
     err = r.stderr.splitlines()
     assert r.returncode == 1 and err[0].startswith("forge-nb: error: ") and "data" in err[0] and "Traceback" not in r.stderr, show(r)
+    bad_input("inputs", "pretraining before the data stage has run", r, names=["data"])
 
 # ------------------------------------------------------------------ jobs, logs, cancel, launch
 
-def test_jobs_logs_cancel_launch_locally(tiny, tmp_path):
+def test_jobs_logs_cancel_launch_locally(tiny, tmp_path, bad_input):
     "Uses the run left by `test_stage_verbs_and_foreground` when it ran first; otherwise makes its own data job."
     runs = str(tiny)
     if not (tiny/"t"/"jobs.json").exists(): assert forge("data", "t.yaml", cwd=tiny).returncode == 0
@@ -174,6 +180,7 @@ def test_jobs_logs_cancel_launch_locally(tiny, tmp_path):
     assert r.returncode == 0 and re.match(r"data \(job \d+\) is COMPLETED", r.stdout) and "--- stdout" in r.stdout, show(r)
     r = forge("logs", "nope", "--runs-dir", runs)
     assert r.returncode == 2 and "no run 'nope'" in r.stderr and "runs with jobs in" in r.stderr, show(r)
+    bad_input("inputs", "the logs of a run name that has no jobs", r, names=["no run 'nope'"])
     r = forge("cancel", "t", "--runs-dir", runs, "--stage", "data")
     assert (r.returncode, r.stdout.strip()) == (0, "nothing to cancel in t (data)"), show(r)
     r = forge("cancel", "nope", "--runs-dir", runs)
@@ -192,8 +199,10 @@ def test_jobs_logs_cancel_launch_locally(tiny, tmp_path):
     assert state == "CANCELLED"
     r = forge("launch", "t.yaml", "--set", "resources.gpus_per_node=64", cwd=tiny)
     assert r.returncode == 2 and "64 GPUs asked, this machine has" in r.stderr and "nothing was submitted" in r.stderr, show(r)
+    bad_input("cluster", "more GPUs than this machine has, on the local executor", r, names=["resources.gpus_per_node", "nothing was submitted"],
+              subs=[(r"this machine has \d+", "this machine has N")])
 
-def test_launch_and_run_refuse_an_infeasible_mix_before_submitting(tmp_path):
+def test_launch_and_run_refuse_an_infeasible_mix_before_submitting(tmp_path, bad_input):
     "A token budget the corpus cannot feed under its epoch cap: `launch` and `run` say so, as the data job would, and submit nothing."
     save_config(tiny_config(tmp_path, steps=4), tmp_path/"t.yaml")
     for cmd in ("launch", "run"):
@@ -201,6 +210,8 @@ def test_launch_and_run_refuse_an_infeasible_mix_before_submitting(tmp_path):
         err = r.stderr.strip().splitlines()
         assert r.returncode != 0 and err and err[0].startswith("forge-nb: error: not submitted: infeasible mix plan"), show(r)
         assert "over its cap max_epochs" in r.stderr and "Traceback" not in r.stderr, show(r)
+        bad_input("inputs", f"a token budget the sources cannot feed under their epoch cap (`{cmd}`)", r, names=["max_epochs", "not submitted"],
+                  problems=2)                                                # one per source
     assert not (tmp_path/"t"/"jobs.json").exists() or read_registry(tmp_path/"t") == []
 
 @pytest.mark.slurm

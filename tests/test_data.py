@@ -111,25 +111,31 @@ def test_jsonl_fast_path_matches_exact_reader(tmp_path, monkeypatch):
     st = SourceStats()
     assert list(iter_documents(src("c.jsonl", on_bad_record="skip"), st)) == texts and st.bad_records == 1
 
-def test_bad_input_names_file_line_and_field(tmp_path):
+def test_bad_input_names_file_line_and_field(tmp_path, bad_input):
     f = tmp_path/"bad.jsonl"
     f.write_text('{"text": "a fine document"}\n{"text": "broken\n{"content": "no text field"}\n{"text": 3}\n{"text": "another"}\n')
-    with pytest.raises(DataError, match=rf"{f}:2: malformed JSON"): list(iter_documents(SourceConfig(name="b", path=str(f))))
+    with pytest.raises(DataError, match=rf"{f}:2: malformed JSON") as e: list(iter_documents(SourceConfig(name="b", path=str(f))))
+    bad_input("data", "a JSONL line that is not JSON", e, names=[f"{f}:2", "malformed JSON"])
     st = SourceStats()
     assert list(iter_documents(SourceConfig(name="b", path=str(f), on_bad_record="skip"), st)) == ["a fine document", "another"]
     assert st.bad_records == 3
     f.write_text('{"text": "ok"}\n{"content": "x"}\n')
-    with pytest.raises(DataError, match=rf"{f}:2: missing text field 'text'"): list(iter_documents(SourceConfig(name="b", path=str(f))))
+    with pytest.raises(DataError, match=rf"{f}:2: missing text field 'text'") as e: list(iter_documents(SourceConfig(name="b", path=str(f))))
+    bad_input("data", "a JSONL record without the text field", e, names=[f"{f}:2", "'text'"])
     f.write_text("\n\n")
-    with pytest.raises(DataError, match="source 'b' .* is empty"): list(iter_documents(SourceConfig(name="b", path=str(f))))
-    with pytest.raises(DataError, match="does not exist"): list(iter_documents(SourceConfig(name="b", path=str(tmp_path/"nope.jsonl"))))
-    with pytest.raises(DataError, match="no files match"): list(iter_documents(SourceConfig(name="b", path=str(tmp_path/"*.parquet"))))
+    with pytest.raises(DataError, match="source 'b' .* is empty") as e: list(iter_documents(SourceConfig(name="b", path=str(f))))
+    bad_input("inputs", "a JSONL source of blank lines", e, names=["source 'b'", str(f), "empty"])
+    with pytest.raises(DataError, match="does not exist") as e: list(iter_documents(SourceConfig(name="b", path=str(tmp_path/"nope.jsonl"))))
+    bad_input("inputs", "a source path that does not exist", e, names=["nope.jsonl"])
+    with pytest.raises(DataError, match="no files match") as e: list(iter_documents(SourceConfig(name="b", path=str(tmp_path/"*.parquet"))))
+    bad_input("inputs", "a source glob that matches no file", e, names=["*.parquet"])
     # weights: the config rejects negative ones and a wrong count, naming the field
     srcs = [{"name": "a", "path": "a"}, {"name": "b", "path": "b"}]
     with pytest.raises(ConfigError, match="data.weights: expected 2 weights"):
         validate_config(PipelineConfig, {"data": {"sources": srcs, "strategy": "static", "weights": [1, 2, 3]}})
-    with pytest.raises(ConfigError, match="data.weights: must be finite and >= 0"):
+    with pytest.raises(ConfigError, match="data.weights: must be finite and >= 0") as e:
         validate_config(PipelineConfig, {"data": {"sources": srcs, "strategy": "static", "weights": [1, -1]}})
+    bad_input("config", "a negative mixing weight", e, names=["data.weights"])
 
 def test_bad_input_stops_the_data_stage_without_a_half_store(tmp_path):
     good = tmp_path/"good.jsonl"; good.write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_blocks(4, 300)))
@@ -141,7 +147,7 @@ def test_bad_input_stops_the_data_stage_without_a_half_store(tmp_path):
     assert not (tmp_path/"r"/"data").exists()
     assert not [p for p in (tmp_path/"r").iterdir() if p.name.startswith(".data.tmp")]
 
-def test_bad_bytes_follow_on_bad_record_and_reach_the_report(tmp_path):
+def test_bad_bytes_follow_on_bad_record_and_reach_the_report(tmp_path, bad_input):
     """Invalid UTF-8 (a Latin-1 line) stops the data stage naming file and line, or with `on_bad_record: skip` is skipped;
     a binary file in a text folder is skipped; both counts are in the manifest and the mix report, recounted here."""
     docs = stdlib_blocks(4, 300)
@@ -158,8 +164,9 @@ def test_bad_bytes_follow_on_bad_record_and_reach_the_report(tmp_path):
                               data=DataConfig(sources=[SourceConfig(name="lat", path=str(lat), on_bad_record=mode),
                                                        SourceConfig(name="txt", path=str(tmp_path/"txt"), on_bad_record=mode)],
                                               strategy="static", weights=[1, 1], seq_len=32, val_docs=0))
-    with pytest.raises(DataError, match=rf"source 'lat': {lat}:{bad_at[0]}: not UTF-8 \(byte 0xe9"):
+    with pytest.raises(DataError, match=rf"source 'lat': {lat}:{bad_at[0]}: not UTF-8 \(byte 0xe9") as e:
         run_data_stage(cfg("error"), tmp_path/"error", log=QUIET)
+    bad_input("data", "a Latin-1 line in a JSONL source (not UTF-8)", e, names=["source 'lat'", f"{lat}:{bad_at[0]}", "byte 0xe9"])
     logs = []
     run_data_stage(cfg("skip"), tmp_path/"skip", log=logs.append)
     m = json.loads((tmp_path/"skip"/"data"/"manifest.json").read_text())
@@ -490,7 +497,7 @@ def test_exact_resume_across_stage_boundary(store):
     ld2 = store.loader(micro_batch_size=B, seed=3); ld2.load_state_dict(st8)
     assert (next(ld2)["input_ids"] == x).all() and ld.epoch == 1
 
-def test_reshard_exactly_or_refuse(store):
+def test_reshard_exactly_or_refuse(store, bad_input):
     two = [store.loader(micro_batch_size=4, rank=r, world_size=2) for r in range(2)]
     for ld in two:
         for _ in range(6): next(ld)
@@ -498,7 +505,9 @@ def test_reshard_exactly_or_refuse(store):
     one = store.loader(micro_batch_size=4); one.load_state_dict(two[0].state_dict())       # 48 rows consumed = 12 steps of 4
     assert one.step == 12 and not (set(one.indices(12).tolist()) & seen)
     three = store.loader(micro_batch_size=5, rank=0, world_size=3)
-    with pytest.raises(DataError, match="cannot resume exactly with 3 ranks"): three.load_state_dict(two[0].state_dict())
+    with pytest.raises(DataError, match="cannot resume exactly with 3 ranks") as e: three.load_state_dict(two[0].state_dict())
+    bad_input("checkpoint", "resuming the data loader with a number of ranks its batches cannot be split over", e,
+              names=["3 ranks", "saved with 2"])
     other = store.loader(micro_batch_size=4, seed=9)
     with pytest.raises(DataError, match="seed was 0"): other.load_state_dict(two[0].state_dict())
 

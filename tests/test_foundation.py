@@ -25,18 +25,20 @@ def test_cli_help():
     assert r.returncode == 0
     for word in ["demo", "run", "launch", "jobs", "logs", "cancel", "config", "docs"]: assert word in r.stdout
 
-@pytest.mark.parametrize("yaml_text,field,line", [
-    ("pretrain:\n  optim:\n    lrr: 0.1\n", "pretrain.optim.lrr", 3),
-    ("name: x\npretrain:\n  optim:\n    lr: -1\n", "pretrain.optim.lr", 4),
-    ("data:\n  strategy: static\n  sources:\n  - {name: a, path: a.txt}\n  - {name: b, path: b.txt}\n  weights: [1, 2, 3]\n", "data.weights", 6),
+@pytest.mark.parametrize("yaml_text,field,line,did", [
+    ("pretrain:\n  optim:\n    lrr: 0.1\n", "pretrain.optim.lrr", 3, "a misspelt field two levels down"),
+    ("name: x\npretrain:\n  optim:\n    lr: -1\n", "pretrain.optim.lr", 4, "a negative learning rate"),
+    ("data:\n  strategy: static\n  sources:\n  - {name: a, path: a.txt}\n  - {name: b, path: b.txt}\n  weights: [1, 2, 3]\n", "data.weights", 6,
+     "three mixing weights for two sources"),
 ])
-def test_config_errors_name_field_file_line(tmp_path, yaml_text, field, line):
+def test_config_errors_name_field_file_line(tmp_path, yaml_text, field, line, did, bad_input):
     p = tmp_path/"bad.yaml"; p.write_text(yaml_text)
     r = run([str(Path(PY).parent/"forge-nb"), "config", "validate", str(p)])
     assert r.returncode == 2
-    errs = [l for l in r.stderr.splitlines() if l.strip().startswith(field + ":")]
+    errs = [l for l in r.stderr.splitlines() if l.strip().removeprefix("forge-nb: error: ").startswith(field + ":")]
     assert len(errs) == 1, r.stderr
     assert f"bad.yaml:{line})" in errs[0], errs[0]
+    bad_input("config", did, r, names=[field, f"bad.yaml:{line}"])
 
 @pytest.mark.slow
 def test_sync_check_catches_hand_edited_module(tmp_path):

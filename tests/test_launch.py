@@ -25,12 +25,14 @@ PARTS = [dict(name="cpu", nodes=2, gpus_per_node=0, free_gpus=0, cpus=4, mem_gb=
     (dict(partition="cpu", tasks_per_node=4, cpus_per_task=2), "= 8 CPUs per node asked"),
     (dict(partition="cpu", mem_gb=64), "64 GB per node asked"),
 ])
-def test_invalid_request_is_one_error_and_submits_nothing(tmp_path, kw, expect):
+def test_invalid_request_is_one_error_and_submits_nothing(tmp_path, kw, expect, bad_input):
     res = ResourcesConfig(cluster="slurm", **kw)
     errs = L.validate_resources(res, PARTS)
     assert len(errs) == 1 and expect in errs[0], errs
-    with pytest.raises(L.ResourceError, match="nothing was submitted"):
+    with pytest.raises(L.ResourceError, match="nothing was submitted") as e:
         L.submit(job_probes.sleep_probe, 1, resources=res, run_dir=tmp_path / "run", partitions=PARTS)
+    bad_input("cluster", "a SLURM request over the partition's limits: " + ", ".join(f"{k}={v}" for k, v in kw.items()), e,
+              names=["resources.", expect, "nothing was submitted"])
     assert not (tmp_path / "run").exists()          # not even a run directory, let alone a job
     cfg = PipelineConfig(name="r", runs_dir=str(tmp_path), resources=res)
     with pytest.raises(L.ResourceError):

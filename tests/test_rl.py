@@ -71,35 +71,45 @@ def _raises(cfg, tmp, *needles):
     with pytest.raises(ConfigError) as e: run_rl(cfg, tmp / "run", log=lambda *a: None)
     for n in needles: assert n in str(e.value), str(e.value)
     assert not (tmp / "run" / "rl").exists(), "nothing may be written before the inputs are valid"
+    return e
 
 
-def test_bad_inputs_fail_before_loading(tmp_path, task, monkeypatch):
+def test_bad_inputs_fail_before_loading(tmp_path, task, monkeypatch, bad_input):
     import forge_nb.rl as R
     monkeypatch.setattr(R, "load_chat_model", lambda *a, **k: pytest.fail("a model was loaded before validation"))
     m = _fake_model(tmp_path)
     empty = tmp_path / "empty.jsonl"; empty.write_text("")
-    _raises(_cfg(tmp_path, "a", base_model=str(m), policy=task["policy"], prompts=str(empty)), tmp_path, "empty.jsonl:1", "empty")
+    e = _raises(_cfg(tmp_path, "a", base_model=str(m), policy=task["policy"], prompts=str(empty)), tmp_path, "empty.jsonl:1", "empty")
+    bad_input("inputs", "an empty RL prompts file", e, names=["empty.jsonl:1"])
     nocol = tmp_path / "nocol.jsonl"; nocol.write_text(json.dumps({"prompt": "hi", "context": "[KB-1] x"}) + "\n")
-    _raises(_cfg(tmp_path, "b", base_model=str(m), policy=task["policy"], prompts=str(nocol)), tmp_path,
-            "rules.1 (pricing_disclaimer).when.column", "'tags' is not in", "policy.yaml:10")
-    _raises(_cfg(tmp_path, "c", base_model=str(tmp_path / "nope"), policy=task["policy"], prompts=task["prompts"]), tmp_path,
-            "rl.base_model", "not a model folder")
-    _raises(_cfg(tmp_path, "d", base_model=str(m)), tmp_path, "rl.policy", "required for method 'grpo'")
+    e = _raises(_cfg(tmp_path, "b", base_model=str(m), policy=task["policy"], prompts=str(nocol)), tmp_path,
+                "rules.1 (pricing_disclaimer).when.column", "'tags' is not in", "policy.yaml:10")
+    bad_input("policy", "a policy rule scoped by a prompt column the prompts lack", e,
+              names=["rules.1 (pricing_disclaimer).when.column", "policy.yaml:10"])
+    e = _raises(_cfg(tmp_path, "c", base_model=str(tmp_path / "nope"), policy=task["policy"], prompts=task["prompts"]), tmp_path,
+                "rl.base_model", "not a model folder")
+    bad_input("inputs", "an RL base model folder that does not exist", e, names=["rl.base_model", "nope"])
+    e = _raises(_cfg(tmp_path, "d", base_model=str(m)), tmp_path, "rl.policy", "required for method 'grpo'")
+    bad_input("config", "GRPO without a policy and prompts", e, names=["rl.policy", "rl.prompts"], problems=2)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n" + json.dumps({"prompt": "q", "chosen": "same", "rejected": "same"}) + "\n")
-    _raises(_cfg(tmp_path, "e", method="dpo", base_model=str(m), pairs=str(pairs)), tmp_path, "pairs.jsonl:2", "`chosen` equals `rejected`")
+    e = _raises(_cfg(tmp_path, "e", method="dpo", base_model=str(m), pairs=str(pairs)), tmp_path, "pairs.jsonl:2", "`chosen` equals `rejected`")
+    bad_input("preference", "a preference row whose chosen and rejected answers are the same", e, names=["pairs.jsonl:2"])
     pairs.write_text(json.dumps({"prompt": "q", "rejected": "b"}) + "\n")
-    _raises(_cfg(tmp_path, "f", method="reward", base_model=str(m), pairs=str(pairs)), tmp_path, "pairs.jsonl:1", "`chosen`")
+    e = _raises(_cfg(tmp_path, "f", method="reward", base_model=str(m), pairs=str(pairs)), tmp_path, "pairs.jsonl:1", "`chosen`")
+    bad_input("preference", "a preference row without `chosen`", e, names=["pairs.jsonl:1", "chosen"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - name: rm\n    kind: reward_model\n    path: " + str(m) + "\n")
-    _raises(_cfg(tmp_path, "g", base_model=str(m), policy=str(bad), prompts=task["prompts"]), tmp_path,
-            "rules.0 (rm).path", "is not a reward model", "bad.yaml:4")
+    e = _raises(_cfg(tmp_path, "g", base_model=str(m), policy=str(bad), prompts=task["prompts"]), tmp_path,
+                "rules.0 (rm).path", "is not a reward model", "bad.yaml:4")
+    bad_input("policy", "a reward-model rule pointing at a plain language model", e, names=["rules.0 (rm).path", "bad.yaml:4"])
 
 
-def test_config_checks_group_size():
-    with pytest.raises(ConfigError, match="batch_size: 6 is not a multiple of num_generations"):
+def test_config_checks_group_size(bad_input):
+    with pytest.raises(ConfigError, match="batch_size: 6 is not a multiple of num_generations") as e:
         from forge_nb.config import validate_config, RLConfig
         validate_config(RLConfig, {"batch_size": 6, "num_generations": 4})
+    bad_input("config", "a GRPO batch that is not a multiple of the group size", e, names=["batch_size", "num_generations"])
 
 
 # --- real runs ---------------------------------------------------------------------------------------------------------

@@ -153,11 +153,13 @@ def test_fresh_process_reattaches_and_cancels(slurm_cluster, tmp_path):
     (dict(partition="cpu", nodes=3), "3 nodes asked"),
     (dict(partition="preempt", time_min=24 * 60), "allows at most"),
 ])
-def test_invalid_requests_submit_nothing(slurm_cluster, tmp_path, kw, expect):
+def test_invalid_requests_submit_nothing(slurm_cluster, tmp_path, kw, expect, bad_input):
     run = f"bad{os.getpid()}{time.time_ns()}"
     with pytest.raises(L.ResourceError) as e:
         L.submit(job_probes.sleep_probe, 1, resources=slurm(**kw), run_dir=tmp_path / run, name="probe")
     assert len(e.value.errors) == 1 and expect in e.value.errors[0], e.value.errors
+    bad_input("cluster", "a request the local SLURM cluster cannot hold: " + ", ".join(f"{k}={v}" for k, v in kw.items()), e,
+              names=["resources.", expect, "nothing was submitted"])
     assert jobs_named(f"{run}-probe") == (0, 0)
     assert not (tmp_path / run).exists()
     # the same request made valid is accepted and reaches the queue under that name (so the check above can fail)

@@ -111,7 +111,7 @@ def read_jsonl(src:SourceConfig, f:Path, stats:SourceStats) -> Iterator[tuple[st
             if (line := _utf8(src, stats, raw, f, i)) is None: continue
             try: rec = json.loads(line)
             except json.JSONDecodeError as e:
-                _bad(src, stats, f"{f}:{i}: malformed JSON ({e.msg} at column {e.colno})"); continue
+                _bad(src, stats, f"{f}:{i}: malformed JSON ({e.msg.removesuffix(' at')} at column {e.colno})"); continue
             t = _field(src, stats, rec, f"{f}:{i}")
             if t is not None: yield t, f"{f}:{i}"
 

@@ -433,7 +433,7 @@ def mix_plan_problem(cfg:PipelineConfig,     # the pipeline config that will be 
                     ) -> str|None:           # the data stage's `infeasible mix plan` error, or None when the plan fits
     "Check the mix plan before anything is submitted: the same budget (`resolve_total_tokens`) and caps the data stage uses."
     if not cfg.data.sources: return None
-    tok = load_tokenizer(cfg.tokenizer.path) if cfg.tokenizer.path else None
+    tok = load_tokenizer(cfg.tokenizer.path, cfg.tokenizer.trust_remote_code) if cfg.tokenizer.path else None
     sizes = []
     for s in cfg.data.sources:
         st, docs = SourceStats(), []

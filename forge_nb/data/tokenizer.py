@@ -57,12 +57,12 @@ def train_tokenizer(texts:Iterable[str],                 # training text (the mi
     if out_dir is not None: hf.save_pretrained(str(out_dir))
     return hf
 
-def load_tokenizer(path:str|Path):
+def load_tokenizer(path:str|Path, trust_remote_code:bool=False):   # `tokenizer.trust_remote_code`: run code shipped in the folder
     "A Hugging Face tokenizer from a local folder (offline), with a pad token (eos when it has none)."
     from transformers import AutoTokenizer
     p = Path(path)
     if not p.exists(): raise DataError(f"tokenizer.path {str(path)!r} does not exist (a Hugging Face tokenizer folder is expected)")
-    tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=trust_remote_code)
     if not getattr(tok, "is_fast", False): raise DataError(f"tokenizer at {path} is not a fast (Rust) tokenizer")
     if tok.eos_token is None: raise DataError(f"tokenizer at {path} has no eos token: documents could not be separated")
     if tok.pad_token is None: tok.pad_token = tok.eos_token

@@ -18,7 +18,7 @@ from ..runs import read_metrics, RunDir
 from ..config import implemented_stages
 from ..charts import line_chart
 from fastcore.basics import patch
-from ..jobs import progress, TERMINAL_STATES, FAILED_STATES, attach, Job, read_registry, find_run_dir, _read_result
+from ..jobs import progress, TERMINAL_STATES, FAILED_STATES, attach, Job, read_registry, find_run_dir, _read_result, prefetch_states
 
 # %% ../../nbs/widgets/63_monitor.ipynb #85a08dfe
 PLOTS = {"loss": "loss", "bpb": "bits per byte", "tokens_per_s": "tokens/s"}
@@ -261,6 +261,7 @@ def _cancel(self:JobMonitor, card):
 def refresh(self:JobMonitor):
     "Read every job's state, logs and new metrics, and redraw the plots."
     with self._lock:
+        prefetch_states([c.job for c in self.cards])   # one scheduler question for every card (and the jobs they wait for)
         for c in self.cards: c.read()
         series, marks = {k: {} for k in PLOTS} | {"bpb_baselines": {}}, {}
         for c in self.cards:
