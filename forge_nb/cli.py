@@ -139,13 +139,11 @@ def _cmd_launch(args) -> int:
     from forge_nb.pipeline import run_pipeline
     cfg = _load(args)
     # through the pipeline, not waiting: finished stages are skipped, and each job is recorded in its stage's
-    # stage.json so a later `run` finds it finished (or still running, and follows it) instead of running it again
+    # stage.json so a later `run` finds it finished instead of running it again
     try: jobs = run_pipeline(cfg, stages=[args.stage] if args.stage else None, wait=False)
     except ResourceError as e:
         print(f"forge-nb: error: {e}", file=sys.stderr); return 2
-    for j in jobs:
-        if getattr(j, "followed", False): print(f"{j.stage}: {j.cluster} job {j.job_id}, submitted earlier for the same inputs, is {j.state()}")
-        else: print(f"submitted {j.stage}: {j.cluster} job {j.job_id} ({j.state()})")
+    for j in jobs: print(f"submitted {j.stage}: {j.cluster} job {j.job_id} ({j.state()})")
     print(f"follow: forge-nb logs {cfg.name} --runs-dir {cfg.runs_dir}   cancel: forge-nb cancel {cfg.name} --runs-dir {cfg.runs_dir}")
     return 0
 

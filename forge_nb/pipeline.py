@@ -12,8 +12,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['DEMO_POLICY', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task', 'demo_config', 'StageFailed', 'tiny_config',
            'tiny_lifecycle', 'StageProgress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'stage_record',
-           'recorded_key', 'is_current', 'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground', 'live_job',
-           'run_pipeline']
+           'recorded_key', 'is_current', 'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
 from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
@@ -455,55 +454,17 @@ def _finish(run:RunDir, t0:float):
     print(f"forge_nb: finished in {time.time() - t0:.1f} s. Run directory:\n{run.tree()}", flush=True)
     print(f"forge_nb: report: {write_report(run.root).absolute()}", flush=True)
 
-def live_job(run_dir:str|Path, stage:str, key:str):
-    "The still unfinished job an earlier invocation submitted for `stage` with this key (a `Job`), or None."
-    from forge_nb.jobs import Job, read_registry, TERMINAL_STATES
-    rec = stage_record(run_dir, stage) or {}
-    if rec.get("status") != "running" or rec.get("key") != key or not rec.get("job_id"): return None
-    reg = [r for r in read_registry(run_dir) if str(r["job_id"]) == str(rec["job_id"])]
-    if not reg: return None
-    job = Job(reg[-1])
-    try: return None if job.state() in TERMINAL_STATES else job
-    except Exception: return None
-
-def _live_prefix(cfg:PipelineConfig, todo:list, run:RunDir, force) -> tuple:
-    """(jobs to follow, stages still to submit, lines to print): stages whose job from an earlier invocation is still
-    queued or running with the same key are followed, not submitted again; one that ended since the plan is skipped."""
-    live, rest, said = [], list(todo), []
-    while rest and rest[0][0] not in force:    # only a prefix can be live: the stages were submitted in order
-        st, key = rest[0]
-        job = live_job(run.root, st, key)
-        if job is not None:
-            said.append(f"[{st}] job {job.job_id}, submitted earlier for the same inputs, is still {job.state()}: following it")
-            job.followed = True; live.append(job)
-        elif is_current(cfg, st, run.root, key): said.append(_skip_line(st, key))   # its job ended since the plan
-        else: break
-        rest.pop(0)
-    return live, rest, said
-
-def _submit_stages(cfg:PipelineConfig, live:list, rest:list, run:RunDir, force) -> list:
-    "Submit the stages still to run, chained after the followed jobs; name each job in its stage's record."
-    from forge_nb.launch import launch_pipeline, launch, check_resources
-    if live: check_resources(cfg.resources)    # a request that does not fit is refused, as if it were submitted
-    for st, key in rest:
+def _submit_stages(cfg:PipelineConfig, todo:list, run:RunDir, force) -> list:
+    "Submit the stages to run, chained; name each job in its stage's record (how a later invocation finds it finished)."
+    from forge_nb.launch import launch_pipeline
+    for st, key in todo:
         prepare_stage(run.root, st, key, force=st in force); mark_stage(run.root, st, key, "running")
-    if not rest: jobs = []
-    elif not live: jobs = launch_pipeline(cfg, stages=[st for st, _ in rest])
-    else:
-        jobs = []
-        for st, _ in rest: jobs.append(launch(cfg, st, depends_on=(jobs or live)[-1:]))
-    for job, (st, key) in zip(jobs, rest):    # the job that makes the stage: how a later invocation finds it finished
+    jobs = launch_pipeline(cfg, stages=[st for st, _ in todo])
+    for job, (st, key) in zip(jobs, todo):
         mark_stage(run.root, st, key, "running", job_id=job.job_id, cluster=job.cluster, folder=str(job.folder))
-    return live + jobs
+    return jobs
 
-@contextlib.contextmanager
-def _holding_run(run:RunDir, live:list=()):
-    "Hold the run's lock (one writer per run, `forge_nb.jobs.run_lock`); the jobs this invocation follows are not a conflict."
-    from forge_nb.jobs import run_lock
-    lock = run_lock(run.root).acquire(depends_on=[j.job_id for j in live])
-    try: yield
-    finally: lock.release()
-
+@holding_run_lock
 def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  stages:list|None=None,  # subset of stages (default: cfg.stages)
                  wait:bool=True,         # follow the jobs until they finish
@@ -518,28 +479,25 @@ def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
     print(f"forge_nb: run {run.root} — stages {' → '.join(stages)} {where}", flush=True)
     if foreground:
         res = run_foreground(cfg, stages, force=force)
-        with _holding_run(run): _finish(run, t0)
+        _finish(run, t0)
         return res
     plan = plan_stages(cfg, stages, run.root, force)
     for st, key, todo in plan:
         if not todo: print(_skip_line(st, key), flush=True)
     todo = [(st, key) for st, key, t in plan if t]
     timings = {st: {"seconds": 0.0, "skipped": True} for st, _, t in plan if not t}
-    live, rest, said = _live_prefix(cfg, todo, run, force)
-    with _holding_run(run, live):
-        if not todo:
-            _record_timing(run, timings, t0)
-            print("forge_nb: nothing to run, every stage is up to date", flush=True)
-            _finish(run, t0)
-            return []
-        jobs = _submit_stages(cfg, live, rest, run, force)
-        for line in said: print(line, flush=True)
-        if wait:
-            keys, start = dict(todo), [time.time()]
-            def done(job, res):
-                timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
-                mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"], job_id=job.job_id)
-            try: follow_jobs(jobs, run, on_done=done, totals=_totals(cfg, [st for st, _ in todo]))
-            finally: _record_timing(run, timings, t0)
-            _finish(run, t0)
+    if not todo:
+        _record_timing(run, timings, t0)
+        print("forge_nb: nothing to run, every stage is up to date", flush=True)
+        _finish(run, t0)
+        return []
+    jobs = _submit_stages(cfg, todo, run, force)
+    if wait:
+        keys, start = dict(todo), [time.time()]
+        def done(job, res):
+            timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
+            mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"], job_id=job.job_id)
+        try: follow_jobs(jobs, run, on_done=done, totals=_totals(cfg, [st for st, _ in todo]))
+        finally: _record_timing(run, timings, t0)
+        _finish(run, t0)
     return jobs
