@@ -464,7 +464,36 @@ def _submit_stages(cfg:PipelineConfig, todo:list, run:RunDir, force) -> list:
         mark_stage(run.root, st, key, "running", job_id=job.job_id, cluster=job.cluster, folder=str(job.folder))
     return jobs
 
+def _check_request(cfg:PipelineConfig, stages:list):
+    "Refuse a resource request that does not fit before the run's lock is asked for, as `launch_pipeline` words it."
+    from forge_nb.launch import resolve_resources, cluster_partitions, validate_resources, ResourceError
+    res = resolve_resources(cfg.resources)
+    try: parts = cluster_partitions() if res.cluster == "slurm" else None
+    except Exception: parts = None                 # validate_resources reports it
+    errs = validate_resources(res, parts)
+    if errs: raise ResourceError([f"{e} (stage{'s' if len(stages) > 1 else ''} {', '.join(stages)})" for e in errs])
+
 @holding_run_lock
+def _run_jobs(cfg:PipelineConfig, run:RunDir, plan:list, wait:bool, force, t0:float) -> list:
+    "Submit the planned stages and follow them, holding the run's lock (one writer per run) until their jobs end."
+    todo = [(st, key) for st, key, t in plan if t]
+    timings = {st: {"seconds": 0.0, "skipped": True} for st, _, t in plan if not t}
+    if not todo:
+        _record_timing(run, timings, t0)
+        print("forge_nb: nothing to run, every stage is up to date", flush=True)
+        _finish(run, t0)
+        return []
+    jobs = _submit_stages(cfg, todo, run, force)
+    if wait:
+        keys, start = dict(todo), [time.time()]
+        def done(job, res):
+            timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
+            mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"], job_id=job.job_id)
+        try: follow_jobs(jobs, run, on_done=done, totals=_totals(cfg, [st for st, _ in todo]))
+        finally: _record_timing(run, timings, t0)
+        _finish(run, t0)
+    return jobs
+
 def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  stages:list|None=None,  # subset of stages (default: cfg.stages)
                  wait:bool=True,         # follow the jobs until they finish
@@ -484,20 +513,5 @@ def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
     plan = plan_stages(cfg, stages, run.root, force)
     for st, key, todo in plan:
         if not todo: print(_skip_line(st, key), flush=True)
-    todo = [(st, key) for st, key, t in plan if t]
-    timings = {st: {"seconds": 0.0, "skipped": True} for st, _, t in plan if not t}
-    if not todo:
-        _record_timing(run, timings, t0)
-        print("forge_nb: nothing to run, every stage is up to date", flush=True)
-        _finish(run, t0)
-        return []
-    jobs = _submit_stages(cfg, todo, run, force)
-    if wait:
-        keys, start = dict(todo), [time.time()]
-        def done(job, res):
-            timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
-            mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"], job_id=job.job_id)
-        try: follow_jobs(jobs, run, on_done=done, totals=_totals(cfg, [st for st, _ in todo]))
-        finally: _record_timing(run, timings, t0)
-        _finish(run, t0)
-    return jobs
+    if any(t for *_, t in plan): _check_request(cfg, [st for st, _, t in plan if t])
+    return _run_jobs(cfg, run, plan, wait, force, t0)
