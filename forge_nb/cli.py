@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     p.add_argument("--foreground", action="store_true", help="run the stages in this process, not as jobs")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this finished stage and every stage after it")
+    p.add_argument("--cluster", choices=["local", "slurm"], help="where to run (default: this machine)")
+    p.add_argument("--partition", help="SLURM partition")
 
     p = add("run", help="run a config's stages in order (data → pretrain → ...) through the launcher; finished stages are skipped")
     _add_config_args(p, foreground=True)
@@ -122,6 +124,7 @@ def _cmd_run(args, stages=None, wait=True) -> int:
 def _cmd_demo(args) -> int:
     from forge_nb.pipeline import demo_config, run_pipeline
     sets = list(args.overrides) + ([f"pretrain.steps={args.steps}"] if args.steps else [])
+    sets += [f"resources.{k}={getattr(args, k)}" for k in ("cluster", "partition") if getattr(args, k, None)]
     run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets), foreground=args.foreground,
                  force=args.force); return 0
 
@@ -131,10 +134,13 @@ def _cmd_docs(args) -> int:
 
 # %% ../nbs/80_cli.ipynb #ee76e5cd
 def _cmd_launch(args) -> int:
-    "Submit a config's stage (or all its stages, chained) and print how to follow them."
-    from forge_nb.launch import launch, launch_pipeline, ResourceError
+    "Submit a config's stage (or all its stages, chained; finished ones skipped) and print how to follow them."
+    from forge_nb.launch import ResourceError
+    from forge_nb.pipeline import run_pipeline
     cfg = _load(args)
-    try: jobs = [launch(cfg, args.stage)] if args.stage else launch_pipeline(cfg)
+    # through the pipeline, not waiting: finished stages are skipped, and each job is recorded in its stage's
+    # stage.json so a later `run` finds it finished instead of running it again
+    try: jobs = run_pipeline(cfg, stages=[args.stage] if args.stage else None, wait=False)
     except ResourceError as e:
         print(f"forge-nb: error: {e}", file=sys.stderr); return 2
     for j in jobs: print(f"submitted {j.stage}: {j.cluster} job {j.job_id} ({j.state()})")

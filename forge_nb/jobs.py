@@ -12,7 +12,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'SNAPSHOT_S', 'read_registry', 'register_job', 'update_job_record', 'sacct_states',
            'local_state', 'job_states', 'Job', 'prefetch_states', 'live_jobs', 'run_lock', 'find_run_dir', 'attach',
-           'list_jobs', 'error_message']
+           'list_jobs', 'error_message', 'progress']
 
 # %% ../nbs/51_jobs.ipynb #c3d9d961
 from fastcore.basics import patch
@@ -379,3 +379,21 @@ def error_message(err:str|BaseException,   # a formatted traceback (a job's), or
     msg = "\n".join([msg] + rest[k + 1:]).strip()
     if head.startswith("forge_nb.") and msg: return msg
     return f"{head.rsplit('.', 1)[-1]}: {msg}" if msg else head.rsplit(".", 1)[-1]
+
+# %% ../nbs/51_jobs.ipynb #2410cc5e
+def _dur(s:float) -> str:
+    m, s = divmod(int(round(s)), 60); h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+def progress(step:int,               # this record's step
+             total:int|None,         # the stage's steps (None: unknown, e.g. SFT by epochs)
+             t:float,                # this record's time
+             first:tuple,            # (step, time) of the first training record seen
+            ) -> str:
+    "`step/total (share), steps per second, time left`, the rate measured since the first record."
+    s0, t0 = first
+    rate = (step - s0) / (t - t0) if t > t0 and step > s0 else None
+    out = f"{step}/{total} ({step / total:.0%})" if total else f"step {step}"
+    if rate: out += f", {rate:.3g} steps/s"
+    if rate and total: out += f", ETA {_dur(max(0, total - step) / rate)}"
+    return out

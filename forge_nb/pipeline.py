@@ -6,18 +6,18 @@ Docs: https://forge-nb.github.io/forge_nb/pipeline.html.md"""
 
 # %% ../nbs/70_pipeline.ipynb #a7ba20a4
 from __future__ import annotations
-import ast, bdb, hashlib, json, os, re, sys, sysconfig, time, traceback
+import ast, bdb, contextlib, hashlib, json, os, re, sys, sysconfig, threading, time, traceback
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['DEMO_POLICY', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task', 'demo_config', 'StageFailed', 'tiny_config',
-           'progress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'recorded_key', 'is_current',
-           'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground', 'run_pipeline']
+           'tiny_lifecycle', 'StageProgress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'stage_record',
+           'recorded_key', 'is_current', 'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
 from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
 from .runs import RunDir, atomic_write_text, read_metrics
-from .jobs import error_message
+from .jobs import error_message, progress
 from .launch import holding_run_lock
 
 # %% ../nbs/70_pipeline.ipynb #c03e40da
@@ -173,6 +173,26 @@ def tiny_config(folder:str|Path,   # run folder (`runs_dir`); the reference topi
         tokenizer={"vocab_size": 600, "train_bytes": 100_000},
         model={"depth": 2, "aspect_ratio": 32, "head_dim": 32, "max_seq_len": 64}, pretrain=pc)
 
+# %% ../nbs/70_pipeline.ipynb #b0c6eab1
+def tiny_lifecycle(folder:str|Path,   # run folder (`runs_dir`); the reference topics, SFT examples and policy are written here
+                   name:str="life",   # run name
+                   sft:dict|None=None,# `SFTConfig` fields to change
+                   rl:dict|None=None, # `RLConfig` fields to change
+                   **pretrain,        # `PretrainConfig` fields to change
+                  ) -> PipelineConfig:
+    "`tiny_config`'s data + pretrain, then SFT on examples built from its reference topics and 2 GRPO steps on the demo policy."
+    from forge_nb.config import SFTConfig, RLConfig
+    cfg = tiny_config(folder, name=name, **{"steps": 6, "eval_every": 6, "save_every": 6, **pretrain})
+    task = prepare_demo_task(Path(folder)/"task", [SourceConfig(name="reference", path=str(Path(folder)/"ref.jsonl"))],
+                             n_prompts=16, n_heldout=4)
+    return cfg.model_copy(update={"stages": ["data", "pretrain", "sft", "rl"],
+        "sft": SFTConfig(**{"dataset": task["train"], "eval_dataset": task["heldout"], "max_seq_len": 64, "micro_batch_size": 4,
+                            "lr": 3e-3, "warmup_steps": 1, "steps": 4, "log_every": 1, "eval_every": 4, "save_every": 4,
+                            "eval_examples": 8, "n_eval_prompts": 2, "max_new_tokens": 8, **(sft or {})}),
+        "rl": RLConfig(**{"policy": task["policy"], "prompts": task["prompts"], "heldout_prompts": task["heldout_prompts"], "steps": 2,
+                          "batch_size": 4, "num_generations": 2, "beta": 0.0, "max_completion_length": 12, "save_every": 2,
+                          "report_samples": 1, "lr": 1e-5, **(rl or {})})})
+
 # %% ../nbs/70_pipeline.ipynb #9de8f178
 def _fmt_record(r:dict) -> str:
     keys = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"]
@@ -180,41 +200,49 @@ def _fmt_record(r:dict) -> str:
     parts += [f"{k}={v:.4f}" for k, v in r.items() if k.startswith("val/") and isinstance(v, float)]
     return f"[{r.get('stage', '?')}] " + " ".join(parts)
 
-def _dur(s:float) -> str:
-    m, s = divmod(int(round(s)), 60); h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+class StageProgress:
+    "Prints the records stages append to their `metrics.jsonl` from now on, each training step with `step/total, rate, ETA` (`progress`)."
+    def __init__(self, run:RunDir,            # the run directory
+                 totals:dict|None=None,        # stage -> its total steps
+                 out=None,                     # where lines go (default: stdout)
+                ):
+        self.run, self.totals, self.out = run, totals or {}, out or sys.stdout
+        self.seen, self.size, self.first = {}, {}, {}
+        self.t0 = int(time.time() * 1000) / 1000           # floored to the millisecond, as metrics records' times are rounded
 
-def progress(step:int,               # this record's step
-             total:int|None,         # the stage's steps (None: unknown, e.g. SFT by epochs)
-             t:float,                # this record's time
-             first:tuple,            # (step, time) of the first training record seen
-            ) -> str:
-    "`step/total (share), steps per second, time left`, the rate measured since the first record."
-    s0, t0 = first
-    rate = (step - s0) / (t - t0) if t > t0 and step > s0 else None
-    out = f"{step}/{total} ({step / total:.0%})" if total else f"step {step}"
-    if rate: out += f", {rate:.3g} steps/s"
-    if rate and total: out += f", ETA {_dur(max(0, total - step) / rate)}"
-    return out
+    def poll(self, stage:str) -> int:
+        "Print what `stage` logged since the last call; return how many records were read."
+        path = self.run.stage(stage).metrics_path
+        size = path.stat().st_size if path.exists() else 0
+        if size < self.size.get(stage, 0):       # rewritten shorter: a resumed run dropped the steps after its checkpoint
+            recs = read_metrics(path); self.seen[stage] = len(recs); self.first.pop(stage, None)
+            last = max((r["step"] for r in recs if isinstance(r.get("step"), int)), default=0)
+            print(f"[{stage}] resumed from its checkpoint: steps after {last} are done again", file=self.out, flush=True)
+        self.size[stage] = size
+        recs = read_metrics(path, self.seen.get(stage, 0))
+        self.seen[stage] = self.seen.get(stage, 0) + len(recs)
+        for r in recs:
+            if r.get("time", self.t0) < self.t0: continue     # an earlier invocation's records (a resumed stage): history, not progress
+            line = _fmt_record({"stage": stage, **r})
+            if "loss" in r and isinstance(r.get("step"), int) and "time" in r:
+                f = self.first.setdefault(stage, (r["step"], r["time"]))
+                line += " | " + progress(r["step"], self.totals.get(stage), r["time"], f)
+            if "loss" in r or any(k.startswith("val/") for k in r): print(line, file=self.out, flush=True)
+        return len(recs)
+
+def _totals(cfg:PipelineConfig, stages) -> dict:
+    return {st: getattr(getattr(cfg, st, None), "steps", None) for st in stages}
 
 def follow_jobs(jobs:list, run:RunDir, poll_s:float=2.0, out=None, on_done=None,
                 totals:dict|None=None):   # stage -> its total steps, for step/total and the ETA
     "Print each job's new metrics (with progress) until all are done; raise `StageFailed` if one fails; `on_done(job, summary)` after each."
     out = out or sys.stdout
-    seen, first, totals = {}, {}, totals or {}
+    prog = StageProgress(run, totals, out)
     for job in jobs:
-        sd = run.stage(job.stage)
         print(f"[{job.stage}] job {job.job_id} ({job.state()})", file=out, flush=True)
         while True:
             done = job.done()
-            recs = read_metrics(sd.metrics_path, seen.get(job.stage, 0))
-            seen[job.stage] = seen.get(job.stage, 0) + len(recs)
-            for r in recs:
-                line = _fmt_record(r)
-                if "loss" in r and isinstance(r.get("step"), int) and "time" in r:
-                    f = first.setdefault(job.stage, (r["step"], r["time"]))
-                    line += " | " + progress(r["step"], totals.get(job.stage), r["time"], f)
-                if "loss" in r or any(k.startswith("val/") for k in r): print(line, file=out, flush=True)
+            prog.poll(job.stage)
             if done: break
             time.sleep(poll_s)
         try: res = job.result()
@@ -276,19 +304,36 @@ def stage_key(cfg:PipelineConfig,   # the pipeline config
         ups[n] = keys.get(p) or recorded_key(run_dir, p) if p else None
     return _hash({"stage": stage, "sections": secs, "files": _named_files(secs), "needs": ups})
 
-def _record_path(run_dir, stage) -> Path: return Path(run_dir)/stage/"stage.json"
+def _record_path(run_dir, stage) -> Path:
+    "`<stage>/stage.json`; the data stage's in `logs/` (its folder is replaced whole when it is built, and its manifest holds its key)."
+    return Path(run_dir)/"logs"/"data-stage.json" if stage == "data" else Path(run_dir)/stage/"stage.json"
+
+def stage_record(run_dir:str|Path, stage:str) -> dict|None:
+    "A stage's `stage.json` (key, status, and the job that runs it, if any), or None."
+    try: return json.loads(_record_path(run_dir, stage).read_text())
+    except (OSError, ValueError): return None
+
+def _job_succeeded(rec:dict) -> bool:
+    "Did the job this record names end with a result? (submitit writes the result file only when the stage returned.)"
+    from forge_nb.jobs import _read_result
+    if not rec.get("job_id") or not rec.get("folder"): return False
+    res = _read_result(rec["folder"], rec["job_id"])
+    return res is not None and res[0] == "success"
 
 def recorded_key(run_dir:str|Path, stage:str) -> str|None:
-    "The key of the last finished run of `stage` in `run_dir` (the data stage: its manifest's `config_hash`)."
+    """The key of the last finished run of `stage` in `run_dir` (the data stage: its manifest's `config_hash`).
+    A stage submitted without anyone waiting (`forge-nb launch`, `run_pipeline(wait=False)`) is found finished from its
+    job's result file, and its record is completed here."""
     from forge_nb.runs import RunDir
     if stage == "data":
         from forge_nb.data.store import is_complete
         out = RunDir(run_dir).stage("data").root
         m = out/"manifest.json"
         return json.loads(m.read_text()).get("config_hash") if is_complete(out) and m.exists() else None
-    p = _record_path(run_dir, stage)
-    try: rec = json.loads(p.read_text())
-    except (OSError, ValueError): return None
+    rec = stage_record(run_dir, stage) or {}
+    if rec.get("status") == "running" and _job_succeeded(rec):
+        rec = {**rec, "status": "done", "recorded_by": "job result"}
+        atomic_write_text(_record_path(run_dir, stage), json.dumps(rec, default=str, indent=1) + "\n")
     return rec.get("key") if rec.get("status") == "done" else None
 
 def is_current(cfg:PipelineConfig, stage:str, run_dir:str|Path, key:str) -> bool:
@@ -296,21 +341,23 @@ def is_current(cfg:PipelineConfig, stage:str, run_dir:str|Path, key:str) -> bool
     return recorded_key(run_dir, stage) == key and all((Path(run_dir)/m).exists() for m in STAGES[stage].makes)
 
 def mark_stage(run_dir:str|Path, stage:str, key:str, status:str, **info):
-    "Record a stage as `running` (a rerun with another key starts it afresh) or `done` (later runs skip it)."
-    if stage == "data": return                 # the data stage records its key in its manifest
+    """Record a stage as `running` (a rerun with another key starts it afresh; `job_id`/`folder` name its job) or `done`
+    (later runs skip it). The data stage's finished key is its manifest's; its record only names its job."""
     p = _record_path(run_dir, stage); p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(p, json.dumps({"key": key, "status": status, "time": time.time(), **info}, default=str, indent=1) + "\n")
 
 def prepare_stage(run_dir:str|Path, stage:str, key:str, force:bool=False, log=print):
-    "Before running a stage: clear what an earlier run with other inputs (or a forced rerun) left, so nothing stale resumes."
+    """Before running a stage: clear what an earlier run with other inputs (or a forced rerun) left, so nothing stale
+    resumes. A stage folder with outputs but no `stage.json` (made before keys were recorded, or by a bare `launch`) has
+    outputs of unknown inputs: cleared too, and said."""
     import shutil
     d = Path(run_dir)/stage
     if not d.exists(): return
-    try: old = json.loads(_record_path(run_dir, stage).read_text()).get("key")
-    except (OSError, ValueError): old = None
-    if stage == "data": old = recorded_key(run_dir, "data")
-    if force or (old is not None and old != key):
-        log(f"[{stage}] {'forced rerun' if force else 'inputs changed'}: removing the previous outputs in {d}")
+    old = recorded_key(run_dir, "data") if stage == "data" else (stage_record(run_dir, stage) or {}).get("key")
+    unknown = stage != "data" and old is None and any(d.iterdir())
+    if force or unknown or (old is not None and old != key):
+        why = "forced rerun" if force else "no record of the inputs that made them (no stage.json)" if unknown else "inputs changed"
+        log(f"[{stage}] {why}: removing the previous outputs in {d}")
         shutil.rmtree(d)
 
 def plan_stages(cfg:PipelineConfig,       # the pipeline config
@@ -342,12 +389,27 @@ def _record_timing(run:RunDir, timings:dict, t0:float):
     atomic_write_text(run.root/"pipeline.json", json.dumps({"stages": timings, "wall_s": round(time.time() - t0, 1),
                       "peak_rss_gb": round(_peak_rss_gb(), 2), "finished": time.time()}, indent=1) + "\n")
 
+@contextlib.contextmanager
+def _ticking(prog:StageProgress, stage:str, every:float=1.0):
+    "While the block runs (a stage in this process), print the stage's new metrics with progress every `every` seconds."
+    stop = threading.Event()
+    def loop():
+        while not stop.wait(every):
+            try: prog.poll(stage)
+            except Exception: pass                # a progress line is never worth a failed stage
+    t = threading.Thread(target=loop, daemon=True, name=f"forge-progress-{stage}"); t.start()
+    try: yield
+    finally:
+        stop.set(); t.join()
+        prog.poll(stage)
+
 @holding_run_lock
 def run_foreground(cfg:PipelineConfig,     # the pipeline to run
                    stages:list|None=None,  # subset of stages (default: cfg.stages)
                    log=print,              # where the stages' log lines go
                    out=None,               # where progress lines go (default: stdout)
                    force:list|tuple=(),    # stages to rerun even when finished (and every stage after them)
+                   poll_s:float=1.0,       # seconds between progress lines
                   ) -> dict:               # stage -> the summary its entry point returned (`{"skipped": True, ...}` when skipped)
     "Run the stages one after another in this process (no job): `breakpoint()` and debuggers work; finished stages are skipped."
     from forge_nb.runs import stage_function
@@ -355,9 +417,11 @@ def run_foreground(cfg:PipelineConfig,     # the pipeline to run
     run = RunDir.for_config(cfg).create(); run.save_config(cfg)
     env = dict(cfg.resources.env); saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    stages = list(stages or cfg.stages)
     results, timings, t0 = {}, {}, time.time()
+    prog = StageProgress(run, _totals(cfg, stages), out)
     try:
-        for st, key, todo in plan_stages(cfg, list(stages or cfg.stages), run.root, force):
+        for st, key, todo in plan_stages(cfg, stages, run.root, force):
             if not todo:
                 print(_skip_line(st, key), file=out, flush=True)
                 results[st] = {"skipped": True, "key": key}; timings[st] = {"seconds": 0.0, "skipped": True}
@@ -367,7 +431,8 @@ def run_foreground(cfg:PipelineConfig,     # the pipeline to run
             mark_stage(run.root, st, key, "running")
             print(f"[{st}] running in this process (foreground)", file=out, flush=True)
             ts = time.time()
-            try: results[st] = fn(cfg, str(run.root.absolute()), log=log)
+            try:
+                with _ticking(prog, st, poll_s): results[st] = fn(cfg, str(run.root.absolute()), log=log)
             except bdb.BdbQuit: raise                              # `q` at a breakpoint: the user's stop, not a failure
             except Exception as e:
                 tb = "".join(traceback.format_exception(e))
@@ -389,7 +454,46 @@ def _finish(run:RunDir, t0:float):
     print(f"forge_nb: finished in {time.time() - t0:.1f} s. Run directory:\n{run.tree()}", flush=True)
     print(f"forge_nb: report: {write_report(run.root).absolute()}", flush=True)
 
+def _submit_stages(cfg:PipelineConfig, todo:list, run:RunDir, force) -> list:
+    "Submit the stages to run, chained; name each job in its stage's record (how a later invocation finds it finished)."
+    from forge_nb.launch import launch_pipeline
+    for st, key in todo:
+        prepare_stage(run.root, st, key, force=st in force); mark_stage(run.root, st, key, "running")
+    jobs = launch_pipeline(cfg, stages=[st for st, _ in todo])
+    for job, (st, key) in zip(jobs, todo):
+        mark_stage(run.root, st, key, "running", job_id=job.job_id, cluster=job.cluster, folder=str(job.folder))
+    return jobs
+
+def _check_request(cfg:PipelineConfig, stages:list):
+    "Refuse a resource request that does not fit before the run's lock is asked for, as `launch_pipeline` words it."
+    from forge_nb.launch import resolve_resources, cluster_partitions, validate_resources, ResourceError
+    res = resolve_resources(cfg.resources)
+    try: parts = cluster_partitions() if res.cluster == "slurm" else None
+    except Exception: parts = None                 # validate_resources reports it
+    errs = validate_resources(res, parts)
+    if errs: raise ResourceError([f"{e} (stage{'s' if len(stages) > 1 else ''} {', '.join(stages)})" for e in errs])
+
 @holding_run_lock
+def _run_jobs(cfg:PipelineConfig, run:RunDir, plan:list, wait:bool, force, t0:float) -> list:
+    "Submit the planned stages and follow them, holding the run's lock (one writer per run) until their jobs end."
+    todo = [(st, key) for st, key, t in plan if t]
+    timings = {st: {"seconds": 0.0, "skipped": True} for st, _, t in plan if not t}
+    if not todo:
+        _record_timing(run, timings, t0)
+        print("forge_nb: nothing to run, every stage is up to date", flush=True)
+        _finish(run, t0)
+        return []
+    jobs = _submit_stages(cfg, todo, run, force)
+    if wait:
+        keys, start = dict(todo), [time.time()]
+        def done(job, res):
+            timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
+            mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"], job_id=job.job_id)
+        try: follow_jobs(jobs, run, on_done=done, totals=_totals(cfg, [st for st, _ in todo]))
+        finally: _record_timing(run, timings, t0)
+        _finish(run, t0)
+    return jobs
+
 def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  stages:list|None=None,  # subset of stages (default: cfg.stages)
                  wait:bool=True,         # follow the jobs until they finish
@@ -397,7 +501,6 @@ def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  force:list|tuple=(),    # stages to rerun even when finished, with every stage after them
                 ) -> list|dict:          # the launcher's Job handles (foreground: stage -> summary)
     "Launch the config's stages in order through the launcher, skipping those finished for the same inputs; optionally follow them."
-    from forge_nb.launch import launch_pipeline
     run = RunDir.for_config(cfg).create()
     stages = list(stages or cfg.stages)
     t0 = time.time()
@@ -410,23 +513,5 @@ def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
     plan = plan_stages(cfg, stages, run.root, force)
     for st, key, todo in plan:
         if not todo: print(_skip_line(st, key), flush=True)
-    todo = [(st, key) for st, key, t in plan if t]
-    timings = {st: {"seconds": 0.0, "skipped": True} for st, _, t in plan if not t}
-    if not todo:
-        _record_timing(run, timings, t0)
-        print("forge_nb: nothing to run, every stage is up to date", flush=True)
-        _finish(run, t0)
-        return []
-    for st, key in todo:
-        prepare_stage(run.root, st, key, force=st in force); mark_stage(run.root, st, key, "running")
-    jobs = launch_pipeline(cfg, stages=[st for st, _ in todo])
-    if wait:
-        keys, start = dict(todo), [time.time()]
-        def done(job, res):
-            timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
-            mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"])
-        totals = {st: getattr(getattr(cfg, st, None), "steps", None) for st, _ in todo}
-        try: follow_jobs(jobs, run, on_done=done, totals=totals)
-        finally: _record_timing(run, timings, t0)
-        _finish(run, t0)
-    return jobs
+    if any(t for *_, t in plan): _check_request(cfg, [st for st, _, t in plan if t])
+    return _run_jobs(cfg, run, plan, wait, force, t0)

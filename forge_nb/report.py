@@ -10,7 +10,7 @@ import html, json, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['stage_times', 'write_report']
+__all__ = ['stage_times', 'write_report', 'report_figures']
 
 # %% ../nbs/45_report.ipynb #c09ca501
 from .config import STAGES
@@ -143,3 +143,18 @@ def write_report(run_dir:str|Path,        # a run directory the stages wrote
             f"<p>{html.escape(str(run.root.absolute()))} · written {time.strftime('%Y-%m-%d %H:%M:%S')}</p><nav>{nav}</nav>"
             + "".join(_section(t, sid, b) for t, sid, b in secs) + "</body></html>\n")
     return atomic_write_text(Path(path) if path else run.root/"report.html", page)
+
+# %% ../nbs/45_report.ipynb #f4089c04
+def report_figures(run_dir:str|Path) -> dict:
+    "The figures the report shows, as numbers (what a rerun elsewhere, e.g. on SLURM, is compared by): absent stages left out."
+    run, out = RunDir(run_dir), {}
+    s = _read_json(run.stage("pretrain").root/"summary.json")
+    if s: out["bpb"] = {d: {"model": v, "unigram": (s.get("unigram_bpb") or {}).get(d)} for d, v in (s.get("val_bpb") or {}).items()}
+    ev = _read_json(run.stage("sft").root/"eval.json")
+    if ev: out["sft"] = {w: {"loss": ev[w]["loss"], "bpb": ev[w]["bpb"]} for w in ("before", "after")}
+    rep = _read_json(run.stage("rl").root/"report.json")
+    if rep and "rules" in rep:
+        out["rl"] = {n: {w: v[w]["pass_rate"] for w in ("before", "after")} for n, v in rep["rules"].items()}
+        out["rl"]["all rules"] = dict(rep["pass_rate"])
+        out["rl"]["mean reward"] = dict(rep["reward"])
+    return out

@@ -1,28 +1,14 @@
 """The whole lifecycle as one pipeline (data → pretrain → SFT → RL → report): finished stages are skipped on a rerun,
 changing one SFT field reruns SFT and RL only, `--force STAGE` reruns it and every stage after it, and the report
 renders in Chromium. A tiny pipeline in this process (`--foreground`) keeps each run to seconds of training."""
-import json, os, subprocess, sys
+import json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
-from forge_nb.config import SourceConfig, override, save_config
-from forge_nb.pipeline import tiny_config, prepare_demo_task, run_foreground
+from forge_nb.config import save_config
+from forge_nb.pipeline import tiny_lifecycle, run_foreground
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["data", "pretrain", "sft", "rl"]
-
-
-def tiny_lifecycle(folder: Path):
-    "tiny_config's data + pretrain, then SFT on examples built from its reference topics and 2 GRPO steps on the demo policy."
-    cfg = tiny_config(folder, name="life", steps=6, eval_every=6, save_every=6)
-    task = prepare_demo_task(folder/"task", [SourceConfig(name="reference", path=str(folder/"ref.jsonl"))],
-                             n_prompts=16, n_heldout=4)
-    return cfg.model_copy(update={"stages": STAGES,
-        "sft": type(cfg.sft)(dataset=task["train"], eval_dataset=task["heldout"], max_seq_len=64, micro_batch_size=4, lr=3e-3,
-                             warmup_steps=1, steps=4, log_every=1, eval_every=4, save_every=4, eval_examples=8,
-                             n_eval_prompts=2, max_new_tokens=8),
-        "rl": type(cfg.rl)(policy=task["policy"], prompts=task["prompts"], heldout_prompts=task["heldout_prompts"], steps=2,
-                           batch_size=4, num_generations=2, beta=0.0, max_completion_length=12, save_every=2,
-                           report_samples=1, lr=1e-5)})
 
 
 def forge(*args, timeout=900):
@@ -55,6 +41,9 @@ def test_rerun_skips_sft_change_reruns_sft_and_rl_force_reruns_after(tmp_path):
     run = tmp_path/"life"
     out = forge("run", str(yml), "--foreground")
     assert ran(out) == STAGES and (run/"report.html").exists(), out[-2000:]
+    # --foreground shows progress too: each training step's line with step/total, rate and time left
+    assert re.search(r"\[pretrain\] step=6 loss=\S+ .*\| 6/6 \(100%\), \S+ steps/s, ETA 0m00s", out), out[-3000:]
+    assert re.search(r"\[sft\] step=4 loss=\S+ .*\| 4/4 \(100%\)", out), out[-3000:]
     first = mtimes(run)
     assert json.loads((run/"rl"/"report.json").read_text())["rules"].keys() == {"cites_source", "concise", "grounded"}
 

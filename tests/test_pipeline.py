@@ -48,3 +48,164 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert all(f"[{s}] skipped:" in r.stdout for s in ["data", "pretrain", "sft", "rl"]) and " job " not in r.stdout, r.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert time.time() - t0 < 60
+
+
+# ------------------------------------------------------------------ kill and rerun; launch then run; the same pipeline on SLURM
+import os, re, signal
+from forge_nb.config import save_config
+from forge_nb.jobs import read_registry
+from forge_nb.pipeline import tiny_config, tiny_lifecycle
+from forge_nb.report import report_figures
+from forge_nb.runs import RunDir, latest_trainer_checkpoint
+
+FORGE = str(PY.parent/"forge-nb")
+
+
+def start(*args, cwd, log):
+    "`forge-nb ARGS` in its own session, its output into `log` (read while it runs)."
+    return subprocess.Popen([FORGE, *args], cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def finish(proc, log, timeout=600) -> str:
+    assert proc.wait(timeout=timeout) == 0, Path(log).read_text()[-4000:]
+    return Path(log).read_text()
+
+
+def steps_logged(run: Path, stage: str) -> int:
+    steps = [json.loads(l).get("step") for l in (run/stage/"metrics.jsonl").read_text().splitlines() if '"loss"' in l] \
+        if (run/stage/"metrics.jsonl").exists() else []
+    return max([s for s in steps if isinstance(s, int)], default=0)
+
+
+def kill_when(proc, run: Path, stage: str, checkpoint, timeout=300) -> int:
+    """Wait until `stage` has a finished checkpoint and has logged a step beyond it, then SIGKILL the pipeline process
+    and the stage's job (its whole process group: the local executor starts each job in a session of its own).
+    Returns the checkpoint's step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the pipeline ended before it could be killed"
+        ck = checkpoint()
+        step = int(re.sub(r"\D", "", ck.name)) if ck else None
+        if step and steps_logged(run, stage) > step:
+            job = [r for r in read_registry(run) if r["stage"] == stage][-1]
+            os.kill(proc.pid, signal.SIGKILL); proc.wait()
+            os.killpg(int(job["job_id"]), signal.SIGKILL)
+            while True:                                       # nothing of the job is left running
+                try: os.killpg(int(job["job_id"]), 0); time.sleep(0.1)
+                except ProcessLookupError: break
+            return step
+        time.sleep(0.05)
+    raise AssertionError(f"{stage}: no checkpoint and later step within {timeout} s")
+
+
+def first_step_of_last_job(run: Path, stage: str) -> tuple:
+    "(job id, first `step N/` the newest job of `stage` logged, its log) from the job's own output file."
+    job = [r for r in read_registry(run) if r["stage"] == stage][-1]
+    out = (run/"logs"/f"{job['job_id']}_0_log.out").read_text()
+    return job["job_id"], int(re.search(r"\bstep (\d+)/\d+", out).group(1)), out
+
+
+@pytest.mark.slow
+def test_killed_during_pretraining_and_sft_resumes_from_checkpoints(tmp_path):
+    """SIGKILL the pipeline and its job during pretraining, run the same command again, SIGKILL it during SFT, run it
+    again: each stage resumes from its last checkpoint (the resumed job's first logged step is the one after it), finished
+    stages are skipped, and the final models load."""
+    # a few steps per checkpoint, so a kill lands after one and before the stage ends even when the machine is loaded
+    cfg = tiny_lifecycle(tmp_path, name="kill", steps=40, save_every=10, eval_every=40, log_every=1,
+                         sft={"steps": 16, "save_every": 4, "eval_every": 16, "log_every": 1})
+    cfg = cfg.model_copy(update={"stages": ["data", "pretrain", "sft"]})
+    save_config(cfg, tmp_path/"kill.yaml")
+    run, t0 = tmp_path/"kill", time.time()
+    p = start("run", "kill.yaml", cwd=tmp_path, log=tmp_path/"1.log")
+    pre_ck = kill_when(p, run, "pretrain", lambda: RunDir(run).stage("pretrain").latest_checkpoint())
+    p = start("run", "kill.yaml", cwd=tmp_path, log=tmp_path/"2.log")
+    sft_ck = kill_when(p, run, "sft", lambda: latest_trainer_checkpoint(run/"sft"/"checkpoints"))
+    out2 = (tmp_path/"2.log").read_text()
+    jid, first, log = first_step_of_last_job(run, "pretrain")
+    print(f"pretrain: killed after checkpoint step {pre_ck}; the rerun's job {jid} logged step {first} first")
+    assert "[data] skipped:" in out2 and pre_ck < first <= pre_ck + 1 and f"(step {pre_ck})" in log, out2[-3000:] + log[-2000:]
+    out3 = finish(start("run", "kill.yaml", cwd=tmp_path, log=tmp_path/"3.log"), tmp_path/"3.log")
+    jid, first, log = first_step_of_last_job(run, "sft")
+    print(f"sft: killed after checkpoint step {sft_ck}; the rerun's job {jid} logged step {first} first; {time.time() - t0:.0f} s")
+    assert sft_ck < first <= sft_ck + 1 and f"checkpoint-{sft_ck}" in log, log[-3000:]
+    assert "[data] skipped:" in out3 and "[pretrain] skipped:" in out3, out3[-3000:]
+    assert steps_logged(run, "pretrain") == 40 and steps_logged(run, "sft") == 16
+    from transformers import AutoModelForCausalLM
+    for st in ("pretrain", "sft"):
+        assert AutoModelForCausalLM.from_pretrained(run/st/"final").num_parameters() > 0
+
+
+@pytest.mark.slow
+def test_launch_then_run_reruns_nothing(tmp_path):
+    """`forge-nb launch` (nobody waits), then `forge-nb run` once the launched jobs ended: every stage is found finished
+    from its job's result and nothing is submitted again."""
+    from forge_nb.jobs import Job
+    save_config(tiny_config(tmp_path, name="lr", steps=4), tmp_path/"lr.yaml")
+    r = subprocess.run([FORGE, "launch", "lr.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and re.findall(r"submitted (\w+):", r.stdout) == ["data", "pretrain"], r.stdout + r.stderr
+    for rec in read_registry(tmp_path/"lr"): assert Job(rec).wait(timeout_s=300) == "COMPLETED"
+    r = subprocess.run([FORGE, "run", "lr.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "[data] skipped:" in r.stdout and "[pretrain] skipped:" in r.stdout, r.stdout + r.stderr
+    assert len(read_registry(tmp_path/"lr")) == 2 and (tmp_path/"lr"/"report.html").exists()
+    assert json.loads((tmp_path/"lr"/"pretrain"/"stage.json").read_text())["recorded_by"] == "job result"
+
+
+def close(a, b, tol, path=""):
+    "Figures equal within `tol` (absolute), recursively; returns the differences seen."
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), (path, a.keys(), b.keys())
+        return [d for k in a for d in close(a[k], b[k], tol, f"{path}/{k}")]
+    if a is None or b is None:
+        assert a == b, path; return []
+    assert abs(a - b) <= tol, f"{path}: {a} vs {b}"
+    return [(path, abs(a - b))]
+
+
+# Same config, same seeds, same code, CPU: what can differ between a run on this machine and one on the cluster's nodes
+# is the order of floating-point reductions (torch's thread count, the CPU's vector units, one process or several).
+# Measured on the dev cluster: the SLURM jobs' figures equal a run as local jobs bit for bit; against the foreground
+# run (all stages in one process) bits per byte and pass rates are equal and SFT's held-out loss after SFT differs by
+# 2.3e-7 (float noise). TOL, 1e-4 absolute on losses and bits per byte, is ~400x that noise and ~1000x below what a
+# real change moves (SFT moves the loss by ~0.2 here). Pass rates
+# come from sampled completions: logits equal to ~1e-7 give the same tokens except at a near tie, where one token can
+# flip, so a pass rate (and the mean reward) may differ by at most one held-out sample's share, never more.
+TOL = 1e-4
+
+
+def rl_sample_share(run: Path) -> float:
+    "One sample's share of a pass rate: 1 / (held-out prompts × samples per prompt), from the run's RL report."
+    rep = json.loads((run/"rl"/"report.json").read_text())
+    return 1 / (rep["prompts"] * rep["samples_per_prompt"])
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_tiny_pipeline_on_slurm_matches_local(slurm_cluster, tmp_path):
+    """`forge-nb run --cluster slurm` submits every stage at once as afterok-dependent jobs, follows them with progress
+    lines and writes the report; its figures equal a local run's of the same config (run at the same time)."""
+    cfg = tiny_lifecycle(tmp_path)
+    save_config(cfg.model_copy(update={"name": "local"}), tmp_path/"local.yaml")
+    save_config(cfg.model_copy(update={"name": "slurm"}), tmp_path/"slurm.yaml")
+    t0 = time.time()
+    loc = start("run", "local.yaml", "--foreground", cwd=tmp_path, log=tmp_path/"local.log")
+    out = finish(start("run", "slurm.yaml", "--cluster", "slurm", "--partition", "cpu", "--set", "resources.time_min=15",
+                       cwd=tmp_path, log=tmp_path/"slurm.log"), tmp_path/"slurm.log", timeout=900)
+    t_slurm = time.time() - t0
+    reg = read_registry(tmp_path/"slurm")
+    assert [r["stage"] for r in reg] == ["data", "pretrain", "sft", "rl"] and {r["cluster"] for r in reg} == {"slurm"}, reg
+    for prev, rec in zip(reg, reg[1:]):                        # submitted at once, each after the one before it
+        assert f"--dependency=afterok:{prev['job_id']}" in (tmp_path/"slurm"/"logs"/f"{rec['job_id']}_submission.sh").read_text()
+    assert re.search(r"\[pretrain\] step=6 loss=\S+ .*\| 6/6 \(100%\)", out) and (tmp_path/"slurm"/"report.html").exists(), out[-3000:]
+    finish(loc, tmp_path/"local.log", timeout=900)
+    t_both = time.time() - t0
+    a, b = report_figures(tmp_path/"local"), report_figures(tmp_path/"slurm")
+    assert a.keys() == {"bpb", "sft", "rl"} and len(a["bpb"]) == 2, a
+    diffs = close({k: a[k] for k in ("bpb", "sft")}, {k: b[k] for k in ("bpb", "sft")}, TOL)
+    share = rl_sample_share(tmp_path/"local")
+    rl = close({k: v for k, v in a["rl"].items() if k != "mean reward"}, {k: v for k, v in b["rl"].items() if k != "mean reward"}, share)
+    rl += close(a["rl"]["mean reward"], b["rl"]["mean reward"], share * (len(a["rl"]) - 2))   # one sample, every rule (weight 1 each)
+    print(f"slurm pipeline {t_slurm:.0f} s, both {t_both:.0f} s; largest difference: bpb/SFT {max(d for _, d in diffs):.3g} "
+          f"over {len(diffs)} figures, pass rates/reward {max(d for _, d in rl):.3g} over {len(rl)} (allowed {share:.3g} per rate)")
+    out = subprocess.run([FORGE, "run", "slurm.yaml", "--cluster", "slurm"], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
+    assert all(f"[{s}] skipped:" in out for s in ["data", "pretrain", "sft", "rl"]) and len(read_registry(tmp_path/"slurm")) == 4, out

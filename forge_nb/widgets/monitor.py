@@ -18,7 +18,7 @@ from ..runs import read_metrics, RunDir
 from ..config import implemented_stages
 from ..charts import line_chart
 from fastcore.basics import patch
-from ..jobs import TERMINAL_STATES, FAILED_STATES, attach, Job, read_registry, find_run_dir, _read_result, prefetch_states
+from ..jobs import progress, TERMINAL_STATES, FAILED_STATES, attach, Job, read_registry, find_run_dir, _read_result, prefetch_states
 
 # %% ../../nbs/widgets/63_monitor.ipynb #85a08dfe
 PLOTS = {"loss": "loss", "bpb": "bits per byte", "tokens_per_s": "tokens/s"}
@@ -98,9 +98,15 @@ class _JobCard:
         self.log = W.HTML(layout=W.Layout(max_height="14em", overflow="auto", flex_flow="column-reverse"))
         self.log.add_class("forge-log-box")
         self.reason_box = W.HTML()
+        self.total = None                                  # the stage's total steps, from the run's config (read once found)
+        self.bar = W.IntProgress(value=0, min=0, max=1, description=str(job.stage), bar_style="info",
+                                 layout=W.Layout(width="60%"))
+        self.bar.add_class("forge-stage-progress")
+        self.bar_label = W.HTML()
         self.cancel_button = W.Button(description="Cancel", icon="stop", button_style="danger", layout=W.Layout(width="auto"))
         self.cancel_button.on_click(lambda b: on_cancel(self))
-        self.widget = W.VBox([W.HBox([self.title, self.cancel_button]), self.state_box, self.reason_box, self.log],
+        self.widget = W.VBox([W.HBox([self.title, self.cancel_button]), self.state_box, W.HBox([self.bar, self.bar_label]),
+                              self.reason_box, self.log],
                              layout=W.Layout(border="1px solid #ddd", padding="4px", margin="2px", width="100%"))
         self.widget.add_class("forge-job-card")
 
@@ -132,6 +138,7 @@ class _JobCard:
         self.state_box.value = (f"<span class='forge-job-state' style='color:{color};font-weight:bold'>{html.escape(self.state)}</span>"
                                 f" · {len(self.records)} metrics records" + (f" · step {step}" if step is not None else ""))
         st0 = self.state.split(" ")[0]
+        self._progress(st0)
         self.reason = dependency_failure(self.job) if st0 in ("CANCELLED", "PENDING") else None
         if self.reason and st0 == "PENDING": self.reason = self.reason.replace("cancelled because", "will never start because", 1)
         reason = (f"<div class='forge-job-reason' style='color:#6d4c41'>{html.escape(self.reason)}</div>" if self.reason else "")
@@ -141,6 +148,27 @@ class _JobCard:
                  f"{html.escape(chr(10).join(logs) or empty)}</pre>")
         if value != self.log.value: self.log.value = value   # unchanged: leave the DOM (and the user's scroll) alone
         self.cancel_button.disabled = self.finished
+
+def _stage_total(job) -> int|None:
+    "The total steps of the job's stage, from its run's saved config (None: unknown, e.g. SFT by epochs)."
+    rd = getattr(job, "run_dir", None)
+    try: cfg = RunDir(rd).load_config() if rd is not None and RunDir(rd).config_path.exists() else None
+    except Exception: return None
+    steps = getattr(getattr(cfg, str(job.stage), None), "steps", None)
+    return steps if isinstance(steps, int) and steps > 0 else None
+
+@patch
+def _progress(self:_JobCard, state:str):
+    "The stage's progress bar: the last training step of `total` steps, and `progress`'s rate and time left beside it."
+    if self.total is None: self.total = _stage_total(self.job)
+    train = [r for r in self.records if "loss" in r and isinstance(r.get("step"), int)]
+    step = train[-1]["step"] if train else 0
+    self.bar.max = max(self.total or step, 1)
+    self.bar.value = min(step, self.bar.max)
+    self.bar.bar_style = "success" if state in ("COMPLETED", "FINISHED") else "danger" if state in FAILED_STATES else "info"
+    t = [r for r in train if "time" in r]
+    text = progress(step, self.total, t[-1]["time"], (t[0]["step"], t[0]["time"])) if t else "no training steps yet"
+    self.bar_label.value = f"<span class='forge-progress-text'>{html.escape(text)}</span>"
 
 # %% ../../nbs/widgets/63_monitor.ipynb #a5d984e6
 class JobMonitor(W.VBox):
