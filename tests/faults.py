@@ -119,7 +119,8 @@ def read_hits(hits: Path) -> list:
 
 # ---------------------------------------------------------------------------------------------- invariants
 
-PRETRAIN_FILES = ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng.json", "rng.safetensors", "loader.json", "trainer_state.json"]
+# a pretraining checkpoint (sharded: each rank's tensors under state/, the small parts JSON; see 21_pretrain TrainState)
+PRETRAIN_FILES = ["optimizer.json", "scheduler.json", "rng.json", "rng.safetensors", "loader.json", "trainer_state.json"]
 
 
 def _safetensors_ok(f: Path) -> str|None:
@@ -171,8 +172,10 @@ def check_outputs(run: Path, killed: bool = False) -> list:
             if not is_complete(d): probs.append(f"{d}: checkpoint without COMPLETE marker"); continue
             for f in PRETRAIN_FILES:
                 if not (d/f).exists(): probs.append(f"{d}: {f} missing")
-            probs += [p for f in ("model.safetensors", "rng.safetensors") if (d/f).exists() and (p := _safetensors_ok(d/f))]
-            probs += [p for f in ("rng.json", "loader.json", "trainer_state.json") if (d/f).exists() and (p := _json_ok(d/f))]
+            shards = sorted((d/"state").glob("*.safetensors"))
+            if not shards: probs.append(f"{d}: no tensor shards under state/")
+            probs += [p for w in [*shards, d/"rng.safetensors"] if w.exists() and (p := _safetensors_ok(w))]
+            probs += [p for f in PRETRAIN_FILES if f.endswith(".json") and (d/f).exists() and (p := _json_ok(d/f))]
         for d in sorted(ck.glob("checkpoint-*")) if ck.exists() else []:
             if not is_complete(d):
                 if not killed: probs.append(f"{d}: Trainer checkpoint without COMPLETE marker")
