@@ -84,7 +84,8 @@ def optimizer_groups(model) -> dict:
     "The trainable parameters by role: `matrices` (2-D hidden weights), `embed_head` (embedding, output head), `vectors` (norms, biases)."
     net = getattr(model, "module", model)                          # DDP's wrapped model
     params = [p for p in net.parameters() if p.requires_grad]      # a tied embedding/head once
-    io = {id(p) for m in (net.get_input_embeddings(), net.get_output_embeddings()) if m is not None for p in m.parameters()}
+    ends = [getattr(net, f, lambda: None)() for f in ("get_input_embeddings", "get_output_embeddings")]  # none in a plain torch module
+    io = {id(p) for m in ends if m is not None for p in m.parameters()}
     return {"matrices": [p for p in params if p.dim() >= 2 and id(p) not in io],
             "embed_head": [p for p in params if p.dim() >= 2 and id(p) in io],
             "vectors": [p for p in params if p.dim() < 2]}
