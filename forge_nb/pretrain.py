@@ -18,15 +18,15 @@ import torch.nn.functional as F
 __all__ = ['lr_multiplier', 'make_scheduler', 'Optimizers', 'optimizer_groups', 'make_optimizer', 'Runtime', 'make_runtime',
            'document_ids', 'document_block_mask', 'model_inputs', 'rng_state', 'set_rng_state', 'save_rng_states',
            'load_rng_state', 'seed_everything', 'full_model_state', 'save_weights', 'load_weights', 'plain_json',
-           'sharded_state', 'set_sharded_state', 'flat_tensors', 'PendingSave', 'TrainState', 'grad_sync',
-           'lm_loss_sum', 'train_step', 'check_batch', 'step_loss', 'prepare_model', 'build_state', 'parallelize',
-           'eval_share', 'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops', 'due',
-           'Checkpointer', 'Validator', 'Reporter', 'export_model', 'open_store', 'run_pretrain', 'checkpoint_info',
-           'check_resume']
+           'sharded_state', 'set_sharded_state', 'flat_tensors', 'PendingSave', 'save_failed', 'TrainState',
+           'grad_sync', 'lm_loss_sum', 'train_step', 'check_batch', 'step_loss', 'prepare_model', 'build_state',
+           'parallelize', 'eval_share', 'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops',
+           'due', 'Checkpointer', 'Validator', 'Reporter', 'export_model', 'open_store', 'run_pretrain',
+           'checkpoint_info', 'check_resume']
 
 # %% ../nbs/21_pretrain.ipynb #0da20b59
 from .config import PipelineConfig, OptimConfig, PretrainConfig, init_from_problems
-from .runs import RunDir, StageDir, atomic_dir, atomic_write_json, read_metrics
+from .runs import RunDir, StageDir, atomic_dir, atomic_write_json, read_metrics, DiskFull, is_disk_full
 from .distributed import DistEnv, dist_env, init_distributed, shutdown_distributed
 from .model import make_model, loaded_dims, flops_per_token, model_summary, peak_flops_for, ModelMismatch
 from .preempt import PreemptionGuard
@@ -317,13 +317,28 @@ class PendingSave:
 
     def wait(self) -> Path:
         "Wait for this rank's shards (re-raising a failed write); on rank 0, write `trainer_state.json`, `COMPLETE`, rename."
-        if self.future is not None: self.future.result(); self.future = None
-        if _rank() == 0 and not self.finished:      # rank 0's save returns after every rank's shards are written
-            rec = {**self.record, "save_s": round(time.perf_counter() - self.t0, 3)}
-            atomic_write_json(self.tmp/"trainer_state.json", rec)
-            _commit_dir(self.tmp, self.path)
+        try:
+            if self.future is not None: self.future.result(); self.future = None
+            if _rank() == 0 and not self.finished:      # rank 0's save returns after every rank's shards are written
+                rec = {**self.record, "save_s": round(time.perf_counter() - self.t0, 3)}
+                atomic_write_json(self.tmp/"trainer_state.json", rec)
+                _commit_dir(self.tmp, self.path)
+        except BaseException as e: save_failed(e, self.tmp, self.path)
         self.finished = True
         return self.path
+
+def save_failed(e:BaseException,   # what the write raised (DCP wraps each rank's error in a `CheckpointException`)
+                tmp:Path,          # the hidden folder being written
+                path:Path,         # the checkpoint it was to become
+               ):
+    "Remove a failed save's hidden folder and raise again: a full disk as `DiskFull` naming the checkpoint (one line)."
+    if isinstance(e, (KeyboardInterrupt, SystemExit)): raise e
+    shutil.rmtree(tmp, ignore_errors=True)
+    causes = [e, *(f[0] for f in getattr(e, "failures", {}).values())]   # a CheckpointException's per-rank errors
+    if any(is_disk_full(c, path.parent) for c in causes): raise DiskFull(path) from e
+    if len(causes) > 1:          # a BaseException that a caller's `except Exception` would miss: the first rank's error, plainly
+        raise RuntimeError(f"checkpoint {path}: {type(causes[1]).__name__}: {causes[1]}") from e
+    raise e
 
 def _commit_dir(tmp:Path, path:Path):
     "Mark `tmp` complete (`COMPLETE`, every file synced) and rename it to `path`: the last step of `runs.atomic_dir`."
@@ -354,16 +369,20 @@ class TrainState:
         per_rank = _gather({"rng": rng_state(), "loader": self.loader.state_dict()})
         name = f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
         if _rank() == 0:              # rank 0 writes the small files, in plain JSON (and the torch RNG as safetensors)
-            tmp = path.parent/name; (tmp/"state").mkdir(parents=True)
-            atomic_write_json(tmp/"optimizer.json", {"param_groups": groups})
-            atomic_write_json(tmp/"scheduler.json", plain_json(self.scheduler.state_dict(), "scheduler"))
-            save_rng_states([r["rng"] for r in per_rank], tmp)
-            atomic_write_json(tmp/"loader.json", [r["loader"] for r in per_rank])
+            tmp = path.parent/name
+            try:
+                (tmp/"state").mkdir(parents=True)
+                atomic_write_json(tmp/"optimizer.json", {"param_groups": groups})
+                atomic_write_json(tmp/"scheduler.json", plain_json(self.scheduler.state_dict(), "scheduler"))
+                save_rng_states([r["rng"] for r in per_rank], tmp)
+                atomic_write_json(tmp/"loader.json", [r["loader"] for r in per_rank])
+            except BaseException as e: save_failed(e, tmp, path)
         tmp = path.parent/_gather(name)[0]     # rank 0's name, once the folder exists
         record = {"step": self.step, "world_size": len(per_rank), "format": "dcp-safetensors", **info}
         writer = _shard_writer(tmp/"state", tensors)
         if blocking:
-            dcp.save(tensors, storage_writer=writer, process_group=group, no_dist=not _dist_on())
+            try: dcp.save(tensors, storage_writer=writer, process_group=group, no_dist=not _dist_on())
+            except BaseException as e: save_failed(e, tmp, path)
             return PendingSave(path, tmp, None, record, t0)
         fut = dcp.async_save(tensors, storage_writer=writer, process_group=group, no_dist=not _dist_on())   # copies to CPU, then writes in a thread
         return PendingSave(path, tmp, fut, {**record, "blocked_s": round(time.perf_counter() - t0, 3)}, t0)

@@ -268,14 +268,14 @@ def small_fs(path: Path, size: str):
 
 
 def test_disk_full_pretrain_checkpoint(tmp_path, store, fault_log):
-    "Checkpoints on a 5 MB filesystem: the third does not fit; the CLI stops with one line naming it; the two before still load."
+    "Checkpoints on a 4 MB filesystem: the third does not fit; the CLI stops with one line naming it; the two before still load."
     from forge_nb.config import load_config
     from forge_nb.pretrain import open_store, make_runtime, build_state
     run, cfg_path = _pre_run(tmp_path, "full", store, steps=16, save_every=4, keep_last=3, eval_every=16)
-    with small_fs(run/"pretrain", "5m"):                          # a checkpoint is ~1.8 MB: two fit, the third does not
+    with small_fs(run/"pretrain", "4m"):                          # a checkpoint is ~1.55 MB: two fit, the third does not
         p = subprocess.run([str(Path(sys.executable).parent/"forge-nb"), "pretrain", str(cfg_path), "--foreground"], cwd=F.ROOT,
                            env={**os.environ, **F.ENV}, capture_output=True, text=True, timeout=900)
-        fault_log.fault("pretrain", "disk_full", size="5m")
+        fault_log.fault("pretrain", "disk_full", size="4m")
         err = [l for l in p.stderr.splitlines() if l.startswith("forge-nb: error:")]
         assert p.returncode == 1 and len(err) == 1, (p.returncode, p.stdout[-2000:], p.stderr[-3000:])
         ck_dir = run/"pretrain"/"checkpoints"
