@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/pretrain.html.md"""
 
 # %% ../nbs/21_pretrain.ipynb #d7ccfed1
 from __future__ import annotations
-import contextlib, functools, json, math, os, random, resource, shutil, time, uuid
+import contextlib, functools, json, math, random, resource, shutil, time, uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ __all__ = ['lr_multiplier', 'make_scheduler', 'Optimizers', 'optimizer_groups', 
 
 # %% ../nbs/21_pretrain.ipynb #0da20b59
 from .config import PipelineConfig, OptimConfig, PretrainConfig, init_from_problems
-from .runs import RunDir, StageDir, atomic_dir, atomic_write_json, read_metrics, DiskFull, is_disk_full
+from .runs import RunDir, StageDir, atomic_dir, atomic_write_json, read_metrics, DiskFull, is_disk_full, commit_dir
 from .distributed import DistEnv, dist_env, init_distributed, shutdown_distributed
 from .model import make_model, loaded_dims, flops_per_token, model_summary, peak_flops_for, ModelMismatch
 from .preempt import PreemptionGuard
@@ -322,7 +322,7 @@ class PendingSave:
             if _rank() == 0 and not self.finished:      # rank 0's save returns after every rank's shards are written
                 rec = {**self.record, "save_s": round(time.perf_counter() - self.t0, 3)}
                 atomic_write_json(self.tmp/"trainer_state.json", rec)
-                _commit_dir(self.tmp, self.path)
+                commit_dir(self.tmp, self.path)
         except BaseException as e: save_failed(e, self.tmp, self.path)
         self.finished = True
         return self.path
@@ -340,18 +340,7 @@ def save_failed(e:BaseException,   # what the write raised (DCP wraps each rank'
         raise RuntimeError(f"checkpoint {path}: {type(causes[1]).__name__}: {causes[1]}") from e
     raise e
 
-def _commit_dir(tmp:Path, path:Path):
-    "Mark `tmp` complete (`COMPLETE`, every file synced) and rename it to `path`: the last step of `runs.atomic_dir`."
-    from forge_nb.runs import MARKER
-    (tmp/MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh: os.fsync(fh.fileno())
-    if path.exists(): shutil.rmtree(path)
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
+
 
 # %% ../nbs/21_pretrain.ipynb #19dc6e91
 class TrainState:

@@ -13,9 +13,10 @@ from fastcore.basics import patch
 from .config import STAGES, atomic_write_bytes, atomic_write_text, atomic_write_json, redact_secrets, redact_text, save_config, _fsync_dir
 
 # %% auto #0
-__all__ = ['MARKER', 'DiskFull', 'is_disk_full', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics', 'remove_dir',
-           'StageDir', 'RunDir', 'latest_trainer_checkpoint', 'trainer_checkpoint_callback', 'RunLocked', 'RunLock',
-           'stage_function', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'redact_secrets']
+__all__ = ['MARKER', 'DiskFull', 'is_disk_full', 'commit_dir', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics',
+           'remove_dir', 'StageDir', 'RunDir', 'latest_trainer_checkpoint', 'trainer_checkpoint_callback', 'RunLocked',
+           'RunLock', 'stage_function', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+           'redact_secrets']
 
 # %% ../nbs/01_runs.ipynb #5a0e311c
 _all_ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "redact_secrets"]   # defined in config; importable from here as before
@@ -56,6 +57,22 @@ def is_disk_full(e:BaseException,    # what a write raised
     try: return shutil.disk_usage(_existing(Path(where))).free < 1 << 20
     except OSError: return False
 
+def commit_dir(tmp:Path,               # a hidden folder, filled
+               path:Path,              # the name it is to have
+               overwrite:bool=True,    # replace an existing folder of that name
+              ):
+    "Mark `tmp` complete (`COMPLETE`, every file synced) and rename it to `path`: the last step of `atomic_dir`, for writers that fill the folder themselves (sharded checkpoints)."
+    (tmp/MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh: os.fsync(fh.fileno())
+    if path.exists():
+        if not overwrite: raise FileExistsError(path)
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old); os.replace(tmp, path); shutil.rmtree(old, ignore_errors=True)
+    else: os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
 @contextlib.contextmanager
 def atomic_dir(path:str|Path,          # final folder
                overwrite:bool=True,    # replace an existing folder of that name
@@ -66,16 +83,7 @@ def atomic_dir(path:str|Path,          # final folder
     tmp.mkdir()
     try:
         yield tmp
-        (tmp/MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh: os.fsync(fh.fileno())
-        if path.exists():
-            if not overwrite: raise FileExistsError(path)
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old); os.replace(tmp, path); shutil.rmtree(old, ignore_errors=True)
-        else: os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        commit_dir(tmp, path, overwrite)
     except Exception as e:
         full = is_disk_full(e, tmp)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -101,8 +101,8 @@ def test_pretrain_faults_quick(tmp_path, store, fault_log):
     hits = tmp_path/"hits.jsonl"
     # the 3rd save_file is the second checkpoint's weights (rng states are the 2nd), torn in half, then killed
     assert _write_fault("pretrain", cfg, run, "safetensors.torch:save_file", 3, "torn", hits, fault_log)
-    # the 2nd os.fsync made by atomic_dir (its commit: the marker is written, files are being synced, nothing renamed yet)
-    assert _write_fault("pretrain", cfg, run, "os:fsync", 2, "before", hits, fault_log, caller="atomic_dir")
+    # the 2nd os.fsync made by runs.commit_dir (the commit of atomic_dir and of a sharded checkpoint: the marker is written, files are being synced, nothing renamed yet)
+    assert _write_fault("pretrain", cfg, run, "os:fsync", 2, "before", hits, fault_log, caller="commit_dir")
     F.finish(F.start("pretrain", cfg, run))
     _check_done(run, "pretrain", ref, fault_log)
 
@@ -137,8 +137,8 @@ def test_data_faults_quick(tmp_path, fault_log):
     F.run_stage("data", rcfg, ref)
     run, cfg = _data_run(tmp_path, "run")
     hits = tmp_path/"hits.jsonl"
-    # the 3rd os.fsync made by atomic_dir (its commit): the store is whole and marked in its temporary folder, not renamed
-    assert _write_fault("data", cfg, run, "os:fsync", 3, "before", hits, fault_log, caller="atomic_dir")
+    # the 3rd os.fsync made by runs.commit_dir (atomic_dir's commit): the store is whole and marked in its temporary folder, not renamed
+    assert _write_fault("data", cfg, run, "os:fsync", 3, "before", hits, fault_log, caller="commit_dir")
     assert not (run/"data").exists()
     F.finish(F.start("data", cfg, run))
     _check_done(run, "data", ref, fault_log)
