@@ -116,13 +116,13 @@ def local_state(rec:dict) -> tuple[str, str]:
     if alive:
         return ("PENDING", "Dependency") if (folder/f"{jid}_waiting").exists() else ("RUNNING", "None")
     res = _read_result(folder, jid)
-    if res is not None:
-        outcome, value = res
-        if outcome == "success": return "COMPLETED", "None"
-        if "DependencyNeverSatisfied" in str(value): return "CANCELLED", "DependencyNeverSatisfied"
-        return "FAILED", "NonZeroExitCode"
+    if res is not None and res[0] == "success": return "COMPLETED", "None"
+    # a cancelled job may still leave an error result (the interrupt it got, caught by submitit): cancelled wins
     if rec.get("cancelled") or any(r["job_id"] == jid and r.get("cancelled") for r in read_registry(rec["run_dir"])):
         return "CANCELLED", "cancelled by user"
+    if res is not None:
+        if "DependencyNeverSatisfied" in str(res[1]): return "CANCELLED", "DependencyNeverSatisfied"
+        return "FAILED", "NonZeroExitCode"
     return "FAILED", "the process ended without a result"
 
 # %% ../nbs/51_jobs.ipynb #40650c22
