@@ -70,6 +70,13 @@ class _Redacting:
     def flush(self): self._s.flush()
     def __getattr__(self, k): return getattr(self._s, k)
 
+def _redacted(value):
+    "A job's result with secret-looking environment values redacted (submitit pickles it into the run's logs/); a value JSON cannot hold is returned as it is."
+    if not secret_values(): return value
+    try: text = json.dumps(value)
+    except (TypeError, ValueError): return value
+    return value if redact_text(text) == text else json.loads(redact_text(text))
+
 def _write_result(outcome:str, value):
     "The task's result as JSON next to submitit's pickle, so the launcher, `forge-nb jobs` and the monitor read it without unpickling; a value JSON cannot hold exactly is left to the pickle."
     try:
@@ -117,6 +124,7 @@ class StageCall(_Checkpointable):
             _write_result("error", redact_text(tb))
             if redact_text(tb) != tb: raise RuntimeError(redact_text(tb)) from None   # submitit pickles the traceback: no secret in it
             raise
+        value = _redacted(value)
         _write_result("success", value)
         return value
 

@@ -8,6 +8,7 @@ import pytest
 from forge_nb.config import PipelineConfig, ResourcesConfig, save_config
 from forge_nb.jobs import read_registry, Job
 from forge_nb.pipeline import tiny_config
+from conftest import SECRETS, files_holding_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 FORGE = Path(sys.executable).parent/"forge-nb"
@@ -216,3 +217,39 @@ def test_a_tokenizer_folder_with_code_is_not_run(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "code did not run" in r.stdout.splitlines()[1], r.stdout + r.stderr[-2000:]
     assert "turned on: code ran" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ secrets a job prints or returns
+
+def _echo_job(tmp: Path, cluster: str):
+    import job_probes
+    from forge_nb import launch as L
+    res = ResourcesConfig(cluster=cluster, cpus_per_task=1, time_min=5, **({"partition": "cpu"} if cluster == "slurm" else {}))
+    return L.submit(job_probes.echo_secrets, list(SECRETS), resources=res, run_dir=tmp/"echo", name="echo")
+
+
+def _check_echo(job, run: Path):
+    "What the job printed (print, stderr, logging) and returned reached its log files and result redacted, and no file holds a secret."
+    assert job.result(timeout_s=600) == [f"{k}=<redacted>" for k in SECRETS]
+    out, err = job.stdout(), job.stderr()
+    for k in SECRETS:
+        assert f"echo_secrets: print {k}=<redacted>" in out, out[-2000:]
+        assert f"echo_secrets: stderr {k}=<redacted>" in err and f"echo_secrets: logging {k}=<redacted>" in err, err[-2000:]
+    kinds = {f.name.split("_", 2)[-1] for f in (run/"logs").iterdir()}
+    assert {"log.out", "log.err", "result.pkl", "result.json"} <= kinds and any(k.endswith("submitted.pkl") for k in kinds), kinds
+    assert files_holding_secrets(run) == []
+
+
+def test_a_secret_a_local_job_prints_or_returns_is_redacted(tmp_path, monkeypatch):
+    "A job that prints secret-looking environment values (print, stderr, a logger) and returns them: its log files, result JSON and result pickle hold `<redacted>`."
+    for k, v in SECRETS.items(): monkeypatch.setenv(k, v)
+    _check_echo(_echo_job(tmp_path, "local"), tmp_path/"echo")
+
+
+@pytest.mark.slurm
+def test_a_secret_a_slurm_job_prints_or_returns_is_redacted(slurm_cluster, tmp_path, monkeypatch):
+    "The same job on the cluster: the sbatch script, SLURM's output files, submitit's pickles hold no secret."
+    for k, v in SECRETS.items(): monkeypatch.setenv(k, v)
+    job = _echo_job(tmp_path, "slurm")
+    _check_echo(job, tmp_path/"echo")
+    assert (tmp_path/"echo"/"logs"/f"{job.job_id}_submission.sh").exists()
