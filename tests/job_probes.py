@@ -32,6 +32,13 @@ def echo_secrets(names: list) -> list:
     return [f"{n}={os.environ.get(n)}" for n in names]   # the result too: submitit pickles it, forge_nb writes it as JSON
 
 
+def echo_prompt(cfg) -> str:
+    "A stage log line echoing a config value (SFT's first eval prompt, where a user put a token): prints it, returns the hash of what the job got."
+    p = cfg.sft.eval_prompts[0]
+    print(f"echo_prompt: {p}", flush=True)
+    return hashlib.sha256(p.encode()).hexdigest()
+
+
 def ddp_probe(steps: int = 5) -> dict:
     "A gloo all-reduce, then `steps` DDP steps of a tiny model; returns every rank's parameters (gathered)."
     import torch, torch.distributed as dist
