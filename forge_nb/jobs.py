@@ -10,9 +10,9 @@ import contextlib, json, os, re, signal, subprocess, time, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'SNAPSHOT_S', 'REQUEUE_WAIT_S', 'read_registry', 'register_job',
-           'update_job_record', 'sacct_states', 'local_state', 'job_states', 'Job', 'prefetch_states',
-           'requeue_pending', 'live_jobs', 'run_lock', 'find_run_dir', 'attach', 'list_jobs', 'error_message',
+__all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'REQUEUE_WAIT_S', 'SNAPSHOT_S', 'read_registry', 'register_job',
+           'update_job_record', 'requeue_pending', 'sacct_states', 'local_state', 'job_states', 'Job',
+           'prefetch_states', 'live_jobs', 'run_lock', 'find_run_dir', 'attach', 'list_jobs', 'error_message',
            'progress']
 
 # %% ../nbs/51_jobs.ipynb #c3d9d961
@@ -56,6 +56,19 @@ def update_job_record(run_dir:str|Path, job_id:str, **fields):
 # %% ../nbs/51_jobs.ipynb #060e8383
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 FAILED_STATES = TERMINAL_STATES - {"COMPLETED"}
+
+REQUEUE_WAIT_S = 600   # a preempted SLURM job is requeued within seconds (a minute or two with cred_expire); PREEMPTED longer: it was not
+
+def requeue_pending(info:dict,   # a job's state info (`job_states`)
+                    now=None,    # the time to judge by (a `datetime`; default: now)
+                   ) -> bool:
+    "Is this a preempted SLURM job that may still be requeued and write again? PREEMPTED, and less than `REQUEUE_WAIT_S` ago (or when unknown)."
+    import datetime
+    if info.get("state") != "PREEMPTED": return False
+    try: since = ((now or datetime.datetime.now()) - datetime.datetime.fromisoformat(info.get("end") or "")).total_seconds()
+    except ValueError: return True   # no end time known (accounting down): assume the requeue is still coming
+    return since < REQUEUE_WAIT_S
+
 
 def sacct_states(job_ids:list) -> dict:
     "`{job_id: {state, reason, exit_code, nodes, elapsed, start, end, restarts}}` from sacct, falling back to squeue."
@@ -181,7 +194,7 @@ def info(self:Job) -> dict:
     if self._final: return self._final
     snap = _SNAPSHOT.get((self.cluster, self.job_id))
     info = snap[1] if snap and time.monotonic() - snap[0] < SNAPSHOT_S else job_states([self.record])[0]
-    if info["state"] in TERMINAL_STATES: self._final = info
+    if info["state"] in TERMINAL_STATES and not requeue_pending(info): self._final = info   # a preempted job comes back
     return info
 
 @patch
@@ -191,8 +204,9 @@ def state(self:Job) -> str:
 
 @patch
 def done(self:Job) -> bool:
-    "Has the job ended (whatever the outcome)?"
-    return self.state() in TERMINAL_STATES
+    "Has the job ended (whatever the outcome)? A preempted job that SLURM will requeue has not."
+    info = self.info()
+    return info["state"] in TERMINAL_STATES and not requeue_pending(info)
 
 # %% ../nbs/51_jobs.ipynb #9ba9df91
 def prefetch_states(jobs:list,   # `Job`s about to be read (anything else is skipped)
@@ -209,18 +223,6 @@ def prefetch_states(jobs:list,   # `Job`s about to be read (anything else is ski
     now = time.monotonic()
     for k, info in zip(recs, job_states(list(recs.values()))): _SNAPSHOT[k] = (now, info)
     return len(recs)
-
-REQUEUE_WAIT_S = 600   # a preempted SLURM job is requeued within seconds (a minute or two with cred_expire); PREEMPTED longer: it was not
-
-def requeue_pending(info:dict,   # a job's state info (`job_states`)
-                    now=None,    # the time to judge by (a `datetime`; default: now)
-                   ) -> bool:
-    "Is this a preempted SLURM job that may still be requeued and write again? PREEMPTED, and less than `REQUEUE_WAIT_S` ago (or when unknown)."
-    import datetime
-    if info.get("state") != "PREEMPTED": return False
-    try: since = ((now or datetime.datetime.now()) - datetime.datetime.fromisoformat(info.get("end") or "")).total_seconds()
-    except ValueError: return True   # no end time known (accounting down): assume the requeue is still coming
-    return since < REQUEUE_WAIT_S
 
 def live_jobs(records:list) -> list[tuple]:
     """(record, state) of the jobs that have not ended, asked in one batch. A preempted job has not ended: SLURM requeues it
@@ -252,7 +254,7 @@ def wait_state(self:Job, states:set|str, timeout_s:float=120, poll_s:float=0.5) 
     "Block until the job is in one of `states` (or has ended); return the state."
     states = {states} if isinstance(states, str) else set(states)
     t0 = time.time()
-    while (st := self.state()) not in states | TERMINAL_STATES:
+    while (st := self.state()) not in states and not self.done():
         if time.time() - t0 > timeout_s: raise TimeoutError(f"job {self.job_id} still {st} after {timeout_s:.0f} s")
         time.sleep(poll_s)
     return st
