@@ -94,14 +94,17 @@ class _HiddenModel:
     "A pydantic config whose secret values were hidden: its class and its data, rebuilt by `reveal_secrets`."
     def __init__(self, cls, data): self.cls, self.data = cls, data
 
-def _walk(x, sub):
+def _walk(x, sub, reveal:bool):
+    "`x` with `sub` applied to every string in it; a pydantic config that changes is carried as `_HiddenModel` (hiding) or rebuilt (revealing)."
     if isinstance(x, str): return sub(x)
-    if isinstance(x, _HiddenModel): return x.cls.model_validate(_walk(x.data, sub))
+    if isinstance(x, _HiddenModel):
+        data = _walk(x.data, sub, reveal)
+        return x.cls.model_validate(data) if reveal else _HiddenModel(x.cls, data)
     if hasattr(x, "model_dump") and hasattr(type(x), "model_validate"):
-        data = x.model_dump(); new = _walk(data, sub)
-        return x if new == data else _HiddenModel(type(x), new)
-    if isinstance(x, dict): return {k: _walk(v, sub) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(_walk(v, sub) for v in x)
+        data = x.model_dump(); new = _walk(data, sub, reveal)
+        return x if new == data else type(x).model_validate(new) if reveal else _HiddenModel(type(x), new)
+    if isinstance(x, dict): return {k: _walk(v, sub, reveal) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(_walk(v, sub, reveal) for v in x)
     return x
 
 def hide_secrets(x, env:dict|None=None):
@@ -112,13 +115,13 @@ def hide_secrets(x, env:dict|None=None):
         for v in secret_values(env):
             if v in s: s = s.replace(v, f"<secret:{names[v]}>")
         return s
-    return _walk(x, sub) if names else x
+    return _walk(x, sub, False) if names else x
 
 def reveal_secrets(x, env:dict|None=None):
     "Inside the job: `<secret:NAME>` back to the value of `NAME` in the job's environment (left as it is when the job has no `NAME`)."
     env = os.environ if env is None else env
     sub = lambda s: re.sub(r"<secret:(\w+)>", lambda m: env.get(m.group(1), m.group(0)), s) if "<secret:" in s else s
-    return _walk(x, sub)
+    return _walk(x, sub, True)
 
 # %% ../nbs/52_launch.ipynb #f66df966
 try: from submitit.helpers import Checkpointable as _Checkpointable
