@@ -1,9 +1,10 @@
 """Injected faults with a count: every stage (data, pretrain, SFT, RL) is killed with SIGKILL at random steps, at
 random moments and inside its writes (a checkpoint, an output folder, a Trainer's state file), then run again; the
 finished run must equal an undisturbed one and no finished output may be lost or half-written. A full disk stops a
-stage with one line naming the path, and the checkpoints written before it still load.
+stage (data, pretrain, SFT, RL) with one line naming the path, and the checkpoints written before it still load; the
+Trainer stages then resume from them once there is room again.
 
-    pytest tests/test_faults.py                  # the quick subset: 4 write faults + 2 full disks (~150 s; 72 s of CPU)
+    pytest tests/test_faults.py                  # the quick subset: 4 write faults + 4 full disks
     pytest tests/test_faults.py -m soak          # >= 50 faults across stages, SLURM included (about an hour at load 15)
 
 Counts per stage go to test-artifacts/faults-quick.json / faults-soak.json and to the test output (-s).
