@@ -123,7 +123,8 @@ class ModelConfig(ForgeConfig):
     tie_embeddings: bool = Field(True, description="Share input and output embeddings.")
     tokens_per_param: float = Field(20.0, gt=0, description="Compute-optimal budget (Chinchilla ≈ 20 tokens/parameter).")
     init_from: Optional[str] = Field(None, description="Local Hugging Face model folder to continue pretraining from: its weights, "
-                                     "architecture and tokenizer are used (the fields above, `max_seq_len` included, and `tokenizer` are then ignored).")
+                                     "architecture and tokenizer are used (the fields above and `tokenizer` are then ignored, except `max_seq_len`: the "
+                                     "training context, at most the model's `max_position_embeddings`).")
 
 # %% ../nbs/00_config.ipynb #8273bb03
 class OptimConfig(ForgeConfig):
@@ -579,9 +580,15 @@ def init_from_problems(cfg:PipelineConfig) -> list[str]:
     if not (p/"tokenizer.json").is_file():
         out.append(f"model.init_from: {p/'tokenizer.json'} is missing: the model's own fast tokenizer is needed to tokenize the "
                    f"data (save it there with AutoTokenizer.from_pretrained(...).save_pretrained)")
-    ctx = c.get("max_position_embeddings")
+    ctx, msl = c.get("max_position_embeddings"), cfg.model.max_seq_len      # the model's limit; the training context asked for
+    if ctx and msl > ctx:
+        out.append(f"model.max_seq_len: {msl} is beyond the model's max_position_embeddings {ctx} ({p/'config.json'}): "
+                   f"set model.max_seq_len <= {ctx}")
     if ctx and cfg.data.seq_len > ctx:
         out.append(f"data.seq_len: {cfg.data.seq_len} is beyond the model's max_position_embeddings {ctx} ({p/'config.json'})")
+    elif cfg.data.seq_len > msl:
+        out.append(f"data.seq_len: {cfg.data.seq_len} is beyond model.max_seq_len {msl}, the training context continuing from "
+                   f"{p}: set data.seq_len <= {msl}, or model.max_seq_len >= {cfg.data.seq_len}" + (f" (up to {ctx})" if ctx else ""))
     if cfg.tokenizer.path and Path(cfg.tokenizer.path).resolve() != p.resolve():
         out.append(f"tokenizer.path: {cfg.tokenizer.path} would tokenize the data differently from the model: model.init_from "
                    f"({p}) brings its own tokenizer; remove tokenizer.path")

@@ -391,7 +391,9 @@ class TrainState:
         rank = _rank()
         set_rng_state(load_rng_state(path, rank))
         loaders = json.loads((path/"loader.json").read_text())
-        self.loader.load_state_dict(loaders[rank] if rank < len(loaders) else loaders[0])
+        from forge_nb.data.sources import DataError
+        try: self.loader.load_state_dict(loaders[rank] if rank < len(loaders) else loaders[0])
+        except DataError as e: raise DataError(f"checkpoint {path}: {e}") from None     # which checkpoint cannot be resumed here
         self.step = json.loads((path/"trainer_state.json").read_text())["step"]
         return self
 
@@ -730,11 +732,12 @@ def open_store(cfg:PipelineConfig, run:RunDir):
         if mine != theirs:
             raise ValueError(f"model.init_from: the token store ({where}) was built with another tokenizer ({store.manifest['tokenizer']['from']}, "
                              f"fingerprint {theirs}) than the model's ({src}/tokenizer.json, {mine}): rerun the data stage with model.init_from set")
-    ctx, field = (loaded_dims(src)["max_seq_len"], f"the max_position_embeddings of model.init_from ({src}/config.json)") if src else \
-                 (cfg.model.max_seq_len, "model.max_seq_len")
+    ctx = cfg.model.max_seq_len          # the training context; continuing from init_from, at most the model's (checked above)
     if store.seq_len > ctx:
-        raise ValueError(f"{field} ({ctx}) is shorter than the token store's sequences ({store.seq_len}, {where}): "
-                         + ("rebuild the data with data.seq_len <= " + str(ctx) if src else f"set model.max_seq_len >= {store.seq_len}"))
+        also = (f" (up to the model's max_position_embeddings {loaded_dims(src)['max_seq_len']}), or rebuild the data with "
+                f"data.seq_len <= {ctx}") if src else ""
+        raise ValueError(f"model.max_seq_len ({ctx}) is shorter than the token store's sequences ({store.seq_len}, {where}): "
+                         f"set model.max_seq_len >= {store.seq_len}{also}")
     return store
 
 def run_pretrain(cfg:PipelineConfig,   # the pipeline config (model, pretrain, data.seed)

@@ -6,6 +6,8 @@ directly, with its own special token, not forge_nb's), saved with `save_pretrain
 - the loss the pretraining stage logs at its first step equals the loss of that model on the same batch,
   computed here with transformers directly, each packed document run on its own;
 - the result is a plain Hugging Face folder that loads, with the model's architecture and tokenizer;
+- `model.max_seq_len` is the training context: up to the model's `max_position_embeddings` it is honoured, beyond
+  it (or `data.seq_len` beyond it) is refused;
 - a token store built with another tokenizer, a sequence length beyond the model's, and a folder that is missing
   or is not a model are one-line errors naming the field and the file, before any training (and before the
   launcher submits anything).
@@ -120,7 +122,7 @@ def test_continued_pretraining_starts_from_the_model(tmp_path, base_model):
     assert _independent_loss(m, batch) < expected, "4 steps on this data should lower the loss of its first batch"
 
 
-def test_mismatches_are_one_line_errors_before_training(tmp_path, base_model):
+def test_mismatches_are_one_line_errors_before_training(tmp_path, base_model, bad_input):
     from forge_nb.data.sources import DataError
     from forge_nb.data.store import run_data_stage
     from forge_nb.launch import missing_inputs
@@ -141,6 +143,21 @@ def test_mismatches_are_one_line_errors_before_training(tmp_path, base_model):
     with pytest.raises(DataError, match=r"^data\.seq_len: 256 is beyond the model's max_position_embeddings 128 \(.*config\.json\)$"):
         run_data_stage(long, tmp_path/"long", log=lambda *a: None)
     assert not (tmp_path/"long"/"data").exists()
+
+    # model.max_seq_len is the training context under init_from too: beyond the model's positions it is refused (the
+    # default 1024 here), and sequences longer than it are refused, naming the field and the limit, before any work
+    wide = override(_cfg(tmp_path, base_model, "wide"), "model.max_seq_len=1024")
+    with pytest.raises(DataError) as e: run_data_stage(wide, tmp_path/"wide", log=lambda *a: None)
+    assert str(e.value) == (f"model.max_seq_len: 1024 is beyond the model's max_position_embeddings 128 "
+                            f"({base_model/'config.json'}): set model.max_seq_len <= 128")
+    bad_input("tokenizer", "`model.max_seq_len` beyond the max_position_embeddings of the `model.init_from` model", e,
+              names=["model.max_seq_len", "128", "config.json"])
+    tight = override(_cfg(tmp_path, base_model, "tight"), "model.max_seq_len=48")        # the store's sequences are 64
+    with pytest.raises(ValueError, match=r"^data\.seq_len: 64 is beyond model\.max_seq_len 48, the training context continuing "
+                                         r"from .*: set data\.seq_len <= 48, or model\.max_seq_len >= 64 \(up to 128\)$"):
+        run_pretrain(tight, tmp_path/"tight", log=lambda *a: None)
+    assert not (tmp_path/"wide"/"data").exists() and not (tmp_path/"tight"/"pretrain").exists()
+    assert any(p.startswith("model.max_seq_len: 1024") for p in missing_inputs(wide, ["data", "pretrain"], tmp_path/"wide"))
 
     # a folder that is missing, or is not a model (a tokenizer alone): named, with its file
     gone = override(plain, f"model.init_from={tmp_path/'no-model'}")

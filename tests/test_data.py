@@ -465,18 +465,15 @@ def store(tmp_path_factory, corpus, tokenizer):
 def test_rank_sharding_disjoint_and_complete(store):
     N = store.num_sequences()
     for W, B in [(1, 4), (2, 4), (3, 5), (4, 2)]:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            lds = [store.loader(micro_batch_size=B, rank=r, world_size=W) for r in range(W)]
-        steps = lds[0].steps_per_epoch
-        rows = [np.concatenate([ld.indices(s) for s in range(steps)]) for ld in lds]
-        allr = np.concatenate(rows)
-        assert len(np.unique(allr)) == len(allr), "two ranks got the same sequence"
-        assert len(allr) == N - N % (W * B)
-        missing = set(range(N)) - set(allr.tolist())                # only the final remainder of the epoch's order,
-        assert len(missing) == N % (W * B)                            # which lies in the last curriculum stage
-        assert all(r >= store.manifest["train"]["stages"][-1]["first_sequence"] for r in missing)
-        if N % (W * B): assert any("are not used" in str(w.message) for w in caught)
+        lds = [store.loader(micro_batch_size=B, rank=r, world_size=W) for r in range(W)]
+        steps = -(-2 * N // (W * B))                                   # two epochs, rounded up to whole global batches
+        per_step = [[ld.indices(s) for ld in lds] for s in range(steps)]
+        for rs in per_step:                                           # a step's ranks never share a sequence
+            allr = np.concatenate(rs); assert len(np.unique(allr)) == len(allr), "two ranks got the same sequence"
+        stream = np.concatenate([np.concatenate(rs) for rs in per_step])
+        for e in (0, 1):                                              # each epoch: every sequence exactly once, none dropped
+            assert (np.sort(stream[e * N:(e + 1) * N]) == np.arange(N)).all(), (W, B, e)
+        if N % (W * B): assert (np.arange(steps) * W * B % N > N - W * B).any()   # a global batch spans an epoch's end
 
 def test_exact_resume_across_stage_boundary(store):
     B = 4
@@ -556,8 +553,9 @@ def test_epoch0_shuffled_within_stages(store):
     inter = np.concatenate([np.concatenate([two[0].indices(s), two[1].indices(s)]) for s in range(two[0].steps_per_epoch)])
     assert (inter == order[:len(inter)]).all()
     # later epochs: a seeded permutation of the whole stream, different from epoch 0
-    e1 = np.concatenate([ld.indices(ld.steps_per_epoch + s) for s in range(ld.steps_per_epoch)])
-    assert len(np.unique(e1)) == len(e1) and (e1 != order).any()
+    N = store.num_sequences()
+    e1 = np.concatenate([ld.indices(s) for s in range(-(-2 * N // B))])[N:2 * N]   # the epochs are laid end to end
+    assert (np.sort(e1) == np.arange(N)).all() and (e1[:len(order)] != order).any()
     # the batch holds exactly the rows `indices` names (gathered across shards, in that order)
     rows = store._rows()
     assert len(store.manifest["train"]["shards"]) > 2

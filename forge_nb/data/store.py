@@ -6,7 +6,7 @@ Docs: https://forge-nb.github.io/forge_nb/data/store.html.md"""
 
 # %% ../../nbs/data/14_store.ipynb #008c989d
 from __future__ import annotations
-import hashlib, itertools, json, math, os, shutil, time, warnings
+import hashlib, itertools, json, math, os, shutil, time
 from pathlib import Path
 import numpy as np
 
@@ -524,33 +524,31 @@ class TokenLoader:
         self.N = len(base); self.per_step = self.B * self.W
         self.segments = [(int(k), int(n)) for k, n in segments] if segments is not None else [(0, self.N)]
         self.shuffle = shuffle
-        self.steps_per_epoch = self.N // self.per_step
+        self.steps_per_epoch = self.N // self.per_step      # whole micro-steps per epoch (an epoch may end inside a step)
         if self.steps_per_epoch == 0:
             raise DataError(f"the token store has {self.N} training sequences, fewer than one global batch of "
                             f"{self.W} ranks × micro_batch_size {self.B} = {self.per_step}: lower the batch or build a bigger store")
-        self.dropped_per_epoch = self.N - self.steps_per_epoch * self.per_step
-        if self.dropped_per_epoch and rank == 0:
-            warnings.warn(f"TokenLoader: {self.dropped_per_epoch} of {self.N} sequences per epoch are not used: they do not "
-                          f"fill a global batch of {self.per_step} ({self.W} ranks × {self.B})", stacklevel=2)
-        self.step, self._epoch, self._order = start_step, -1, None
+        self.step, self._orders = start_step, {}
 
     def _epoch_order(self, e:int) -> np.ndarray:
-        if e != self._epoch:
-            if e > 0: self._order = self.base[np.random.default_rng([self.seed, e]).permutation(self.N)]
-            else: self._order = stage_shuffled_order(self.base, self.segments, self.seed) if self.shuffle else np.asarray(self.base, np.int64)
-            self._epoch = e
-        return self._order
+        "Epoch `e`'s order of the stream's rows: epoch 0 shuffled within stages, later epochs a seeded permutation of all."
+        if e not in self._orders:
+            if len(self._orders) > 1: self._orders.pop(min(self._orders))          # keep at most two (a batch spans at most two)
+            if e > 0: o = self.base[np.random.default_rng([self.seed, e]).permutation(self.N)]
+            else: o = stage_shuffled_order(self.base, self.segments, self.seed) if self.shuffle else np.asarray(self.base, np.int64)
+            self._orders[e] = o
+        return self._orders[e]
 
     def __iter__(self): return self
-    def __len__(self): return self.steps_per_epoch          # micro-batches per epoch for this rank
+    def __len__(self): return self.steps_per_epoch          # whole micro-batches per epoch for this rank
     @property
-    def epoch(self) -> int: return self.step // self.steps_per_epoch
+    def epoch(self) -> int: return self.step * self.per_step // self.N     # the epoch of the next row to read
 
     def indices(self, step:int) -> np.ndarray:
-        "Rows of the store this rank reads at micro-step `step`."
-        e, s = divmod(step, self.steps_per_epoch)
-        a = s * self.per_step + self.rank * self.B
-        return self._epoch_order(e)[a:a + self.B]
+        "Rows of the store this rank reads at micro-step `step`: positions `step·W·B + rank·B …+B` of the epochs laid end to end."
+        e, i = divmod(step * self.per_step + self.rank * self.B, self.N)
+        if i + self.B <= self.N: return self._epoch_order(e)[i:i + self.B]
+        return np.concatenate([self._epoch_order(e)[i:], self._epoch_order(e + 1)[:i + self.B - self.N]])   # across an epoch's end
 
     def __next__(self) -> dict:
         ids, pos, used = self.rows.get(self.indices(self.step))
@@ -559,7 +557,8 @@ class TokenLoader:
 
     def state_dict(self) -> dict:
         return {"step": self.step, "world_size": self.W, "rank": self.rank, "micro_batch_size": self.B, "seed": self.seed,
-                "num_sequences": self.N, "stages": self.stages, "order": self.order, "sequences_consumed": self.step * self.per_step}
+                "num_sequences": self.N, "stages": self.stages, "order": self.order, "epochs": "continuous",
+                "sequences_consumed": self.step * self.per_step}
 
     @property
     def order(self) -> str:
@@ -567,22 +566,26 @@ class TokenLoader:
         return "stage_shuffled" if self.shuffle else "store"
 
     def load_state_dict(self, d:dict):
-        "Continue where a saved loader stopped; with another rank count or batch size, reshard exactly or raise."
+        "Continue where a saved loader stopped; with another rank count or batch size, reshard exactly (any epoch) or raise."
         for k, mine in (("num_sequences", self.N), ("seed", self.seed), ("stages", self.stages)):
             if d.get(k) != mine: raise DataError(f"loader state: {k} was {d.get(k)!r} when saved, is {mine!r} now: not the same token store/stream")
         if d.get("order", "store") != self.order:             # states saved before epoch 0 was shuffled have no "order"
             raise DataError(f"loader state: epoch 0 was read in {d.get('order', 'store')!r} order when saved, the loader reads it in "
                             f"{self.order!r} order now: the batches would differ; load it with shuffle={d.get('order', 'store') != 'store'}")
-        if d["world_size"] == self.W and d["micro_batch_size"] == self.B: self.step = d["step"]; return self
         old = d["world_size"] * d["micro_batch_size"]
-        e, s = divmod(d["step"], self.N // old)
-        consumed = s * old
-        if e == 0 and consumed % self.per_step == 0 and consumed // self.per_step <= self.steps_per_epoch:
-            self.step = consumed // self.per_step; return self
-        raise DataError(f"cannot resume exactly with {self.W} ranks × micro_batch_size {self.B} (saved with {d['world_size']} × "
-                        f"{d['micro_batch_size']}): {consumed} sequences of epoch {e} consumed is not a whole number of new global "
-                        f"batches of {self.per_step} in the first epoch; resume with {d['world_size']} ranks × {d['micro_batch_size']}, "
-                        f"or a global batch that divides {consumed}")
+        consumed = d["step"] * old                            # rows read, all ranks together: a position in the stream
+        e, i = divmod(consumed, self.N)
+        if d.get("epochs") != "continuous" and self.N % old and d["step"] >= self.N // old:
+            raise DataError(f"loader state: saved in epoch {d['step'] // (self.N // old)} by a loader that skipped the last {self.N % old} "
+                            f"rows of every epoch (forge_nb before epochs were laid end to end): its position has no exact equivalent "
+                            f"now; finish this run with that version, or start the stage afresh")
+        if consumed % self.per_step:
+            raise DataError(f"cannot resume exactly with {self.W} ranks × micro_batch_size {self.B} (saved with {d['world_size']} × "
+                            f"{d['micro_batch_size']}): {consumed} sequences consumed (epoch {e}, row {i} of {self.N}) is not a whole "
+                            f"number of global batches of {self.per_step}; resume with {d['world_size']} ranks × {d['micro_batch_size']}, "
+                            f"or a global batch that divides {consumed}")
+        self.step = consumed // self.per_step
+        return self
 
 # %% ../../nbs/data/14_store.ipynb #dd8c36d8
 class ValLoader:

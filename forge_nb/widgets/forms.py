@@ -305,8 +305,8 @@ class _ModelListField:
         return any(bad) or bool(self.errors)
 
 # %% ../../nbs/widgets/60_forms.ipynb #b6e70fee
-DIAL_FIELDS = ("arch", "depth", "aspect_ratio", "head_dim", "hidden_size", "n_kv_heads", "mlp_ratio", "max_seq_len",
-               "rope_theta", "tie_embeddings")   # what `model.init_from` replaces
+DIAL_FIELDS = ("arch", "depth", "aspect_ratio", "head_dim", "hidden_size", "n_kv_heads", "mlp_ratio",
+               "rope_theta", "tie_embeddings")   # what `model.init_from` replaces (not max_seq_len: the training context)
 
 def model_size_note(cfg:PipelineConfig) -> str:
     "HTML line for the model tab: the loaded model's size (`model.init_from`: its config.json and weights) or the dialled one's."
@@ -317,7 +317,8 @@ def model_size_note(cfg:PipelineConfig) -> str:
     size = (f"<b>{M.human_count(p['total'])}</b> parameters, {d['layers']} layers, d_model {d['hidden']}, {d['heads']} heads")
     if mc.init_from:
         return (f"<div class='forge-model-size'><b>Loaded model</b> ({html.escape(d['arch'])}, {html.escape(mc.init_from)}): {size}, "
-                f"vocab {d['vocab']:,}, context {d['max_seq_len']}; from its files: the size fields below are not used</div>")
+                f"vocab {d['vocab']:,}, context {d['max_seq_len']}; from its files: the size fields below are not used, "
+                f"except max_seq_len (the training context, at most {d['max_seq_len']})</div>")
     return f"<div class='forge-model-size'><b>Dialled model</b>: {size} (vocab {V:,}: tokenizer.vocab_size)</div>"
 
 def _split_loc(loc:str) -> tuple:
