@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train language models on your own data: data mixing → pretraining → SFT → RL, locally or on SLURM.",
         epilog="examples:\n"
                "  forge-nb demo                              the whole pipeline on this machine, on text every machine has\n"
+               "  forge-nb demo --size tiny                  the same, tiny: every stage in seconds (a first smoke test)\n"
                "  forge-nb config init my.yaml               write a config with every default, then edit it\n"
                "  forge-nb config validate my.yaml           check a config (errors name the field, file and line)\n"
                "  forge-nb run my.yaml                       run the config's stages in order, through the launcher\n"
@@ -41,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)
 
     p = add("demo", help="run the whole pipeline on this machine on text every machine has")
+    p.add_argument("--size", choices=["full", "tiny"], default="full",
+                   help="full: the demo (minutes); tiny: every stage in seconds, a first smoke test (default: full)")
     p.add_argument("--runs-dir", default="runs", help="folder for run directories (default: runs)")
-    p.add_argument("--name", default="demo", help="run name (default: demo)")
+    p.add_argument("--name", default=None, help="run name (default: demo, or demo-tiny with --size tiny)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the demo's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     p.add_argument("--foreground", action="store_true", help="run the stages in this process, not as jobs")
@@ -83,9 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = cadd("schema", help="print the JSON schema of the config tree")
 
     p = add("docs", help="build the offline docs site and the README from the notebooks; refresh and check kept outputs; write the bad-input catalogue page")
-    p.add_argument("action", choices=["build", "readme", "check-readme", "check-sync", "outputs", "check-outputs", "catalogue"])
-    p.add_argument("--out", default=None, help="output folder/file")
-    p.add_argument("--only", action="append", default=None, metavar="NB", help="build, outputs: only this notebook (repeatable)")
+    from forge_nb.docs import docs_arguments    # the docs tooling's own options, so `forge-nb docs --help` is its whole list
+    docs_arguments(p)
     from forge_nb.rl import add_policy_parser   # `forge-nb policy check|validate` (RL policies, forge_nb.rl)
     add_policy_parser(sub, parents=[common])
     return ap
@@ -125,12 +127,12 @@ def _cmd_demo(args) -> int:
     from forge_nb.pipeline import demo_config, run_pipeline
     sets = list(args.overrides) + ([f"pretrain.steps={args.steps}"] if args.steps else [])
     sets += [f"resources.{k}={getattr(args, k)}" for k in ("cluster", "partition") if getattr(args, k, None)]
-    run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets), foreground=args.foreground,
+    run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets, size=args.size), foreground=args.foreground,
                  force=args.force); return 0
 
 def _cmd_docs(args) -> int:
-    from forge_nb.docs import main as docs_main
-    return docs_main([args.action] + (["--out", args.out] if args.out else []) + [a for nb in args.only or [] for a in ("--only", nb)])
+    from forge_nb.docs import run_docs
+    return run_docs(args)
 
 # %% ../nbs/80_cli.ipynb #ee76e5cd
 def _cmd_launch(args) -> int:
