@@ -22,6 +22,7 @@ def show(r) -> str: return f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-300
 
 README_COMMANDS = {   # a command the README shows -> the test that runs it (a new command without a test fails below)
     "bash scripts/demo.sh": "test_pipeline.py::test_demo_pipeline_end_to_end",
+    "bash scripts/demo.sh --size tiny": "test_demo.py::test_rerun_skips_sft_change_reruns_sft_and_rl_force_reruns_after",
     "bash scripts/test.sh": ".ci/run",                                   # CI runs it: it is the test suite itself
     'bash scripts/test.sh -m "not slurm and not browser"': ".ci/run",
     ".venv/bin/forge-nb config init my.yaml": "test_cli.py::test_readme_config_init_validate_run",
@@ -264,3 +265,11 @@ def test_docs_commands(tmp_path):
     assert forge("docs", "check-outputs", cwd=tmp_path).returncode == 0
     r = forge("docs", "publish", cwd=ROOT)
     assert r.returncode == 2 and "invalid choice: 'publish'" in r.stderr, show(r)
+    # `forge-nb docs` takes every option of the docs tooling (it passed only --out/--only before): the same help as
+    # `python -m forge_nb.docs`, and an option the action does not use is refused in one line, not ignored
+    h = forge("docs", "--help").stdout
+    m = subprocess.run([sys.executable, "-m", "forge_nb.docs", "--help"], capture_output=True, text=True).stdout
+    opts = lambda t: set(re.findall(r"^\s+(--[\w-]+)", t, re.M))
+    assert opts(h) - {"--debug"} == opts(m) >= {"--out", "--nbs", "--only", "--no-execute", "--timeout", "--workers", "--title", "--root"}, h
+    r = forge("docs", "readme", "--only", "01_x.ipynb", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, "forge-nb docs readme: --only applies to build, outputs only\n"), show(r)
