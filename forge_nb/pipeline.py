@@ -12,8 +12,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['DEMO_POLICY', 'DEMO_SIZES', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task', 'demo_config', 'StageFailed',
            'tiny_config', 'tiny_lifecycle', 'StageProgress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key',
-           'stage_record', 'recorded_key', 'is_current', 'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground',
-           'run_pipeline']
+           'stage_record', 'recorded_key', 'is_current', 'mark_stage', 'prepare_stage', 'check_stages', 'plan_stages',
+           'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
 from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
@@ -371,14 +371,23 @@ def prepare_stage(run_dir:str|Path, stage:str, key:str, force:bool=False, log=pr
         log(f"[{stage}] {why}: removing the previous outputs in {d}")
         shutil.rmtree(d)
 
+def check_stages(stages:list,              # the stages asked for (`--stage`, or the config's)
+                 force:list|tuple=(),       # the stages to rerun (`--force`)
+                ):
+    "Refuse a stage that does not exist, or a `--force` stage this run does not include: one line (a `ConfigError`), before anything is created."
+    from forge_nb.config import ConfigError
+    if bad := [s for s in stages if s not in STAGES]:
+        raise ConfigError([(f"--stage {bad[0]}", f"no such stage (the stages: {', '.join(STAGES)})", None)])
+    if bad := [f for f in force if f not in stages]:
+        raise ConfigError([(f"--force {bad[0]}", f"not a stage of this pipeline ({', '.join(stages)})", None)])
+
 def plan_stages(cfg:PipelineConfig,       # the pipeline config
                 stages:list,              # the stages, in order
                 run_dir:str|Path,         # the run directory
                 force:list|tuple=(),      # stages to rerun (with every stage after them)
                ) -> list:                 # [(stage, key, run?)]
     "Which stages run and which are skipped: a stage runs when forced, after a forced one, or when its key changed."
-    bad = [f for f in force if f not in stages]
-    if bad: raise ValueError(f"--force {bad[0]}: not a stage of this pipeline ({', '.join(stages)})")
+    check_stages(stages, force)
     first = min((stages.index(f) for f in force), default=len(stages))
     keys, out = {}, []
     for i, st in enumerate(stages):
@@ -425,10 +434,11 @@ def run_foreground(cfg:PipelineConfig,     # the pipeline to run
     "Run the stages one after another in this process (no job): `breakpoint()` and debuggers work; finished stages are skipped."
     from forge_nb.runs import stage_function
     out = out or sys.stdout
+    stages = list(stages or cfg.stages)
+    check_stages(stages, force)
     run = RunDir.for_config(cfg).create(); run.save_config(cfg)
     env = dict(cfg.resources.env); saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    stages = list(stages or cfg.stages)
     results, timings, t0 = {}, {}, time.time()
     prog = StageProgress(run, _totals(cfg, stages), out)
     try:
@@ -515,8 +525,9 @@ def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  force:list|tuple=(),    # stages to rerun even when finished, with every stage after them
                 ) -> list|dict:          # the launcher's Job handles (foreground: stage -> summary)
     "Launch the config's stages in order through the launcher, skipping those finished for the same inputs; optionally follow them."
-    run = RunDir.for_config(cfg).create()
     stages = list(stages or cfg.stages)
+    check_stages(stages, force)                       # a mistyped --stage/--force: said before any folder is made
+    run = RunDir.for_config(cfg).create()
     t0 = time.time()
     where = "in this process (foreground)" if foreground else f"on {cfg.resources.cluster}"
     print(f"forge_nb: run {run.root} — stages {' → '.join(stages)} {where}", flush=True)

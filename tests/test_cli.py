@@ -166,6 +166,16 @@ def test_stage_that_needs_an_earlier_one(tmp_path, bad_input):
     assert r.returncode == 1 and err[0].startswith("forge-nb: error: ") and "data" in err[0] and "Traceback" not in r.stderr, show(r)
     bad_input("inputs", "pretraining before the data stage has run", r, names=["data"])
 
+def test_mistyped_stage_or_force_is_one_line_before_anything_is_made(tiny, bad_input):
+    "A stage name that does not exist (--stage) or is not in the run (--force): one line, exit 2, no run folder made."
+    r = forge("run", "t.yaml", "--force", "rl", "--set", "name=typo", cwd=tiny)
+    assert (r.returncode, r.stderr) == (2, "forge-nb: error: --force rl: not a stage of this pipeline (data, pretrain)\n"), show(r)
+    bad_input("config", "--force with a stage the run does not have", r, names=["--force rl", "data, pretrain"])
+    r = forge("run", "t.yaml", "--stage", "pertrain", "--set", "name=typo", cwd=tiny)
+    assert r.returncode == 2 and r.stderr.startswith("forge-nb: error: --stage pertrain: no such stage (the stages: data, pretrain"), show(r)
+    bad_input("config", "a misspelt stage name in --stage", r, names=["--stage pertrain", "no such stage"])
+    assert not (tiny/"typo").exists() and r.stdout == ""                    # nothing made, nothing started
+
 # ------------------------------------------------------------------ jobs, logs, cancel, launch
 
 def test_jobs_logs_cancel_launch_locally(tiny, tmp_path, bad_input):
