@@ -120,6 +120,13 @@ def test_config_show_and_schema(tiny, bad_input):
     r = forge("config", "show", "t.yaml", "--set", "pretrain.steps=-1", cwd=tiny)
     assert r.returncode == 2 and "pretrain.steps: must be >= 1, got -1" in r.stderr, show(r)
     bad_input("config", "a negative step count in --set", r, names=["pretrain.steps", ">= 1", "-1"])
+    # malformed overrides: one line naming the path, exit 2 (were IndexError/TypeError/a YAML parser's 3 lines, exit 1)
+    for kv, did, says in [("data.sources.3.path=x", "--set into a list item that does not exist", "data.sources.3: no item 3 (the list has 2 items)"),
+                          ("pretrain.steps.x=3", "--set below a field that is a value", "pretrain.steps: is a value (4), not a section with a field 'x'"),
+                          ("pretrain.steps=[4", "--set with a value that is not valid YAML", "pretrain.steps: the value '[4' is not valid YAML")]:
+        r = forge("config", "show", "t.yaml", "--set", kv, cwd=tiny)
+        assert r.returncode == 2 and r.stderr.startswith(f"forge-nb: error: {says}") and r.stderr.count("\n") == 1, show(r)
+        bad_input("config", did, r, names=[says])
 
 # ------------------------------------------------------------------ stages: jobs by default, foreground on request
 
