@@ -535,9 +535,15 @@ def atomic_write_bytes(path:str|Path,   # destination file
     "Write `data` to `path` via a temporary file and a rename: readers see the old file or the new one, never half."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path); _fsync_dir(path.parent)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:      # a full disk, a kill: no temporary file left behind; the error names the file
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename: e.filename = str(path)
+        raise
+    _fsync_dir(path.parent)
     return path
 
 def atomic_write_text(path:str|Path, text:str) -> Path:

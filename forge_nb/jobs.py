@@ -10,9 +10,10 @@ import contextlib, json, os, re, signal, subprocess, time, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'SNAPSHOT_S', 'read_registry', 'register_job', 'update_job_record', 'sacct_states',
-           'local_state', 'job_seconds', 'job_states', 'Job', 'prefetch_states', 'live_jobs', 'run_lock',
-           'find_run_dir', 'attach', 'list_jobs', 'error_message', 'progress']
+__all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'REQUEUE_WAIT_S', 'SNAPSHOT_S', 'read_registry', 'register_job',
+           'update_job_record', 'requeue_pending', 'sacct_states', 'local_state', 'job_seconds', 'job_states', 'Job',
+           'prefetch_states', 'live_jobs', 'run_lock', 'find_run_dir', 'attach', 'list_jobs', 'error_message',
+           'progress']
 
 # %% ../nbs/51_jobs.ipynb #c3d9d961
 from fastcore.basics import patch
@@ -56,26 +57,41 @@ def update_job_record(run_dir:str|Path, job_id:str, **fields):
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 FAILED_STATES = TERMINAL_STATES - {"COMPLETED"}
 
+REQUEUE_WAIT_S = 600   # a preempted SLURM job is requeued within seconds (a minute or two with cred_expire); PREEMPTED longer: it was not
+
+def requeue_pending(info:dict,   # a job's state info (`job_states`)
+                    now=None,    # the time to judge by (a `datetime`; default: now)
+                   ) -> bool:
+    "Is this a preempted SLURM job that may still be requeued and write again? PREEMPTED, and less than `REQUEUE_WAIT_S` ago (or when unknown)."
+    import datetime
+    if info.get("state") != "PREEMPTED": return False
+    try: since = ((now or datetime.datetime.now()) - datetime.datetime.fromisoformat(info.get("end") or "")).total_seconds()
+    except ValueError: return True   # no end time known (accounting down): assume the requeue is still coming
+    return since < REQUEUE_WAIT_S
+
+
 def sacct_states(job_ids:list) -> dict:
-    "`{job_id: {state, reason, exit_code, nodes, elapsed, restarts}}` from sacct, falling back to squeue."
+    "`{job_id: {state, reason, exit_code, nodes, elapsed, start, end, restarts}}` from sacct, falling back to squeue."
     ids = [str(j) for j in job_ids]
     out = {}
-    try: txt = _run(["sacct", "-X", "-n", "-P", "-D", "-j", ",".join(ids), "-o", "JobIDRaw,State,Reason,ExitCode,NodeList,Elapsed,Start"])
+    try: txt = _run(["sacct", "-X", "-n", "-P", "-D", "-j", ",".join(ids), "-o", "JobIDRaw,State,Reason,ExitCode,NodeList,Elapsed,Start,End"])
     except (RuntimeError, subprocess.TimeoutExpired): txt = ""   # slurmdbd down: squeue and the result files still answer
     for line in txt.splitlines():   # -D lists every requeued run of a job: the last line of an id is its present
         f = line.split("|")
         if len(f) < 7 or f[0] not in ids: continue
         prev = out.get(f[0])
         out[f[0]] = dict(state=f[1].split()[0], reason=f[2], exit_code=f[3], nodes=f[4], elapsed=f[5], start=f[6],
-                         restarts=(prev["restarts"] + 1) if prev else 0)
-    live = [j for j in ids if j not in out or out[j]["state"] not in TERMINAL_STATES]
-    if live:   # the controller's own view: accounting lags behind it (seconds, minutes on a loaded slurmdbd), and knows nothing while slurmdbd is down
+                         end=f[7] if len(f) > 7 else "", restarts=(prev["restarts"] + 1) if prev else 0)
+    # the controller's own view: accounting lags behind it (seconds, minutes on a loaded slurmdbd), and knows nothing while slurmdbd is
+    # down; a PREEMPTED job is asked about too: the controller knows whether it was requeued (PENDING again)
+    live = [j for j in ids if j not in out or out[j]["state"] not in TERMINAL_STATES - {"PREEMPTED"}]
+    if live:
         try: txt = _run(["squeue", "-h", "--states=all", "-j", ",".join(live), "-o", "%i|%T|%r|%N"])
         except (RuntimeError, subprocess.TimeoutExpired): txt = ""
         for line in txt.splitlines():
             f = line.split("|")
             if len(f) < 4 or f[0] not in live: continue
-            out[f[0]] = {**dict(exit_code="", elapsed="", start="", restarts=0), **out.get(f[0], {}), "state": f[1], "reason": f[2], "nodes": f[3]}
+            out[f[0]] = {**dict(exit_code="", elapsed="", start="", end="", restarts=0), **out.get(f[0], {}), "state": f[1], "reason": f[2], "nodes": f[3]}
     return out
 
 # %% ../nbs/51_jobs.ipynb #5f86a743
@@ -189,7 +205,7 @@ def info(self:Job) -> dict:
     if self._final: return self._final
     snap = _SNAPSHOT.get((self.cluster, self.job_id))
     info = snap[1] if snap and time.monotonic() - snap[0] < SNAPSHOT_S else job_states([self.record])[0]
-    if info["state"] in TERMINAL_STATES: self._final = info
+    if info["state"] in TERMINAL_STATES and not requeue_pending(info): self._final = info   # a preempted job comes back
     return info
 
 @patch
@@ -199,8 +215,9 @@ def state(self:Job) -> str:
 
 @patch
 def done(self:Job) -> bool:
-    "Has the job ended (whatever the outcome)?"
-    return self.state() in TERMINAL_STATES
+    "Has the job ended (whatever the outcome)? A preempted job that SLURM will requeue has not."
+    info = self.info()
+    return info["state"] in TERMINAL_STATES and not requeue_pending(info)
 
 # %% ../nbs/51_jobs.ipynb #9ba9df91
 def prefetch_states(jobs:list,   # `Job`s about to be read (anything else is skipped)
@@ -219,13 +236,14 @@ def prefetch_states(jobs:list,   # `Job`s about to be read (anything else is ski
     return len(recs)
 
 def live_jobs(records:list) -> list[tuple]:
-    "(record, state) of the jobs that have not ended, asked in one batch; a SLURM job nobody knows after 10 minutes is gone."
+    """(record, state) of the jobs that have not ended, asked in one batch. A preempted job has not ended: SLURM requeues it
+    and it writes again (`requeue_pending`); a SLURM job nobody knows after 10 minutes is gone."""
     import datetime
     def recent(r):
         try: return (datetime.datetime.now() - datetime.datetime.fromisoformat(r.get("submitted", ""))).total_seconds() < 600
         except ValueError: return False
     return [(r, i["state"]) for r, i in zip(records, job_states(records))
-            if i["state"] not in TERMINAL_STATES and (i["state"] != "UNKNOWN" or recent(r))]
+            if (i["state"] not in TERMINAL_STATES or requeue_pending(i)) and (i["state"] != "UNKNOWN" or recent(r))]
 
 def run_lock(run_dir:str|Path, log=print) -> RunLock:
     "The lock of a run, knowing which of its jobs still run (`forge_nb.runs.RunLock` with `live_jobs`)."
@@ -247,7 +265,7 @@ def wait_state(self:Job, states:set|str, timeout_s:float=120, poll_s:float=0.5) 
     "Block until the job is in one of `states` (or has ended); return the state."
     states = {states} if isinstance(states, str) else set(states)
     t0 = time.time()
-    while (st := self.state()) not in states | TERMINAL_STATES:
+    while (st := self.state()) not in states and not self.done():
         if time.time() - t0 > timeout_s: raise TimeoutError(f"job {self.job_id} still {st} after {timeout_s:.0f} s")
         time.sleep(poll_s)
     return st

@@ -6,17 +6,17 @@ Docs: https://forge-nb.github.io/forge_nb/launch.html.md"""
 
 # %% ../nbs/52_launch.ipynb #9fadec7a
 from __future__ import annotations
-import contextlib, datetime, functools, json, os, shlex, socket, subprocess, sys, time, traceback
+import contextlib, datetime, functools, json, os, re, shlex, socket, subprocess, sys, time, traceback
 from pathlib import Path
 from typing import Callable
 
 # %% auto #0
-__all__ = ['DependencyNeverSatisfied', 'master_port_for', 'StageCall', 'slurm_parameters', 'sbatch_preview',
-           'detached_local_executor', 'make_executor', 'sbatch_refusal', 'submit', 'MissingInputs', 'stage_inputs',
-           'missing_inputs', 'holding_run_lock', 'launch', 'launch_fn', 'launch_pipeline', 'profile_dirs',
-           'profile_path', 'resolve_resources', 'cluster_partitions', 'validate_resources', 'check_resources',
-           'ResourceError', 'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states', 'Job', 'attach',
-           'list_jobs', 'find_run_dir']
+__all__ = ['DependencyNeverSatisfied', 'master_port_for', 'hide_secrets', 'reveal_secrets', 'StageCall', 'slurm_parameters',
+           'sbatch_preview', 'detached_local_executor', 'make_executor', 'sbatch_refusal', 'submit', 'MissingInputs',
+           'stage_inputs', 'missing_inputs', 'holding_run_lock', 'launch', 'launch_fn', 'launch_pipeline',
+           'profile_dirs', 'profile_path', 'resolve_resources', 'cluster_partitions', 'validate_resources',
+           'check_resources', 'ResourceError', 'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states',
+           'Job', 'attach', 'list_jobs', 'find_run_dir']
 
 # %% ../nbs/52_launch.ipynb #b03f74d0
 from .config import ResourcesConfig, PipelineConfig, STAGES, redact_secrets, redact_text, secret_values, atomic_write_json, init_from_problems
@@ -70,6 +70,13 @@ class _Redacting:
     def flush(self): self._s.flush()
     def __getattr__(self, k): return getattr(self._s, k)
 
+def _redacted(value):
+    "A job's result with secret-looking environment values redacted (submitit pickles it into the run's logs/); a value JSON cannot hold is returned as it is."
+    if not secret_values(): return value
+    try: text = json.dumps(value)
+    except (TypeError, ValueError): return value
+    return value if redact_text(text) == text else json.loads(redact_text(text))
+
 def _write_result(outcome:str, value, started:float|None=None):
     """The task's result as JSON next to submitit's pickle, so the launcher, `forge-nb jobs` and the monitor read it without
     unpickling, with when the stage started and ended (its wall time, for the report); a value JSON cannot hold exactly is
@@ -85,6 +92,40 @@ def _write_result(outcome:str, value, started:float|None=None):
     except (TypeError, ValueError): pass
     atomic_write_json(path, rec)
 
+# %% ../nbs/52_launch.ipynb #40167a86
+class _HiddenModel:
+    "A pydantic config whose secret values were hidden: its class and its data, rebuilt by `reveal_secrets`."
+    def __init__(self, cls, data): self.cls, self.data = cls, data
+
+def _walk(x, sub, reveal:bool):
+    "`x` with `sub` applied to every string in it; a pydantic config that changes is carried as `_HiddenModel` (hiding) or rebuilt (revealing)."
+    if isinstance(x, str): return sub(x)
+    if isinstance(x, _HiddenModel):
+        data = _walk(x.data, sub, reveal)
+        return x.cls.model_validate(data) if reveal else _HiddenModel(x.cls, data)
+    if hasattr(x, "model_dump") and hasattr(type(x), "model_validate"):
+        data = x.model_dump(); new = _walk(data, sub, reveal)
+        return x if new == data else type(x).model_validate(new) if reveal else _HiddenModel(type(x), new)
+    if isinstance(x, dict): return {k: _walk(v, sub, reveal) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(_walk(v, sub, reveal) for v in x)
+    return x
+
+def hide_secrets(x, env:dict|None=None):
+    "`x` (a job's arguments: configs, dicts, lists, strings) with each secret-looking environment value replaced by `<secret:NAME>`."
+    env = os.environ if env is None else env
+    names = {v: k for k, v in env.items() if v in secret_values(env)}
+    def sub(s:str) -> str:
+        for v in secret_values(env):
+            if v in s: s = s.replace(v, f"<secret:{names[v]}>")
+        return s
+    return _walk(x, sub, False) if names else x
+
+def reveal_secrets(x, env:dict|None=None):
+    "Inside the job: `<secret:NAME>` back to the value of `NAME` in the job's environment (left as it is when the job has no `NAME`)."
+    env = os.environ if env is None else env
+    sub = lambda s: re.sub(r"<secret:(\w+)>", lambda m: env.get(m.group(1), m.group(0)), s) if "<secret:" in s else s
+    return _walk(x, sub, True)
+
 # %% ../nbs/52_launch.ipynb #f66df966
 try: from submitit.helpers import Checkpointable as _Checkpointable
 except ImportError: _Checkpointable = object
@@ -97,7 +138,8 @@ class StageCall(_Checkpointable):
                  max_requeues:int=3,             # give up after this many restarts
                  wait_for:list|None=None,        # local jobs only: registry records of jobs to wait for
                  poll_s:float=1.0):
-        self.fn, self.args, self.kwargs, self.env = fn, tuple(args), dict(kwargs or {}), dict(env or {})
+        self.fn, self.env = fn, dict(env or {})
+        self.args, self.kwargs = hide_secrets(tuple(args)), hide_secrets(dict(kwargs or {}))   # pickled: no secret value in it
         self.max_requeues, self.wait_for, self.poll_s = max_requeues, list(wait_for or []), poll_s
 
     def function(self) -> Callable:
@@ -115,12 +157,13 @@ class StageCall(_Checkpointable):
         print(f"[forge_nb] {self.describe()} on {socket.gethostname()} rank {os.environ.get('RANK')}/{os.environ.get('WORLD_SIZE')}"
               f"{f' (restart {restarts})' if restarts else ''}", flush=True)
         started = time.time()                                  # after any wait for the stages before it: the stage's own time
-        try: value = self.function()(*self.args, **self.kwargs)
+        try: value = self.function()(*reveal_secrets(self.args), **reveal_secrets(self.kwargs))
         except Exception as e:
             tb = "".join(traceback.format_exception(e))
             _write_result("error", redact_text(tb), started)
             if redact_text(tb) != tb: raise RuntimeError(redact_text(tb)) from None   # submitit pickles the traceback: no secret in it
             raise
+        value = _redacted(value)
         _write_result("success", value, started)
         return value
 

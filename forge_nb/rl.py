@@ -18,7 +18,7 @@ __all__ = ['DEMO_POLICY', 'demo_task', 'tiny_chat_model', 'cpu_args', 'check_mod
 
 # %% ../nbs/41_rl.ipynb #747fd864
 from .config import PipelineConfig, RLConfig, ConfigError
-from .runs import RunDir, latest_trainer_checkpoint, trainer_checkpoint_callback, atomic_dir, atomic_write_json, atomic_write_text, read_metrics
+from .runs import RunDir, latest_trainer_checkpoint, trainer_checkpoint_callback, atomic_dir, atomic_write_json, atomic_write_text, read_metrics, stage_disk_full
 from .policy import (Policy, load_policy, load_prompts, load_pairs, check_prompts, reward_functions, score_rows,
                              summarize, text_of)
 from .charts import bar_chart
@@ -522,6 +522,10 @@ def run_rl(cfg:PipelineConfig,   # the pipeline config (its `rl` section)
            log=print,            # progress lines
           ) -> dict:             # summary: method, steps, final folder, report figures
     "The RL stage: GRPO / DPO / reward model on TRL, from `sft/final` or `rl.base_model`, with a compliance report."
+    with stage_disk_full(RunDir(run_dir).stage("rl").checkpoints):   # a full disk: one line naming the path, no half checkpoint
+        return _rl(cfg, run_dir, log)
+
+def _rl(cfg:PipelineConfig, run_dir, log) -> dict:
     rc, run = cfg.rl, RunDir(run_dir)
     inp = _inputs(cfg, run)
     env = _dist_env_vars()

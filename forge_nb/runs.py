@@ -14,9 +14,9 @@ from .config import STAGES, atomic_write_bytes, atomic_write_text, atomic_write_
 
 # %% auto #0
 __all__ = ['MARKER', 'DiskFull', 'is_disk_full', 'commit_dir', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics',
-           'remove_dir', 'StageDir', 'RunDir', 'latest_trainer_checkpoint', 'trainer_checkpoint_callback', 'RunLocked',
-           'RunLock', 'stage_function', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'redact_secrets']
+           'remove_dir', 'StageDir', 'RunDir', 'latest_trainer_checkpoint', 'trainer_checkpoint_callback',
+           'stage_disk_full', 'RunLocked', 'RunLock', 'stage_function', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_write_json', 'redact_secrets']
 
 # %% ../nbs/01_runs.ipynb #5a0e311c
 _all_ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "redact_secrets"]   # defined in config; importable from here as before
@@ -289,6 +289,36 @@ def trainer_checkpoint_callback(keep:int,   # finished checkpoints kept (the Tra
                 for p in done[:-keep] if keep > 0 else []: remove_dir(p)
             barrier()
     return AtomicCheckpoints()
+
+# %% ../nbs/01_runs.ipynb #e1c1e055
+def _named_path(e:BaseException) -> Path|None:
+    "The file an error in `e`'s chain names (an `OSError`'s filename), if any."
+    while e is not None:
+        if isinstance(e, OSError) and e.filename: return Path(e.filename)
+        e = e.__cause__ or e.__context__
+    return None
+
+def _raised_disk_full(e:BaseException) -> DiskFull|None:
+    while e is not None:
+        if isinstance(e, DiskFull): return e
+        e = e.__cause__ or e.__context__
+    return None
+
+@contextlib.contextmanager
+def stage_disk_full(checkpoints:str|Path,   # the Trainer's `output_dir` (its `checkpoint-N` folders)
+                   ):
+    "Around a Trainer stage: a write that runs out of space removes the unfinished `checkpoint-N` and raises one `DiskFull` line naming the path."
+    try: yield
+    except Exception as e:
+        folder = Path(checkpoints)
+        if not is_disk_full(e, folder): raise
+        part = [p for p in _trainer_checkpoints(folder) if not is_complete(p)]
+        if int(os.environ.get("RANK", "0")) == 0:
+            for p in part: remove_dir(p)
+        if (named := _raised_disk_full(e)) is not None and not part:
+            if named is e: raise
+            raise named from None                 # already one line naming its file (a metrics append, an export)
+        raise DiskFull(part[-1] if part else _named_path(e) or folder) from e
 
 # %% ../nbs/01_runs.ipynb #d7beab75
 class RunLocked(RuntimeError):

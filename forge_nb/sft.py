@@ -23,7 +23,7 @@ __all__ = ['ROLES', 'ReadStats', 'normalize_record', 'read_sft_file', 'base_mode
 
 # %% ../nbs/30_sft.ipynb #58fdb04b
 from .config import PipelineConfig, SFTConfig, SourceConfig, DataConfig
-from .runs import RunDir, StageDir, latest_trainer_checkpoint, trainer_checkpoint_callback, atomic_dir, atomic_write_json, read_metrics
+from .runs import RunDir, StageDir, latest_trainer_checkpoint, trainer_checkpoint_callback, atomic_dir, atomic_write_json, read_metrics, stage_disk_full
 from .distributed import init_distributed, shutdown_distributed
 from .data.sources import DataError, resolve_files
 from .data.mixing import plan_mix, mix_order
@@ -369,7 +369,9 @@ def run_sft(cfg:PipelineConfig,   # the pipeline config (its `sft` section)
     "The SFT stage: data checks, TRL `SFTTrainer` with packing, LoRA or full, resume, export, before/after evaluation."
     owns_group = not _dist_on()
     env = init_distributed()
-    try: return _sft(cfg, RunDir(run_dir), env, log if env.is_main else (lambda *a, **k: None))
+    try:
+        with stage_disk_full(RunDir(run_dir).stage("sft").checkpoints):   # a full disk: one line naming the path, no half checkpoint
+            return _sft(cfg, RunDir(run_dir), env, log if env.is_main else (lambda *a, **k: None))
     finally:
         if owns_group: shutdown_distributed()
 

@@ -30,6 +30,20 @@ def slurm_up() -> bool:
     try: return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
     except Exception: return False
 
+# Secret-looking environment values (issue 14, item 5): set for real runs, then every file the runs wrote is searched for
+# them. Distinctive, so any copy is found; named as users name them (each matches forge_nb.config.SECRET_NAME).
+SECRETS = {"HF_TOKEN": "hf_" + "fakeQ7tokenZ3v9K2mW8", "WANDB_API_KEY": "wandb" + "-fake-5c1e9a77d0b24f3e",
+           "AWS_SECRET_ACCESS_KEY": "aws" + "FakeSecret+Key/4Jr8Lp2Nq"}
+
+def files_holding_secrets(root, secrets:dict=SECRETS) -> list:
+    "(file, variable) for every file under `root` whose bytes hold a secret's value (pickles, logs, scripts, weights included)."
+    out = []
+    for f in Path(root).rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            b = f.read_bytes()
+            out += [(str(f), k) for k, v in secrets.items() if v.encode() in b]
+    return out
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     "Skip unless the local SLURM cluster answers; in CI (`CI=true`) a missing cluster is a failure, not a skip."

@@ -21,6 +21,24 @@ def env_probe(secret_name: str = "HF_TOKEN") -> dict:
     return out
 
 
+def echo_secrets(names: list) -> list:
+    "A stage that logs what it should not: the values of secret-looking variables, by print, on stderr and through logging."
+    import logging
+    lg = logging.getLogger("echo_secrets"); lg.addHandler(logging.StreamHandler()); lg.propagate = False
+    for n in names:
+        print(f"echo_secrets: print {n}={os.environ.get(n)}", flush=True)
+        sys.stderr.write(f"echo_secrets: stderr {n}={os.environ.get(n)}\n"); sys.stderr.flush()
+        lg.warning(f"echo_secrets: logging {n}={os.environ.get(n)}")
+    return [f"{n}={os.environ.get(n)}" for n in names]   # the result too: submitit pickles it, forge_nb writes it as JSON
+
+
+def echo_prompt(cfg) -> str:
+    "A stage log line echoing a config value (SFT's first eval prompt, where a user put a token): prints it, returns the hash of what the job got."
+    p = cfg.sft.eval_prompts[0]
+    print(f"echo_prompt: {p}", flush=True)
+    return hashlib.sha256(p.encode()).hexdigest()
+
+
 def ddp_probe(steps: int = 5) -> dict:
     "A gloo all-reduce, then `steps` DDP steps of a tiny model; returns every rank's parameters (gathered)."
     import torch, torch.distributed as dist

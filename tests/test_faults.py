@@ -1,9 +1,10 @@
 """Injected faults with a count: every stage (data, pretrain, SFT, RL) is killed with SIGKILL at random steps, at
 random moments and inside its writes (a checkpoint, an output folder, a Trainer's state file), then run again; the
 finished run must equal an undisturbed one and no finished output may be lost or half-written. A full disk stops a
-stage with one line naming the path, and the checkpoints written before it still load.
+stage (data, pretrain, SFT, RL) with one line naming the path, and the checkpoints written before it still load; the
+Trainer stages then resume from them once there is room again.
 
-    pytest tests/test_faults.py                  # the quick subset: 4 write faults + 2 full disks (~150 s; 72 s of CPU)
+    pytest tests/test_faults.py                  # the quick subset: 4 write faults + 4 full disks
     pytest tests/test_faults.py -m soak          # >= 50 faults across stages, SLURM included (about an hour at load 15)
 
 Counts per stage go to test-artifacts/faults-quick.json / faults-soak.json and to the test output (-s).
@@ -181,16 +182,23 @@ def _sft_run(tmp: Path, name: str, pretrained, **sft) -> tuple[Path, Path]:
     s = {"base_model": str(base), "doc_sources": [x.model_dump() for x in cfg.data.sources], "max_seq_len": 64,
          "micro_batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "steps": 12, "log_every": 1, "eval_every": 100,
          "save_every": 3, "keep_last": 2, "eval_examples": 8, "n_eval_prompts": 1, "max_new_tokens": 4, "heldout_fraction": 0.2, **sft}
-    c = cfg.model_copy(update={"sft": type(cfg.sft)(**s), "name": name, "stages": ["sft"]})
+    c = cfg.model_copy(update={"sft": type(cfg.sft)(**s), "name": name, "stages": ["sft"], "runs_dir": str(tmp)})
     run = tmp/name; run.mkdir(parents=True)
     save_config(c, run/"cfg.yaml")
     return run, run/"cfg.yaml"
 
 
-def test_sft_faults_quick(tmp_path, pretrained, fault_log):
-    "SFT killed while the Trainer writes a checkpoint's trainer_state.json (torn): resumes from the previous one, equal to undisturbed."
-    ref, rcfg = _sft_run(tmp_path, "ref", pretrained)
+@pytest.fixture(scope="module")
+def sft_ref(tmp_path_factory, pretrained) -> Path:
+    "An undisturbed SFT run of `_sft_run`'s defaults (12 steps, a checkpoint every 3, the last 2 kept)."
+    ref, rcfg = _sft_run(tmp_path_factory.mktemp("sft_ref"), "ref", pretrained)
     F.run_stage("sft", rcfg, ref)
+    return ref
+
+
+def test_sft_faults_quick(tmp_path, pretrained, sft_ref, fault_log):
+    "SFT killed while the Trainer writes a checkpoint's trainer_state.json (torn): resumes from the previous one, equal to undisturbed."
+    ref = sft_ref
     run, cfg = _sft_run(tmp_path, "run", pretrained)
     hits = tmp_path/"hits.jsonl"
     assert _write_fault("sft", cfg, run, "transformers.trainer_callback:TrainerState.save_to_json", 2, "torn", hits, fault_log)
@@ -289,6 +297,59 @@ def test_disk_full_pretrain_checkpoint(tmp_path, store, fault_log):
             st = build_state(cfg, open_store(cfg, RunDir(run)), make_runtime(cfg.pretrain))
             assert st.load(ck).step == int(ck.name.split("_")[1])
         print(err[0])
+
+
+def _forge(*args, timeout: float = 900) -> subprocess.CompletedProcess:
+    "`forge-nb ARGS` as a user runs it (one thread, like every fault run)."
+    return subprocess.run([str(Path(sys.executable).parent/"forge-nb"), *map(str, args)], cwd=F.ROOT,
+                          env={**os.environ, **F.ENV}, capture_output=True, text=True, timeout=timeout)
+
+
+def _trainer_disk_full(stage: str, run: Path, cfg_path: Path, size: str, full_at: int, kept: list, fault_log, big: str = "256m",
+                       ref: Path | None = None) -> tuple:
+    """A Trainer stage (SFT, RL) on a filesystem of `size`: checkpoint `full_at` does not fit. The CLI stops with one line
+    naming it and no traceback; the checkpoints before it (`kept`) are all that is left, nothing hidden, and each loads with
+    transformers; once the filesystem is grown to `big`, the same command resumes from the newest and finishes (equal to the
+    undisturbed run `ref`, when given). (the error line, the rerun's output)"""
+    from transformers import AutoModelForCausalLM
+    from forge_nb.runs import MARKER
+    with small_fs(run/stage, size) as sd:
+        p = _forge(stage, cfg_path, "--foreground")
+        fault_log.fault(stage, "disk_full", size=size)
+        err = [l for l in p.stderr.splitlines() if l.startswith("forge-nb: error:")]
+        assert p.returncode == 1 and len(err) == 1, (p.returncode, p.stdout[-2000:], p.stderr[-3000:])
+        assert err[0].startswith(f"forge-nb: error: disk full writing {sd/'checkpoints'/f'checkpoint-{full_at}'} ("), err[0]
+        assert "Traceback" not in p.stderr, p.stderr[-2000:]
+        assert sorted(x.name for x in (sd/"checkpoints").iterdir() if x.name.startswith(("checkpoint", "."))) == kept   # nothing partial, hidden or not
+        assert not F.check_outputs(run) and not F.leftovers(run), (F.check_outputs(run), F.leftovers(run))
+        assert not (sd/"final").exists()
+        for name in kept:                                           # each earlier checkpoint: whole, marked, loads as a model
+            ck = sd/"checkpoints"/name
+            assert (ck/MARKER).exists() and json.loads((ck/"trainer_state.json").read_text())["global_step"] == int(name.split("-")[1])
+            AutoModelForCausalLM.from_pretrained(str(ck), local_files_only=True)
+        subprocess.run(["mount", "-o", f"remount,size={big}", str(sd)], check=True)   # space freed: the same command resumes
+        again = _forge(stage, cfg_path, "--foreground")
+        assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:])
+        assert f"resuming from {sd/'checkpoints'/kept[-1]}" in again.stdout + again.stderr, again.stdout[-3000:]
+        assert not F.check_outputs(run) and not F.leftovers(run), (F.check_outputs(run), F.leftovers(run))
+        AutoModelForCausalLM.from_pretrained(str(sd/"final"), local_files_only=True)
+        steps = [r["step"] for r in F.metrics_records(run, stage) if any(k in r for k in ("loss", "reward"))]
+        assert steps == sorted(set(steps)), steps                     # every step logged once, across the two runs
+        if ref is not None: _check_done(run, stage, ref, fault_log, via="disk_full")
+        print(err[0])
+        return err[0], again
+
+
+def test_disk_full_sft_checkpoint(tmp_path, pretrained, sft_ref, fault_log):
+    "SFT on a 4.5 MB filesystem: checkpoint-9 (~1.8 MB) does not fit; one line names it, 3 and 6 load, and after growing the filesystem the run resumes from 6 and ends equal to an undisturbed run."
+    run, cfg = _sft_run(tmp_path, "full", pretrained)               # 12 steps, a checkpoint every 3, the last 2 kept
+    _trainer_disk_full("sft", run, cfg, "4500k", 9, ["checkpoint-3", "checkpoint-6"], fault_log, ref=sft_ref)
+
+
+def test_disk_full_rl_checkpoint(tmp_path, rl_task, fault_log):
+    "GRPO on a 13 MB filesystem: checkpoint-6 (~6 MB) does not fit; one line names it, 2 and 4 load, and after growing the filesystem the run resumes from 4 and finishes."
+    run, cfg = _rl_run(tmp_path, "full", rl_task, steps=6)          # a checkpoint every 2 steps, the last 2 kept
+    _trainer_disk_full("rl", run, cfg, "13m", 6, ["checkpoint-2", "checkpoint-4"], fault_log)
 
 
 def test_disk_full_data_store(tmp_path, fault_log):

@@ -51,20 +51,30 @@ def test_demo_pipeline_end_to_end(tmp_path):
 
 
 # ------------------------------------------------------------------ kill and rerun; launch then run; the same pipeline on SLURM
-import os, re, signal
+import os, re, signal, yaml
 from forge_nb.config import save_config
 from forge_nb.jobs import read_registry
 from forge_nb.pipeline import tiny_config, tiny_lifecycle
 from forge_nb.report import report_figures
 from forge_nb.runs import RunDir, latest_trainer_checkpoint
+from conftest import SECRETS, files_holding_secrets
 
 FORGE = str(PY.parent/"forge-nb")
 
 
 def start(*args, cwd, log):
-    "`forge-nb ARGS` in its own session, its output into `log` (read while it runs)."
+    "`forge-nb ARGS` in its own session, its output into `log` (read while it runs); secret-looking variables set, as a user's shell has them."
     return subprocess.Popen([FORGE, *args], cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            env={**os.environ, "PYTHONWARNINGS": "ignore", **SECRETS})
+
+
+def no_secret_in(run: Path, kinds: tuple) -> int:
+    "No file of `run` holds a secret's value (every file: configs, logs, sbatch scripts, jobs.json, metrics, report, models); the files of each kind were there to search. Files searched."
+    files = [f for f in run.rglob("*") if f.is_file()]
+    missing = [k for k in kinds if not any(f.match(k) for f in files)]
+    assert not missing, f"{run}: nothing to search of {missing}"
+    assert files_holding_secrets(run) == [], files_holding_secrets(run)
+    return len(files)
 
 
 def finish(proc, log, timeout=600) -> str:
@@ -194,9 +204,10 @@ def rl_sample_share(run: Path) -> float:
 def test_tiny_pipeline_on_slurm_matches_local(slurm_cluster, tmp_path):
     """`forge-nb run --cluster slurm` submits every stage at once as afterok-dependent jobs, follows them with progress
     lines and writes the report; its figures equal a local run's of the same config (run at the same time)."""
-    cfg = tiny_lifecycle(tmp_path)
-    save_config(cfg.model_copy(update={"name": "local"}), tmp_path/"local.yaml")
-    save_config(cfg.model_copy(update={"name": "slurm"}), tmp_path/"slurm.yaml")
+    # a secret where a user might put one: in a config value (an SFT eval prompt), while it is also in their environment
+    cfg = tiny_lifecycle(tmp_path, sft={"eval_prompts": [f"Which token is {SECRETS['HF_TOKEN']}?", "What is a list?"]})
+    for name in ("local", "slurm"):   # written as the user wrote it (save_config would redact it)
+        (tmp_path/f"{name}.yaml").write_text(yaml.safe_dump(cfg.model_copy(update={"name": name}).to_dict(), sort_keys=False))
     t0 = time.time()
     loc = start("run", "local.yaml", "--foreground", cwd=tmp_path, log=tmp_path/"local.log")
     out = finish(start("run", "slurm.yaml", "--cluster", "slurm", "--partition", "cpu", "--set", "resources.time_min=15",
@@ -219,3 +230,12 @@ def test_tiny_pipeline_on_slurm_matches_local(slurm_cluster, tmp_path):
           f"over {len(diffs)} figures, pass rates/reward {max(d for _, d in rl):.3g} over {len(rl)} (allowed {share:.3g} per rate)")
     out = subprocess.run([FORGE, "run", "slurm.yaml", "--cluster", "slurm"], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
     assert all(f"[{s}] skipped:" in out for s in ["data", "pretrain", "sft", "rl"]) and len(read_registry(tmp_path/"slurm")) == 4, out
+    # both runs had HF_TOKEN, WANDB_API_KEY and AWS_SECRET_ACCESS_KEY in their environment (`start`): no file holds their values
+    stages = ("config.yaml", "report.html", "*/metrics.jsonl", "*/stage.json", "*/final/config.json", "*/checkpoints/*/trainer_state.json",
+              "rl/report.json", "sft/eval.json")
+    n_local = no_secret_in(tmp_path/"local", stages)
+    n_slurm = no_secret_in(tmp_path/"slurm", stages + ("jobs.json", "logs/*_submission.sh", "logs/*_log.out", "logs/*_log.err",
+                                                       "logs/*_submitted.pkl", "logs/*_result.pkl", "logs/*_result.json"))
+    for run in ("local", "slurm"):   # the stage got the value itself (not a placeholder) and wrote it redacted
+        assert [g["prompt"] for g in json.loads((tmp_path/run/"sft"/"eval.json").read_text())["generations"]][0] == "Which token is <redacted>?"
+    print(f"no secret in the {n_local} files of the local run nor the {n_slurm} of the SLURM run")

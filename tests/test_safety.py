@@ -8,6 +8,7 @@ import pytest
 from forge_nb.config import PipelineConfig, ResourcesConfig, save_config
 from forge_nb.jobs import read_registry, Job
 from forge_nb.pipeline import tiny_config
+from conftest import SECRETS, files_holding_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 FORGE = Path(sys.executable).parent/"forge-nb"
@@ -133,7 +134,8 @@ def test_group_readable_from_a_site_profile(tmp_path, monkeypatch):
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)
     assert (mode(tmp_path/"runs"/"shared"), mode(tmp_path/"runs"/"private")) == (0o750, 0o700)
     res = json.loads((shared.folder/f"{shared.job_id}_0_result.json").read_text())
-    assert res == {"outcome": "success", "value": 2}
+    assert {k: res[k] for k in ("outcome", "value")} == {"outcome": "success", "value": 2}
+    assert res.keys() == {"outcome", "value", "started", "finished"} and res["started"] <= res["finished"]   # the stage's times
 
 
 # ------------------------------------------------------------------ nothing unpickled, no remote code
@@ -216,3 +218,47 @@ def test_a_tokenizer_folder_with_code_is_not_run(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "code did not run" in r.stdout.splitlines()[1], r.stdout + r.stderr[-2000:]
     assert "turned on: code ran" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ secrets a job prints or returns
+
+def _echo_jobs(tmp: Path, cluster: str) -> tuple:
+    "Two jobs: one prints and returns secret-looking environment values; one gets a config holding a secret in a field value and logs it."
+    import job_probes
+    from forge_nb import launch as L
+    res = ResourcesConfig(cluster=cluster, cpus_per_task=1, time_min=5, **({"partition": "cpu"} if cluster == "slurm" else {}))
+    cfg = PipelineConfig(name="echo", runs_dir=str(tmp), sft={"eval_prompts": [f"log in with {SECRETS['HF_TOKEN']} first"]})
+    return (L.submit(job_probes.echo_secrets, list(SECRETS), resources=res, run_dir=tmp/"echo", name="echo"),
+            L.submit(job_probes.echo_prompt, cfg, resources=res, run_dir=tmp/"echo", name="prompt"))
+
+
+def _check_echo(jobs: tuple, run: Path):
+    """What the jobs printed (print, stderr, logging) and returned reached their log files and results redacted; the job
+    given a config with a secret in a field value got the value itself (its hash) and logged it redacted; no file holds a secret."""
+    import hashlib
+    echo, prompt = jobs
+    assert echo.result(timeout_s=600) == [f"{k}=<redacted>" for k in SECRETS]
+    out, err = echo.stdout(), echo.stderr()
+    for k in SECRETS:
+        assert f"echo_secrets: print {k}=<redacted>" in out, out[-2000:]
+        assert f"echo_secrets: stderr {k}=<redacted>" in err and f"echo_secrets: logging {k}=<redacted>" in err, err[-2000:]
+    assert prompt.result(timeout_s=600) == hashlib.sha256(f"log in with {SECRETS['HF_TOKEN']} first".encode()).hexdigest()
+    assert "echo_prompt: log in with <redacted> first" in prompt.stdout(), prompt.stdout()[-2000:]
+    kinds = {f.name.split("_", 2)[-1] for f in (run/"logs").iterdir()}
+    assert {"log.out", "log.err", "result.pkl", "result.json"} <= kinds and any(k.endswith("submitted.pkl") for k in kinds), kinds
+    assert files_holding_secrets(run) == []
+
+
+def test_a_secret_a_local_job_prints_or_returns_is_redacted(tmp_path, monkeypatch):
+    "Local jobs that print secret-looking environment values (print, stderr, a logger), return them, or get one in a config field: their log files, results and pickles hold none."
+    for k, v in SECRETS.items(): monkeypatch.setenv(k, v)
+    _check_echo(_echo_jobs(tmp_path, "local"), tmp_path/"echo")
+
+
+@pytest.mark.slurm
+def test_a_secret_a_slurm_job_prints_or_returns_is_redacted(slurm_cluster, tmp_path, monkeypatch):
+    "The same jobs on the cluster: the sbatch scripts, SLURM's output files, submitit's pickles hold no secret."
+    for k, v in SECRETS.items(): monkeypatch.setenv(k, v)
+    jobs = _echo_jobs(tmp_path, "slurm")
+    _check_echo(jobs, tmp_path/"echo")
+    assert all((tmp_path/"echo"/"logs"/f"{j.job_id}_submission.sh").exists() for j in jobs)
