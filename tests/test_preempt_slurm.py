@@ -9,7 +9,7 @@ paced_pretrain`), so the displacement lands between its checkpoints however long
 on state the test can see (metrics, job states, sacct), with deadlines far beyond the normal case; and a preemption
 by someone else's job is allowed for, each one checked like ours.
 
-    pytest tests/test_preempt_slurm.py      # about a minute and a half on a quiet cluster (both jobs run at once)
+    pytest tests/test_preempt_slurm.py      # about a minute when the nodes are free (both jobs run at once)
 """
 import os, re, subprocess, sys, time
 from pathlib import Path
