@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train language models on your own data: data mixing → pretraining → SFT → RL, locally or on SLURM.",
         epilog="examples:\n"
                "  forge-nb demo                              the whole pipeline on this machine, on text every machine has\n"
+               "  forge-nb demo --size tiny                  the same, tiny: every stage in seconds (a first smoke test)\n"
                "  forge-nb config init my.yaml               write a config with every default, then edit it\n"
                "  forge-nb config validate my.yaml           check a config (errors name the field, file and line)\n"
                "  forge-nb run my.yaml                       run the config's stages in order, through the launcher\n"
@@ -38,13 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)   # `--debug` after the subcommand too
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="on an error, print the full traceback")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
-    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], description=kw.get("help"), **kw)   # `X --help` says what X does
 
     p = add("demo", help="run the whole pipeline on this machine on text every machine has")
+    p.add_argument("--size", choices=["full", "tiny"], default="full",
+                   help="full: the demo (minutes); tiny: every stage on tiny settings in about a minute, a first smoke test "
+                        "(default: full)")
     p.add_argument("--runs-dir", default="runs", help="folder for run directories (default: runs)")
-    p.add_argument("--name", default="demo", help="run name (default: demo)")
+    p.add_argument("--name", default=None, help="run name (default: demo, or demo-tiny with --size tiny)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the demo's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set pretrain.steps=50 (repeatable)")
     p.add_argument("--foreground", action="store_true", help="run the stages in this process, not as jobs")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this finished stage and every stage after it")
     p.add_argument("--cluster", choices=["local", "slurm"], help="where to run (default: this machine)")
@@ -65,27 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(st.name, help=f"{st.title} (launches the `{st.name}` stage and waits)")
         _add_config_args(p, foreground=True)
 
+    runs_dir = dict(default="runs", help="folder of run directories (default: runs)")
     p = add("jobs", help="list submitted jobs and their states")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--runs-dir", **runs_dir)
     p = add("logs", help="show a run's job output and latest metrics")
-    p.add_argument("run"); p.add_argument("--stage"); p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--tail", type=int, default=50, help="lines of output to show")
+    p.add_argument("run", help="run name (a folder under --runs-dir) or run directory")
+    p.add_argument("--stage", help="the job of this stage (default: the run's latest job)")
+    p.add_argument("--runs-dir", **runs_dir)
+    p.add_argument("--tail", type=int, default=50, help="lines of output to show (default: 50)")
     p = add("cancel", help="cancel a run's job(s)")
-    p.add_argument("run"); p.add_argument("--stage"); p.add_argument("--runs-dir", default="runs")
+    p.add_argument("run", help="run name (a folder under --runs-dir) or run directory")
+    p.add_argument("--stage", help="cancel only this stage's job (default: every unfinished job of the run)")
+    p.add_argument("--runs-dir", **runs_dir)
 
     p = add("config", help="create, check and show configs")
     csub = p.add_subparsers(dest="config_cmd", metavar="ACTION")
-    cadd = lambda name, **kw: csub.add_parser(name, parents=[common], **kw)
-    c = cadd("init", help="write a config with every field at its default"); c.add_argument("path")
-    c = cadd("validate", help="check a config file"); c.add_argument("path")
+    cadd = lambda name, **kw: csub.add_parser(name, parents=[common], description=kw.get("help"), **kw)
+    c = cadd("init", help="write a config with every field at its default"); c.add_argument("path", help="the YAML file to write")
+    c = cadd("validate", help="check a config file"); c.add_argument("path", help="the config YAML")
     c = cadd("show", help="print a config with overrides applied, every field resolved")
-    c.add_argument("path"); c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("path", help="the config YAML")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set pretrain.steps=50 (repeatable)")
     c = cadd("schema", help="print the JSON schema of the config tree")
 
     p = add("docs", help="build the offline docs site and the README from the notebooks; refresh and check kept outputs; write the bad-input catalogue page")
-    p.add_argument("action", choices=["build", "readme", "check-readme", "check-sync", "outputs", "check-outputs", "catalogue"])
-    p.add_argument("--out", default=None, help="output folder/file")
-    p.add_argument("--only", action="append", default=None, metavar="NB", help="build, outputs: only this notebook (repeatable)")
+    from forge_nb.docs import docs_arguments    # the docs tooling's own options, so `forge-nb docs --help` is its whole list
+    docs_arguments(p)
     from forge_nb.rl import add_policy_parser   # `forge-nb policy check|validate` (RL policies, forge_nb.rl)
     add_policy_parser(sub, parents=[common])
     return ap
@@ -125,12 +136,12 @@ def _cmd_demo(args) -> int:
     from forge_nb.pipeline import demo_config, run_pipeline
     sets = list(args.overrides) + ([f"pretrain.steps={args.steps}"] if args.steps else [])
     sets += [f"resources.{k}={getattr(args, k)}" for k in ("cluster", "partition") if getattr(args, k, None)]
-    run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets), foreground=args.foreground,
+    run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets, size=args.size), foreground=args.foreground,
                  force=args.force); return 0
 
 def _cmd_docs(args) -> int:
-    from forge_nb.docs import main as docs_main
-    return docs_main([args.action] + (["--out", args.out] if args.out else []) + [a for nb in args.only or [] for a in ("--only", nb)])
+    from forge_nb.docs import run_docs
+    return run_docs(args)
 
 # %% ../nbs/80_cli.ipynb #ee76e5cd
 def _cmd_launch(args) -> int:
@@ -151,7 +162,7 @@ def _cmd_jobs(args) -> int:
     "Print the jobs of every run under `--runs-dir`."
     from forge_nb.jobs import list_jobs
     rows = list_jobs(args.runs_dir)
-    if not rows: print(f"no jobs under {args.runs_dir}/"); return 0
+    if not rows: print(f"no jobs under {args.runs_dir}/" + ("" if Path(args.runs_dir).is_dir() else " (no such folder yet)")); return 0
     cols = ["run", "stage", "cluster", "job_id", "state", "submitted"]
     w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.upper().ljust(w[c]) for c in cols))
@@ -164,7 +175,7 @@ def _cmd_logs(args) -> int:
     import json
     from forge_nb.jobs import attach
     try: job = attach(args.run, args.stage, args.runs_dir)
-    except (FileNotFoundError, LookupError) as e: print(f"forge-nb: {e}", file=sys.stderr); return 2
+    except (FileNotFoundError, LookupError) as e: print(f"forge-nb: error: {e}", file=sys.stderr); return 2
     print(job.why())
     for kind in ("stdout", "stderr"):
         text = getattr(job, kind)(tail=args.tail)
@@ -177,7 +188,7 @@ def _cmd_cancel(args) -> int:
     "Cancel a run's unfinished jobs (or one stage's)."
     from forge_nb.jobs import Job, read_registry, find_run_dir
     try: recs = read_registry(find_run_dir(args.run, args.runs_dir))
-    except FileNotFoundError as e: print(f"forge-nb: {e}", file=sys.stderr); return 2
+    except FileNotFoundError as e: print(f"forge-nb: error: {e}", file=sys.stderr); return 2
     live = [j for j in (Job(r) for r in recs if not args.stage or args.stage in (r.get("stage"), r.get("name"))) if not j.done()]
     if not live: print(f"nothing to cancel in {args.run}" + (f" ({args.stage})" if args.stage else "")); return 0
     for j in live: j.cancel(); print(f"cancelled {j.stage}: {j.cluster} job {j.job_id}")

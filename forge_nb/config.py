@@ -470,15 +470,26 @@ def config_from_yaml(text:str, cls:type=PipelineConfig, source:str|None=None) ->
 def override(cfg:ForgeConfig,      # config to start from
              *pairs:str,           # `dotted.path=value` items; the value is parsed as YAML
             ) -> ForgeConfig:      # a new, validated config
-    "Return a copy of `cfg` with dotted-path overrides applied."
+    "Return a copy of `cfg` with dotted-path overrides applied; a malformed one is a one-line `ConfigError` naming it."
     data = cfg.to_dict()
     for pair in pairs:
-        if "=" not in pair: raise ConfigError([(pair, "expected key=value", None)])
-        key, val = pair.split("=", 1)
-        node, parts = data, key.split(".")
-        for p in parts[:-1]:
-            node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(val)
+        key, eq, val = pair.partition("=")
+        parts = key.split(".")
+        if not eq or not all(parts): raise ConfigError([(pair, "expected dotted.path=value, e.g. pretrain.steps=50", None)])
+        try: value = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            raise ConfigError([(key, f"the value {val!r} is not valid YAML ({getattr(e, 'problem', None) or type(e).__name__})", "overrides")]) from None
+        node = data
+        for i, p in enumerate(parts):
+            here = ".".join(parts[:i + 1])
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ConfigError([(here, f"no item {p} (the list has {len(node)} item{'' if len(node) == 1 else 's'})", "overrides")])
+                p = int(p)
+            elif not isinstance(node, dict):
+                raise ConfigError([(".".join(parts[:i]), f"is a value ({node!r}), not a section with a field {p!r}", "overrides")])
+            if i == len(parts) - 1: node[p] = value
+            else: node = node.setdefault(p, {}) if isinstance(node, dict) else node[p]
     return validate_config(type(cfg), data, "overrides")
 
 # %% ../nbs/00_config.ipynb #2e512d06

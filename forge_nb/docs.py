@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CATALOGUE_SECTIONS', 'CATALOGUE_PAGE', 'cell_directives', 'strip_directives', 'Page', 'page_href', 'notebook_title',
-           'find_pages', 'prepare_notebook', 'DocsBuildError', 'mark_skipped', 'execute_notebook', 'visible_cells',
-           'symbols_from_pages', 'relative_href', 'linkify_markdown', 'sidebar_html', 'page_html', 'rewrite_nb_links',
-           'render_body', 'pygments_css', 'build_site', 'readme_links', 'readme_text', 'render_readme', 'check_readme',
-           'check_sync', 'kept_output', 'fresh_kept_outputs', 'refresh_outputs', 'stray_outputs', 'BadInput',
-           'catalogue_entry', 'catalogue_cells', 'parse_catalogue', 'page_markdown', 'write_catalogue',
-           'run_catalogue_tests', 'update_catalogue', 'main']
+__all__ = ['CATALOGUE_SECTIONS', 'CATALOGUE_PAGE', 'DOCS_ACTIONS', 'cell_directives', 'strip_directives', 'Page', 'page_href',
+           'notebook_title', 'find_pages', 'prepare_notebook', 'DocsBuildError', 'mark_skipped', 'execute_notebook',
+           'visible_cells', 'symbols_from_pages', 'relative_href', 'linkify_markdown', 'sidebar_html', 'page_html',
+           'rewrite_nb_links', 'render_body', 'pygments_css', 'build_site', 'readme_links', 'readme_text',
+           'render_readme', 'check_readme', 'check_sync', 'kept_output', 'fresh_kept_outputs', 'refresh_outputs',
+           'stray_outputs', 'BadInput', 'catalogue_entry', 'catalogue_cells', 'parse_catalogue', 'page_markdown',
+           'write_catalogue', 'run_catalogue_tests', 'update_catalogue', 'docs_arguments', 'run_docs', 'main']
 
 # %% ../nbs/90_docs.ipynb #d1f10476
 _re_directive = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
@@ -739,23 +739,58 @@ def update_catalogue(root:str|Path=".",        # the project root
 
 
 # %% ../nbs/90_docs.ipynb #914957bc
-def main(argv:list|None=None) -> int:
-    "Entry point of `python -m forge_nb.docs` and `forge-nb docs`."
-    ap = argparse.ArgumentParser(prog="forge-nb docs", description="Offline docs site, README and sync checks from the notebooks.")
-    ap.add_argument("action", choices=["build", "readme", "check-readme", "check-sync", "outputs", "check-outputs", "catalogue"])
-    ap.add_argument("--out", default=None, help="site folder (build, default _site) or README file (readme, check-readme; default README.md)")
-    ap.add_argument("--nbs", default="nbs", help="notebook folder (default nbs)")
-    ap.add_argument("--no-execute", action="store_true", help="build: run only what the API reference needs (no other outputs; faster)")
-    ap.add_argument("--timeout", type=float, default=600, help="build: seconds per notebook (default 600)")
-    ap.add_argument("--workers", type=int, default=2, help="build: notebooks executed at once (default 2)")
-    ap.add_argument("--only", action="append", default=None, metavar="NB", help="build: only this notebook (relative to --nbs); repeatable")
-    ap.add_argument("--root", default=".", help="check-sync, catalogue: project root (default .)")
-    a = ap.parse_args(argv)
+DOCS_ACTIONS = {"build": "the offline HTML site from the notebooks (run, rendered, linked)",
+                "readme": "README.md from nbs/index.ipynb", "check-readme": "fail if README.md is out of step with nbs/index.ipynb",
+                "check-sync": "fail if notebooks and package are out of step", "outputs": "store the outputs of `#| keep_output` cells",
+                "check-outputs": "fail on an output committed outside a `#| keep_output` cell",
+                "catalogue": "rerun the bad-input tests and rewrite the catalogue page"}
+
+# option -> (the actions it applies to, its default): giving it to another action is an error, not silently ignored
+_DOCS_OPTIONS = {"out": (("build", "readme", "check-readme", "catalogue"), None), "nbs": (("build", "readme", "check-readme", "outputs", "check-outputs"), "nbs"),
+                 "only": (("build", "outputs"), None), "no_execute": (("build",), False), "timeout": (("build", "outputs"), 600.0),
+                 "workers": (("build",), 2), "title": (("build",), "forge_nb"), "root": (("check-sync", "catalogue"), ".")}
+
+def _positive(kind):
+    def parse(s):
+        try: v = kind(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
+        if v <= 0: raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
+
+def docs_arguments(ap:argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "Add the docs actions and options to `ap`: one list for `forge-nb docs` and `python -m forge_nb.docs`, so their help is the same."
+    ap.description = "Offline docs site, README and sync checks from the notebooks (no Quarto, nothing fetched)."
+    ap.formatter_class = argparse.RawDescriptionHelpFormatter
+    ap.epilog = "actions:\n" + "\n".join(f"  {k:<14} {v}" for k, v in DOCS_ACTIONS.items()) + \
+        "\n\nan option given to an action it does not apply to is an error"
+    ap.add_argument("action", choices=list(DOCS_ACTIONS), help="what to do (below)")
+    ap.add_argument("--out", help="build: site folder (default _site); readme, check-readme: README file (default README.md); "
+                                  "catalogue: the page (default nbs/99_bad_inputs.ipynb under --root)")
+    ap.add_argument("--nbs", help="build, readme, check-readme, outputs, check-outputs: notebook folder (default nbs)")
+    ap.add_argument("--only", action="append", metavar="NB", help="build, outputs: only this notebook (relative to --nbs); repeatable")
+    ap.add_argument("--no-execute", action="store_true", default=None,
+                    help="build: run only what the API reference needs (no other outputs; faster)")
+    ap.add_argument("--timeout", type=_positive(float), help="build, outputs: seconds per notebook (default 600)")
+    ap.add_argument("--workers", type=_positive(int), help="build: notebooks executed at once, one kernel each (default 2)")
+    ap.add_argument("--title", help="build: the site's name in the sidebar and page titles (default forge_nb)")
+    ap.add_argument("--root", help="check-sync, catalogue: project root (default .)")
+    return ap
+
+def run_docs(a:argparse.Namespace) -> int:   # parsed by a parser `docs_arguments` made
+    "Do what the parsed docs arguments ask; problems are one line on stderr and exit status 1 (2: an option the action does not use)."
+    wrong = [k for k, (acts, _) in _DOCS_OPTIONS.items() if getattr(a, k, None) not in (None, False) and a.action not in acts]
+    if wrong:
+        k = wrong[0]
+        print(f"forge-nb docs {a.action}: --{k.replace('_', '-')} applies to {', '.join(_DOCS_OPTIONS[k][0])} only", file=sys.stderr)
+        return 2
+    a = argparse.Namespace(**{**vars(a), **{k: d for k, (_, d) in _DOCS_OPTIONS.items() if getattr(a, k, None) is None}})
     index = Path(a.nbs)/"index.ipynb"
     try:
         if a.action == "build":
             site = build_site(a.nbs, a.out or "_site", execute=not a.no_execute, timeout=a.timeout,
-                              n_workers=a.workers, only=a.only)
+                              n_workers=a.workers, title=a.title, only=a.only)
             print(f"open {Path(site).resolve()/'index.html'}")
         elif a.action == "readme":
             print(f"wrote {render_readme(index, a.out or 'README.md')}")
@@ -768,19 +803,28 @@ def main(argv:list|None=None) -> int:
             for p in probs: print(p, file=sys.stderr)
             return 1 if probs else 0
         elif a.action == "outputs":
+            if not Path(a.nbs).is_dir(): raise DocsBuildError(f"{a.nbs}: no such notebook folder (--nbs)")
             for p in (a.only or [str(f.relative_to(a.nbs)) for f in sorted(Path(a.nbs).rglob("*.ipynb"))]):
                 if any(part[0] in "_." for part in Path(p).parts): continue
+                if not (Path(a.nbs)/p).is_file(): raise DocsBuildError(f"--only {p}: no such notebook under {a.nbs}")
                 n = refresh_outputs(Path(a.nbs)/p, a.timeout)                 # runs only notebooks with kept cells
                 if n: print(f"[outputs] {p}: {n} cells keep an output", flush=True)
         elif a.action == "catalogue":
             update_catalogue(a.root, a.out)
         elif a.action == "check-outputs":
+            if not Path(a.nbs).is_dir(): raise DocsBuildError(f"{a.nbs}: no such notebook folder (--nbs)")
             probs = stray_outputs(a.nbs)
             for p in probs: print(p, file=sys.stderr)
             return 1 if probs else 0
     except DocsBuildError as e:
-        print(f"docs build failed: {e}", file=sys.stderr); return 1
+        print(f"docs {a.action} failed: {e}", file=sys.stderr); return 1
+    except FileNotFoundError as e:
+        print(f"docs {a.action} failed: {e.strerror}: {e.filename}", file=sys.stderr); return 1
     return 0
+
+def main(argv:list|None=None) -> int:
+    "Entry point of `python -m forge_nb.docs` (`forge-nb docs` adds the same arguments to its own parser)."
+    return run_docs(docs_arguments(argparse.ArgumentParser(prog="forge-nb docs")).parse_args(argv))
 
 # %% ../nbs/90_docs.ipynb #6826ea89
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())   # not when run in a notebook kernel

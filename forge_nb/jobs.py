@@ -11,7 +11,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'REQUEUE_WAIT_S', 'SNAPSHOT_S', 'read_registry', 'register_job',
-           'update_job_record', 'requeue_pending', 'sacct_states', 'local_state', 'job_states', 'Job',
+           'update_job_record', 'requeue_pending', 'sacct_states', 'local_state', 'job_seconds', 'job_states', 'Job',
            'prefetch_states', 'live_jobs', 'run_lock', 'find_run_dir', 'attach', 'list_jobs', 'error_message',
            'progress']
 
@@ -114,7 +114,7 @@ def _read_result(folder:Path, job_id:str, task:int=0):
     j = folder/f"{job_id}_{task}_result.json"
     if j.exists():
         try: d = json.loads(j.read_text()); return d["outcome"], d["value"]
-        except (ValueError, KeyError, OSError): pass
+        except (ValueError, KeyError, OSError): pass            # no "value": one JSON cannot hold; the pickle has it
     p = folder/f"{job_id}_{task}_result.pkl"
     if not p.exists(): return None
     if not _owner_only(p): return "error", f"{p} not unpickled: other users can write it or its folder (chmod go-w)"
@@ -140,6 +140,17 @@ def local_state(rec:dict) -> tuple[str, str]:
         if "DependencyNeverSatisfied" in str(res[1]): return "CANCELLED", "DependencyNeverSatisfied"
         return "FAILED", "NonZeroExitCode"
     return "FAILED", "the process ended without a result"
+
+# %% ../nbs/51_jobs.ipynb #e8102376
+def job_seconds(folder:str|Path,  # the job's log folder (its record's `folder`)
+                job_id:str,       # the job
+                task:int=0,       # the task (rank)
+               ) -> float|None:   # seconds from the stage's start to its end, or None if the job did not record them
+    "A finished task's wall time, from the start and end its job wrote beside its result."
+    try: d = json.loads((Path(folder)/f"{job_id}_{task}_result.json").read_text())
+    except (OSError, ValueError): return None
+    s, f = d.get("started"), d.get("finished")
+    return round(f - s, 1) if all(isinstance(v, (int, float)) for v in (s, f)) and f >= s else None
 
 # %% ../nbs/51_jobs.ipynb #40650c22
 _SNAPSHOT:dict = {}   # (cluster, job id) -> (time.monotonic(), info) from the last `prefetch_states`

@@ -77,17 +77,20 @@ def _redacted(value):
     except (TypeError, ValueError): return value
     return value if redact_text(text) == text else json.loads(redact_text(text))
 
-def _write_result(outcome:str, value):
-    "The task's result as JSON next to submitit's pickle, so the launcher, `forge-nb jobs` and the monitor read it without unpickling; a value JSON cannot hold exactly is left to the pickle."
+def _write_result(outcome:str, value, started:float|None=None):
+    """The task's result as JSON next to submitit's pickle, so the launcher, `forge-nb jobs` and the monitor read it without
+    unpickling, with when the stage started and ended (its wall time, for the report); a value JSON cannot hold exactly is
+    left to the pickle (the times are written all the same)."""
     try:
         import submitit
         env = submitit.JobEnvironment()
         path = Path(env.paths.folder)/f"{env.job_id}_{env.global_rank}_result.json"
     except Exception: return                                     # not inside a submitit job (a direct call)
+    rec = {"outcome": outcome, "started": started, "finished": time.time()}
     try:
-        if json.loads(json.dumps(value)) != value: return
-    except (TypeError, ValueError): return
-    atomic_write_json(path, {"outcome": outcome, "value": value})
+        if json.loads(json.dumps(value)) == value: rec["value"] = value
+    except (TypeError, ValueError): pass
+    atomic_write_json(path, rec)
 
 # %% ../nbs/52_launch.ipynb #40167a86
 class _HiddenModel:
@@ -153,14 +156,15 @@ class StageCall(_Checkpointable):
         if secret_values(): sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)
         print(f"[forge_nb] {self.describe()} on {socket.gethostname()} rank {os.environ.get('RANK')}/{os.environ.get('WORLD_SIZE')}"
               f"{f' (restart {restarts})' if restarts else ''}", flush=True)
+        started = time.time()                                  # after any wait for the stages before it: the stage's own time
         try: value = self.function()(*reveal_secrets(self.args), **reveal_secrets(self.kwargs))
         except Exception as e:
             tb = "".join(traceback.format_exception(e))
-            _write_result("error", redact_text(tb))
+            _write_result("error", redact_text(tb), started)
             if redact_text(tb) != tb: raise RuntimeError(redact_text(tb)) from None   # submitit pickles the traceback: no secret in it
             raise
         value = _redacted(value)
-        _write_result("success", value)
+        _write_result("success", value, started)
         return value
 
     def _wait_for_dependencies(self):

@@ -10,9 +10,10 @@ import ast, bdb, contextlib, hashlib, json, os, re, sys, sysconfig, threading, t
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEMO_POLICY', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task', 'demo_config', 'StageFailed', 'tiny_config',
-           'tiny_lifecycle', 'StageProgress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'stage_record',
-           'recorded_key', 'is_current', 'mark_stage', 'prepare_stage', 'plan_stages', 'run_foreground', 'run_pipeline']
+__all__ = ['DEMO_POLICY', 'DEMO_SIZES', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task', 'demo_config', 'StageFailed',
+           'tiny_config', 'tiny_lifecycle', 'StageProgress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key',
+           'stage_record', 'recorded_key', 'is_current', 'mark_stage', 'prepare_stage', 'check_stages', 'plan_stages',
+           'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
 from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
@@ -119,11 +120,19 @@ def prepare_demo_task(folder:str|Path,        # where to write the examples, pro
     return {k: str(v) for k, v in paths.items()}
 
 # %% ../nbs/70_pipeline.ipynb #f2436201
+DEMO_SIZES = ("full", "tiny")
+
 def demo_config(runs_dir:str="runs",    # folder of run directories
-                name:str="demo",        # run name
+                name:str|None=None,     # run name (default: "demo", or "demo-tiny" for size "tiny")
                 overrides:list=(),      # `dotted.path=value` overrides
+                size:str="full",        # "full": the demo below (minutes); "tiny": `tiny_lifecycle`, every stage in seconds
                ) -> PipelineConfig:
     "The demo pipeline: three standard-library sources mixed by token share, a tokenizer, a tiny Llama, SFT on examples built from the docs, GRPO to a policy."
+    if size not in DEMO_SIZES: raise ValueError(f"demo size {size!r}: expected one of {', '.join(DEMO_SIZES)}")
+    if size == "tiny":   # a first smoke test of the whole lifecycle: the pipeline tests' own settings, inputs beside the runs
+        cfg = tiny_lifecycle(Path(runs_dir)/"demo-tiny-inputs", name=name or "demo-tiny").model_copy(update={"runs_dir": str(runs_dir)})
+        return override(cfg, *overrides) if overrides else cfg
+    name = name or "demo"
     src = prepare_demo_corpus(Path(runs_dir)/"demo-corpus")
     task = prepare_demo_task(Path(runs_dir)/"demo-corpus", [SourceConfig(name=k, path=src[k]) for k in ("reference", "docstrings")])
     cfg = PipelineConfig(
@@ -323,7 +332,7 @@ def _job_succeeded(rec:dict) -> bool:
 def recorded_key(run_dir:str|Path, stage:str) -> str|None:
     """The key of the last finished run of `stage` in `run_dir` (the data stage: its manifest's `config_hash`).
     A stage submitted without anyone waiting (`forge-nb launch`, `run_pipeline(wait=False)`) is found finished from its
-    job's result file, and its record is completed here."""
+    job's result file, and its record is completed here (with the seconds the job recorded it took)."""
     from forge_nb.runs import RunDir
     if stage == "data":
         from forge_nb.data.store import is_complete
@@ -332,7 +341,9 @@ def recorded_key(run_dir:str|Path, stage:str) -> str|None:
         return json.loads(m.read_text()).get("config_hash") if is_complete(out) and m.exists() else None
     rec = stage_record(run_dir, stage) or {}
     if rec.get("status") == "running" and _job_succeeded(rec):
-        rec = {**rec, "status": "done", "recorded_by": "job result"}
+        from forge_nb.jobs import job_seconds
+        secs = job_seconds(rec["folder"], rec["job_id"])                   # the job's own start and end (the report's time)
+        rec = {**rec, "status": "done", "recorded_by": "job result", **({"seconds": secs} if secs is not None else {})}
         atomic_write_text(_record_path(run_dir, stage), json.dumps(rec, default=str, indent=1) + "\n")
     return rec.get("key") if rec.get("status") == "done" else None
 
@@ -360,14 +371,23 @@ def prepare_stage(run_dir:str|Path, stage:str, key:str, force:bool=False, log=pr
         log(f"[{stage}] {why}: removing the previous outputs in {d}")
         shutil.rmtree(d)
 
+def check_stages(stages:list,              # the stages asked for (`--stage`, or the config's)
+                 force:list|tuple=(),       # the stages to rerun (`--force`)
+                ):
+    "Refuse a stage that does not exist, or a `--force` stage this run does not include: one line (a `ConfigError`), before anything is created."
+    from forge_nb.config import ConfigError
+    if bad := [s for s in stages if s not in STAGES]:
+        raise ConfigError([(f"--stage {bad[0]}", f"no such stage (the stages: {', '.join(STAGES)})", None)])
+    if bad := [f for f in force if f not in stages]:
+        raise ConfigError([(f"--force {bad[0]}", f"not a stage of this pipeline ({', '.join(stages)})", None)])
+
 def plan_stages(cfg:PipelineConfig,       # the pipeline config
                 stages:list,              # the stages, in order
                 run_dir:str|Path,         # the run directory
                 force:list|tuple=(),      # stages to rerun (with every stage after them)
                ) -> list:                 # [(stage, key, run?)]
     "Which stages run and which are skipped: a stage runs when forced, after a forced one, or when its key changed."
-    bad = [f for f in force if f not in stages]
-    if bad: raise ValueError(f"--force {bad[0]}: not a stage of this pipeline ({', '.join(stages)})")
+    check_stages(stages, force)
     first = min((stages.index(f) for f in force), default=len(stages))
     keys, out = {}, []
     for i, st in enumerate(stages):
@@ -414,10 +434,11 @@ def run_foreground(cfg:PipelineConfig,     # the pipeline to run
     "Run the stages one after another in this process (no job): `breakpoint()` and debuggers work; finished stages are skipped."
     from forge_nb.runs import stage_function
     out = out or sys.stdout
+    stages = list(stages or cfg.stages)
+    check_stages(stages, force)
     run = RunDir.for_config(cfg).create(); run.save_config(cfg)
     env = dict(cfg.resources.env); saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    stages = list(stages or cfg.stages)
     results, timings, t0 = {}, {}, time.time()
     prog = StageProgress(run, _totals(cfg, stages), out)
     try:
@@ -487,7 +508,10 @@ def _run_jobs(cfg:PipelineConfig, run:RunDir, plan:list, wait:bool, force, t0:fl
     if wait:
         keys, start = dict(todo), [time.time()]
         def done(job, res):
-            timings[job.stage] = {"seconds": round(time.time() - start[0], 1), "skipped": False}; start[0] = time.time()
+            from forge_nb.jobs import job_seconds
+            secs = job_seconds(job.folder, job.job_id)          # the stage's own time, not the queue's (None: not recorded)
+            timings[job.stage] = {"seconds": secs if secs is not None else round(time.time() - start[0], 1), "skipped": False}
+            start[0] = time.time()
             mark_stage(run.root, job.stage, keys[job.stage], "done", seconds=timings[job.stage]["seconds"], job_id=job.job_id)
         try: follow_jobs(jobs, run, on_done=done, totals=_totals(cfg, [st for st, _ in todo]))
         finally: _record_timing(run, timings, t0)
@@ -501,8 +525,9 @@ def run_pipeline(cfg:PipelineConfig,     # the pipeline to run
                  force:list|tuple=(),    # stages to rerun even when finished, with every stage after them
                 ) -> list|dict:          # the launcher's Job handles (foreground: stage -> summary)
     "Launch the config's stages in order through the launcher, skipping those finished for the same inputs; optionally follow them."
-    run = RunDir.for_config(cfg).create()
     stages = list(stages or cfg.stages)
+    check_stages(stages, force)                       # a mistyped --stage/--force: said before any folder is made
+    run = RunDir.for_config(cfg).create()
     t0 = time.time()
     where = "in this process (foreground)" if foreground else f"on {cfg.resources.cluster}"
     print(f"forge_nb: run {run.root} — stages {' → '.join(stages)} {where}", flush=True)

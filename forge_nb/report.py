@@ -34,15 +34,28 @@ def _table(rows:list, cols:list|None=None) -> str:
 def _section(title:str, sid:str, body:str) -> str: return f"<section id='{sid}'><h2>{html.escape(title)}</h2>{body}</section>"
 
 # %% ../nbs/45_report.ipynb #80e93f88
-def stage_times(run:RunDir) -> dict:
-    "Seconds each finished stage took when it last ran (its `stage.json`; the data stage: its manifest's build time)."
+def _metrics_span(path:Path) -> float|None:
+    "Seconds from a stage's first metrics record to its last (None with fewer than two timed records)."
+    t = [r["time"] for r in read_metrics(path) if isinstance(r.get("time"), (int, float))]
+    return round(max(t) - min(t), 1) if len(t) > 1 else None
+
+def _stage_times(run:RunDir) -> dict:
+    "stage -> (seconds, where they come from) for every finished stage."
     out = {}
     m = _read_json(run.stage("data").root/"manifest.json")
-    if m: out["data"] = float(m.get("build_seconds") or 0)
+    if m: out["data"] = (float(m.get("build_seconds") or 0), "data manifest")
     for st in STAGES:
         rec = _read_json(run.root/st/"stage.json")
-        if rec and rec.get("status") == "done" and rec.get("seconds") is not None: out[st] = float(rec["seconds"])
+        if not rec or rec.get("status") != "done": continue
+        if rec.get("seconds") is not None: out[st] = (float(rec["seconds"]), "stage.json")
+        elif (s := _metrics_span(run.stage(st).metrics_path)) is not None: out[st] = (s, "metrics records (approx.)")
     return out
+
+def stage_times(run:RunDir) -> dict:
+    """Seconds each finished stage took when it last ran: its `stage.json` (the time its job recorded, or this process's
+    for `--foreground`); the data stage: its manifest's build time. A finished stage whose record has none (finished
+    from a job's result before jobs recorded their times) gets the span of its metrics records, an approximation."""
+    return {s: v for s, (v, _) in _stage_times(run).items()}
 
 def _mix(run:RunDir) -> str:
     m = _read_json(run.stage("data").root/"manifest.json")
@@ -112,9 +125,9 @@ def _artifacts(run:RunDir) -> str:
     return _table(rows)
 
 def _times(run:RunDir) -> str:
-    t = stage_times(run); total = sum(t.values()) or 1
+    ts = _stage_times(run); t = {s: v for s, (v, _) in ts.items()}; total = sum(t.values()) or 1
     p = _read_json(run.root/"pipeline.json") or {}
-    rows = [{"stage": s, "seconds": round(v, 1), "share of time": f"{v / total:.0%}"} for s, v in t.items()]
+    rows = [{"stage": s, "seconds": round(v, 1), "share of time": f"{v / total:.0%}", "from": src} for s, (v, src) in ts.items()]
     last = (f"<p>last invocation: {p.get('wall_s')} s wall time, peak memory {p.get('peak_rss_gb')} GiB of the pipeline's own process (with --foreground, of the stages too); "
             f"skipped: {', '.join(s for s, v in (p.get('stages') or {}).items() if v.get('skipped')) or 'none'}</p>") if p else ""
     return (str(bar_chart([(s, [v]) for s, v in t.items()], ["seconds"], title="seconds per stage (when it last ran)",

@@ -101,14 +101,33 @@ def write_marker(path: str, value: str) -> str:
     return value
 
 
-def paced_pretrain(cfg, run_dir: str, step_sleep_s: float) -> dict:
+def paced_pretrain(cfg, run_dir: str, step_sleep_s: float, hold_after: int | None = None, hold_s: float = 900) -> dict:
     """The real pretraining stage, each optimizer step followed by `step_sleep_s` of sleep (a tiny model steps in
-    milliseconds; a test needs time to displace the job mid-run). Nothing else of the stage is changed."""
+    milliseconds; a test needs time to displace the job mid-run). Nothing else of the stage is changed.
+
+    `hold_after`: once step `hold_after` is logged, the next step does not return until the job is told it is preempted
+    (its `PreemptionGuard` has the signal) or `hold_s` pass, unless this run was already preempted after `hold_after`
+    (its metrics say so: a requeued run goes on). So a test that preempts the job lands between its checkpoints however
+    long the scheduler takes, instead of racing the job to its last step."""
     import forge_nb.pretrain as P
-    real = P.train_step
+    from forge_nb.preempt import PreemptionGuard
+    from forge_nb.runs import RunDir, read_metrics
+    real, released = P.train_step, []
+    def done_before() -> bool:
+        recs = read_metrics(RunDir(run_dir).stage("pretrain").metrics_path)
+        return any(r.get("event") == "preempted" and r.get("step", 0) > hold_after for r in recs)
     def paced(state, batches, rt):
         out = real(state, batches, rt)
         time.sleep(step_sleep_s)
+        if hold_after is not None and state.step > hold_after and not released:
+            if done_before(): released.append("earlier run")
+            else:
+                print(f"paced_pretrain: holding at step {state.step} until preempted (at most {hold_s:.0f} s)", flush=True)
+                t0 = time.time()
+                while time.time() - t0 < hold_s and not any(g.at is not None for g in PreemptionGuard.active):
+                    time.sleep(0.05)
+                released.append("signal" if any(g.at is not None for g in PreemptionGuard.active) else "hold_s")
+                print(f"paced_pretrain: released at step {state.step} ({released[-1]}, after {time.time() - t0:.1f} s)", flush=True)
         return out
     P.train_step = paced
     return P.run_pretrain(cfg, run_dir)

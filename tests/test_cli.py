@@ -22,6 +22,7 @@ def show(r) -> str: return f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-300
 
 README_COMMANDS = {   # a command the README shows -> the test that runs it (a new command without a test fails below)
     "bash scripts/demo.sh": "test_pipeline.py::test_demo_pipeline_end_to_end",
+    "bash scripts/demo.sh --size tiny": "test_demo.py::test_rerun_skips_sft_change_reruns_sft_and_rl_force_reruns_after",
     "bash scripts/test.sh": ".ci/run",                                   # CI runs it: it is the test suite itself
     'bash scripts/test.sh -m "not slurm and not browser"': ".ci/run",
     ".venv/bin/forge-nb config init my.yaml": "test_cli.py::test_readme_config_init_validate_run",
@@ -119,6 +120,13 @@ def test_config_show_and_schema(tiny, bad_input):
     r = forge("config", "show", "t.yaml", "--set", "pretrain.steps=-1", cwd=tiny)
     assert r.returncode == 2 and "pretrain.steps: must be >= 1, got -1" in r.stderr, show(r)
     bad_input("config", "a negative step count in --set", r, names=["pretrain.steps", ">= 1", "-1"])
+    # malformed overrides: one line naming the path, exit 2 (were IndexError/TypeError/a YAML parser's 3 lines, exit 1)
+    for kv, did, says in [("data.sources.3.path=x", "--set into a list item that does not exist", "data.sources.3: no item 3 (the list has 2 items)"),
+                          ("pretrain.steps.x=3", "--set below a field that is a value", "pretrain.steps: is a value (4), not a section with a field 'x'"),
+                          ("pretrain.steps=[4", "--set with a value that is not valid YAML", "pretrain.steps: the value '[4' is not valid YAML")]:
+        r = forge("config", "show", "t.yaml", "--set", kv, cwd=tiny)
+        assert r.returncode == 2 and r.stderr.startswith(f"forge-nb: error: {says}") and r.stderr.count("\n") == 1, show(r)
+        bad_input("config", did, r, names=[says])
 
 # ------------------------------------------------------------------ stages: jobs by default, foreground on request
 
@@ -164,6 +172,16 @@ def test_stage_that_needs_an_earlier_one(tmp_path, bad_input):
     err = r.stderr.splitlines()
     assert r.returncode == 1 and err[0].startswith("forge-nb: error: ") and "data" in err[0] and "Traceback" not in r.stderr, show(r)
     bad_input("inputs", "pretraining before the data stage has run", r, names=["data"])
+
+def test_mistyped_stage_or_force_is_one_line_before_anything_is_made(tiny, bad_input):
+    "A stage name that does not exist (--stage) or is not in the run (--force): one line, exit 2, no run folder made."
+    r = forge("run", "t.yaml", "--force", "rl", "--set", "name=typo", cwd=tiny)
+    assert (r.returncode, r.stderr) == (2, "forge-nb: error: --force rl: not a stage of this pipeline (data, pretrain)\n"), show(r)
+    bad_input("config", "--force with a stage the run does not have", r, names=["--force rl", "data, pretrain"])
+    r = forge("run", "t.yaml", "--stage", "pertrain", "--set", "name=typo", cwd=tiny)
+    assert r.returncode == 2 and r.stderr.startswith("forge-nb: error: --stage pertrain: no such stage (the stages: data, pretrain"), show(r)
+    bad_input("config", "a misspelt stage name in --stage", r, names=["--stage pertrain", "no such stage"])
+    assert not (tiny/"typo").exists() and r.stdout == ""                    # nothing made, nothing started
 
 # ------------------------------------------------------------------ jobs, logs, cancel, launch
 
@@ -264,3 +282,11 @@ def test_docs_commands(tmp_path):
     assert forge("docs", "check-outputs", cwd=tmp_path).returncode == 0
     r = forge("docs", "publish", cwd=ROOT)
     assert r.returncode == 2 and "invalid choice: 'publish'" in r.stderr, show(r)
+    # `forge-nb docs` takes every option of the docs tooling (it passed only --out/--only before): the same help as
+    # `python -m forge_nb.docs`, and an option the action does not use is refused in one line, not ignored
+    h = forge("docs", "--help").stdout
+    m = subprocess.run([sys.executable, "-m", "forge_nb.docs", "--help"], capture_output=True, text=True).stdout
+    opts = lambda t: set(re.findall(r"^\s+(--[\w-]+)", t, re.M))
+    assert opts(h) - {"--debug"} == opts(m) >= {"--out", "--nbs", "--only", "--no-execute", "--timeout", "--workers", "--title", "--root"}, h
+    r = forge("docs", "readme", "--only", "01_x.ipynb", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, "forge-nb docs readme: --only applies to build, outputs only\n"), show(r)

@@ -4,7 +4,7 @@ renders in Chromium. A tiny pipeline in this process (`--foreground`) keeps each
 import json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
-from forge_nb.config import save_config
+from forge_nb.config import load_config
 from forge_nb.pipeline import tiny_lifecycle, run_foreground
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,28 +36,34 @@ def mtimes(run: Path) -> dict:
 
 @pytest.mark.slow
 def test_rerun_skips_sft_change_reruns_sft_and_rl_force_reruns_after(tmp_path):
-    cfg = tiny_lifecycle(tmp_path)
-    yml = tmp_path/"life.yaml"; save_config(cfg, yml)
-    run = tmp_path/"life"
-    out = forge("run", str(yml), "--foreground")
+    """The README's optional third command, `bash scripts/demo.sh --size tiny` (here in this process, `--foreground`, and
+    under tmp_path), then the same demo again, with one SFT field changed, and with `--force`."""
+    demo = ["--size", "tiny", "--runs-dir", str(tmp_path), "--foreground"]
+    r = subprocess.run(["bash", str(ROOT/"scripts"/"demo.sh"), *demo], capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out, run = r.stdout, tmp_path/"demo-tiny"
+    assert r.returncode == 0, out[-3000:] + r.stderr[-3000:]
     assert ran(out) == STAGES and (run/"report.html").exists(), out[-2000:]
+    # tiny_lifecycle's settings, the pipeline tests' own (recounted from the config the run saved)
+    saved, ref = load_config(run/"config.yaml"), tiny_lifecycle(tmp_path/"demo-tiny-inputs")
+    assert [saved.pretrain, saved.sft, saved.rl] == [ref.pretrain, ref.sft, ref.rl]
     # --foreground shows progress too: each training step's line with step/total, rate and time left
     assert re.search(r"\[pretrain\] step=6 loss=\S+ .*\| 6/6 \(100%\), \S+ steps/s, ETA 0m00s", out), out[-3000:]
     assert re.search(r"\[sft\] step=4 loss=\S+ .*\| 4/4 \(100%\)", out), out[-3000:]
     first = mtimes(run)
     assert json.loads((run/"rl"/"report.json").read_text())["rules"].keys() == {"cites_source", "concise", "grounded"}
 
-    out = forge("run", str(yml), "--foreground")                    # again: every stage reused
+    out = forge("demo", *demo)                                     # again: every stage reused
     assert ran(out) == [] and skipped(out) == STAGES, out[-2000:]
     assert mtimes(run) == first
     assert f"report: {(run/'report.html').absolute()}" in out
 
-    out = forge("run", str(yml), "--foreground", "--set", "sft.lr=0.002")   # one SFT field: SFT and RL only
+    out = forge("demo", *demo, "--set", "sft.lr=0.002")            # one SFT field: SFT and RL only
     assert ran(out) == ["sft", "rl"] and skipped(out) == ["data", "pretrain"], out[-2000:]
     second = mtimes(run)
     assert [s for s in STAGES if second[s] != first[s]] == ["sft", "rl"]
 
-    out = forge("run", str(yml), "--foreground", "--set", "sft.lr=0.002", "--force", "pretrain")   # it and every stage after
+    out = forge("demo", *demo, "--set", "sft.lr=0.002", "--force", "pretrain")   # it and every stage after
     assert ran(out) == ["pretrain", "sft", "rl"] and skipped(out) == ["data"], out[-2000:]
     third = mtimes(run)
     assert [s for s in STAGES if third[s] != second[s]] == ["pretrain", "sft", "rl"]

@@ -158,7 +158,17 @@ def test_launch_then_run_reruns_nothing(tmp_path):
     r = subprocess.run([FORGE, "run", "lr.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "[data] skipped:" in r.stdout and "[pretrain] skipped:" in r.stdout, r.stdout + r.stderr
     assert len(read_registry(tmp_path/"lr")) == 2 and (tmp_path/"lr"/"report.html").exists()
-    assert json.loads((tmp_path/"lr"/"pretrain"/"stage.json").read_text())["recorded_by"] == "job result"
+    rec = json.loads((tmp_path/"lr"/"pretrain"/"stage.json").read_text())
+    assert rec["recorded_by"] == "job result"
+    # its wall time, recorded by the job: at least the span of its metrics records, at most submission → result file
+    logs, jid = tmp_path/"lr"/"logs", rec["job_id"]
+    t = [json.loads(l)["time"] for l in (tmp_path/"lr"/"pretrain"/"metrics.jsonl").read_text().splitlines() if '"time"' in l]
+    upper = (logs/f"{jid}_0_result.json").stat().st_mtime - (logs/f"{jid}_submitted.pkl").stat().st_mtime
+    assert max(t) - min(t) - 0.1 <= rec["seconds"] <= upper + 0.1, (rec, max(t) - min(t), upper)
+    page = (tmp_path/"lr"/"report.html").read_text()      # the report's time table has a row for every stage
+    rows = re.findall(r"<tr><td>(\w+)</td><td>([\d.]+)</td><td>\d+%</td><td>([^<]+)</td></tr>", page)
+    assert [(s, src) for s, _, src in rows] == [("data", "data manifest"), ("pretrain", "stage.json")], rows
+    assert abs(float(rows[1][1]) - rec["seconds"]) < 0.5, (rows, rec)
 
 
 def close(a, b, tol, path=""):

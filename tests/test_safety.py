@@ -134,7 +134,8 @@ def test_group_readable_from_a_site_profile(tmp_path, monkeypatch):
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)
     assert (mode(tmp_path/"runs"/"shared"), mode(tmp_path/"runs"/"private")) == (0o750, 0o700)
     res = json.loads((shared.folder/f"{shared.job_id}_0_result.json").read_text())
-    assert res == {"outcome": "success", "value": 2}
+    assert {k: res[k] for k in ("outcome", "value")} == {"outcome": "success", "value": 2}
+    assert res.keys() == {"outcome", "value", "started", "finished"} and res["started"] <= res["finished"]   # the stage's times
 
 
 # ------------------------------------------------------------------ nothing unpickled, no remote code
