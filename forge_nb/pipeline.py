@@ -170,14 +170,14 @@ def demo_config(runs_dir:str="runs",    # folder of run directories
                         strategy="static", weights=[0.4, 0.2, 0.4], seq_len=192, val_docs=64, max_epochs=8),
         tokenizer={"vocab_size": 1024, "train_bytes": 3_000_000},
         model={"arch": "llama", "depth": 2, "aspect_ratio": 64, "head_dim": 64, "max_seq_len": 192},
-        pretrain={"steps": 200, "micro_batch_size": 32, "eval_every": 100, "eval_batches": 8, "save_every": 100,
+        pretrain={"steps": 160, "micro_batch_size": 32, "eval_every": 80, "eval_batches": 8, "save_every": 80,
                   "log_every": 20, "optim": {"lr": 5e-3, "warmup_steps": 40}},
         sft={"dataset": task["train"], "eval_dataset": task["heldout"], "max_seq_len": 192, "micro_batch_size": 16,
-             "lr": 1e-3, "warmup_steps": 10, "steps": 150, "log_every": 10, "eval_every": 75, "save_every": 75,
+             "lr": 1e-3, "warmup_steps": 10, "steps": 120, "log_every": 10, "eval_every": 60, "save_every": 60,
              "eval_examples": 64, "n_eval_prompts": 4, "max_new_tokens": 48},
         rl={"method": "grpo", "policy": task["policy"], "prompts": task["prompts"], "heldout_prompts": task["heldout_prompts"],
-            "heldout_chat": task["heldout"], "steps": 40, "lr": 2e-4, "batch_size": 16, "num_generations": 8, "beta": 0.0,
-            "max_completion_length": 48, "save_every": 20, "report_samples": 2, "temperature": 0.7})
+            "heldout_chat": task["heldout"], "steps": 32, "lr": 2e-4, "batch_size": 16, "num_generations": 8, "beta": 0.0,
+            "max_completion_length": 48, "save_every": 16, "report_samples": 2, "temperature": 0.7})
     return override(cfg, *overrides) if overrides else cfg
 
 # %% ../nbs/70_pipeline.ipynb #ca0d7195
