@@ -6,14 +6,14 @@ Docs: https://forge-nb.github.io/forge_nb/pipeline.html.md"""
 
 # %% ../nbs/70_pipeline.ipynb #a7ba20a4
 from __future__ import annotations
-import ast, bdb, contextlib, hashlib, json, os, re, sys, sysconfig, threading, time, traceback
+import ast, bdb, contextlib, functools, hashlib, json, os, re, sys, sysconfig, threading, time, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEMO_POLICY', 'DEMO_SIZES', 'prepare_demo_corpus', 'grounded', 'prepare_demo_task', 'demo_config', 'StageFailed',
-           'tiny_config', 'tiny_lifecycle', 'StageProgress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key',
-           'stage_record', 'recorded_key', 'is_current', 'mark_stage', 'prepare_stage', 'check_stages', 'plan_stages',
-           'run_foreground', 'run_pipeline']
+__all__ = ['DEMO_POLICY', 'DEMO_SIZES', 'prepare_demo_corpus', 'kb_vocabulary', 'known_words', 'short_answer', 'open_book',
+           'prepare_demo_task', 'demo_config', 'StageFailed', 'tiny_config', 'tiny_lifecycle', 'StageProgress',
+           'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'stage_record', 'recorded_key', 'is_current',
+           'mark_stage', 'prepare_stage', 'check_stages', 'plan_stages', 'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
 from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
@@ -55,67 +55,104 @@ DEMO_POLICY = """\
 name: knowledge-base answers
 rules:
   - name: cites_source
-    kind: required
-    regex: ['Source: (reference|docstrings)/\\S+']
-    description: "End with the page of the knowledge base the answer comes from ('Source: reference/<topic>' or 'Source: docstrings/<module.name>')."
+    kind: cite
+    id_pattern: 'Source: (reference|docstrings)/\\S+'
+    description: "End with 'Source: reference/<topic>' or 'Source: docstrings/<module.name>', in the part of the knowledge base the given page is in."
   - name: concise
     kind: length
     unit: words
-    max: 60
-    description: Stay under 60 words.
-  - name: grounded
+    max: 20
+    description: Stay within 20 words.
+  - name: known_words
     kind: python
-    function: forge_nb.pipeline:grounded
-    pass_at: 0.7
-    description: Say only what the source says, at least 70% of the answer's words are words of the source passage.
+    function: forge_nb.pipeline:known_words
+    description: Claim nothing in words the knowledge base does not have, every word of 4+ letters in the answer occurs in its pages (no made-up names or terms).
 """
 
 _WORD = re.compile(r"[A-Za-z]{4,}")
 
-def grounded(completion:str,   # the model's answer
-             prompt:str,       # the question
-             row:dict,         # the prompt's row: `context` holds the source passage
-            ):                 # (share of the answer's words found in the source, reason), or None without a source
-    "A policy rule: the share of the answer's words (4+ letters, its `Source:` line aside) that the source passage contains."
-    src = row.get("context")
-    if not src: return None
-    body = completion.split("Source:")[0]
-    words = [w.lower() for w in _WORD.findall(body)]
+def kb_vocabulary(texts) -> list[str]:
+    "The words of 4+ letters (lower case, sorted) of the knowledge base's pages."
+    return sorted({w.lower() for t in texts for w in _WORD.findall(t)})
+
+@functools.lru_cache(maxsize=4)
+def _words_file(path:str, mtime_ns:int, size:int) -> frozenset: return frozenset(Path(path).read_text(encoding="utf-8").split())
+
+def _vocabulary(path:str) -> frozenset:
+    "The word list in `path`, read once per version of the file."
+    st = os.stat(path)
+    return _words_file(path, st.st_mtime_ns, st.st_size)
+
+def known_words(completion:str,   # the model's answer
+                prompt:str,       # the question
+                row:dict,         # the prompt's row: `vocabulary` names the knowledge base's word list
+               ):                 # (share of the answer's words in the knowledge base, reason), or None without a word list
+    "A policy rule: the share of the answer's words (4+ letters, its `Source:` line aside) that occur in the knowledge base."
+    if not row.get("vocabulary"): return None
+    words = [w.lower() for w in _WORD.findall(completion.split("Source:")[0])]
     if not words: return 0.0, "no words"
-    known = {w.lower() for w in _WORD.findall(src)}
-    out = [w for w in words if w not in known]
+    vocab = _vocabulary(row["vocabulary"])
+    out = [w for w in words if w not in vocab]
     share = 1 - len(out) / len(words)
-    return share, f"{share:.0%} of its words are in the source" + (f" (not: {', '.join(dict.fromkeys(out[:5]))})" if out else "")
+    return share, ("every word is in the knowledge base" if not out else
+                   f"{share:.0%} of its words are in the knowledge base (not: {', '.join(dict.fromkeys(out[:5]))})")
 
 # %% ../nbs/70_pipeline.ipynb #e7b9040b
-def _prompt_rows(examples:list) -> list:
-    rows = []
-    for e in examples:
-        q, a = e["messages"][0]["content"], e["messages"][1]["content"]
-        rows.append({"prompt": q, "context": a.rsplit("\n\nSource:", 1)[0], "source": f"{e['source']}/{e['doc']}"})
-    return rows
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
+def short_answer(passage:str,      # the source passage
+                 max_words:int=24, # most words kept
+                ) -> str:          # the passage's opening, on one line
+    "The answer the demo teaches: the passage's first sentences that fit in `max_words` words (the first one cut if it is longer)."
+    out, n = [], 0
+    for s in _SENTENCE_END.split(" ".join(passage.split())):
+        w = s.split()
+        if out and n + len(w) > max_words: break
+        out.append(" ".join(w[:max_words - n])); n += min(len(w), max_words - n)
+        if n >= max_words: break
+    return " ".join(out)
+
+def open_book(example:dict,      # an SFT builder example (question; passage + `Source: page`)
+              max_words:int=24,  # longest answer, in words
+             ) -> dict:          # the demo's example: messages, `context` (the passage), `source` (the page)
+    "An SFT builder example as the demo's open-book example: question, page and passage in; the passage's opening and the page out."
+    q, a = example["messages"][0]["content"], example["messages"][1]["content"]
+    passage, page = a.rsplit("\n\nSource: ", 1)
+    return {"messages": [{"role": "user", "content": f"{q}\n\nSource: {page}\n{passage}"},
+                         {"role": "assistant", "content": f"{short_answer(passage, max_words)}\n\nSource: {page}"}],
+            "context": passage, "source": page}
+
+# %% ../nbs/70_pipeline.ipynb #a8f75e3d
 def prepare_demo_task(folder:str|Path,        # where to write the examples, prompts and policy
                       sources:list,           # `SourceConfig`s of the documents (the knowledge base)
-                      answer_chars:int=200,   # longest answer built from a document
+                      passage_chars:int=120,  # longest passage cut from a document (question, passage and answer fit 192 tokens)
+                      answer_words:int=12,    # longest SFT answer, in words
                       max_per_source:int=4000,# examples per source (first documents first)
                       n_prompts:int=256,      # RL training prompts (from the training documents)
-                      n_heldout:int=48,       # held-out RL prompts (from documents SFT never saw)
-                     ) -> dict:               # paths: train, heldout (SFT chat), prompts, heldout_prompts, policy
-    "The demo's SFT examples (by the SFT builder, from the knowledge base), RL prompts from them, and a three-rule policy."
-    from forge_nb.data.sft_examples import build_sft_examples
+                      n_heldout:int=64,       # held-out RL prompts (from documents SFT never saw)
+                     ) -> dict:               # paths: train, heldout (SFT chat), prompts, heldout_prompts, policy, vocabulary
+    "The demo's open-book SFT examples (by the SFT builder, from the knowledge base), RL prompts from them, a three-rule policy and its word list."
+    from forge_nb.data.sft_examples import build_sft_examples, iter_source_documents
     import random
-    folder = Path(folder); ex = folder/"sft-examples"
-    paths = {"train": ex/"train.jsonl", "heldout": ex/"heldout.jsonl", "prompts": folder/"rl-prompts.jsonl",
-             "heldout_prompts": folder/"rl-heldout.jsonl", "policy": folder/"policy.yaml"}
-    if not all(p.exists() for p in paths.values()):
-        build_sft_examples(sources, ex, heldout_fraction=0.1, seed=0, max_per_source=max_per_source, max_answer_chars=answer_chars)
+    folder = Path(folder).absolute(); raw, ex = folder/"sft-builder", folder/"kb-task"
+    paths = {"train": ex/"sft-train.jsonl", "heldout": ex/"sft-heldout.jsonl", "prompts": ex/"rl-prompts.jsonl",
+             "heldout_prompts": ex/"rl-heldout.jsonl", "policy": ex/"policy.yaml", "vocabulary": ex/"kb-words.txt"}
+    if not (paths["train"].exists() and paths["heldout"].exists()):      # the SFT files (rewriting them would rerun SFT)
+        build_sft_examples(sources, raw, heldout_fraction=0.1, seed=0, max_per_source=max_per_source, max_answer_chars=passage_chars)
+        for split in ("train", "heldout"):
+            es = [open_book(json.loads(l), answer_words) for l in open(raw/f"{split}.jsonl", encoding="utf-8") if l.strip()]
+            atomic_write_text(paths[split], "".join(json.dumps(e) + "\n" for e in es))
+    if not all(paths[k].exists() for k in ("prompts", "heldout_prompts", "policy", "vocabulary")):   # the RL files
         read = lambda p: [json.loads(l) for l in open(p, encoding="utf-8") if l.strip()]
         tr, ho = read(paths["train"]), read(paths["heldout"])
+        docs = [t for s in sources for t, *_ in iter_source_documents(s)] + [e["context"] for e in tr + ho]   # passages: a word cut at 120 chars too
+        atomic_write_text(paths["vocabulary"], "\n".join(kb_vocabulary(docs)) + "\n")
+        rows = lambda es: "".join(json.dumps({"prompt": e["messages"][0]["content"], "context": e["context"], "source": e["source"],
+                                              "vocabulary": str(paths["vocabulary"])}) + "\n" for e in es)
         rng = random.Random(0)
-        pick = lambda rows, n: rng.sample(rows, min(n, len(rows)))
-        atomic_write_text(paths["prompts"], "".join(json.dumps(r) + "\n" for r in _prompt_rows(pick(tr, n_prompts))))
-        atomic_write_text(paths["heldout_prompts"], "".join(json.dumps(r) + "\n" for r in _prompt_rows(pick(ho, n_heldout))))
+        pick = lambda es, n: rng.sample(es, min(n, len(es)))
+        atomic_write_text(paths["prompts"], rows(pick(tr, n_prompts)))
+        atomic_write_text(paths["heldout_prompts"], rows(pick(ho, n_heldout)))
         atomic_write_text(paths["policy"], DEMO_POLICY)
     return {k: str(v) for k, v in paths.items()}
 
@@ -138,17 +175,17 @@ def demo_config(runs_dir:str="runs",    # folder of run directories
     cfg = PipelineConfig(
         name=name, runs_dir=runs_dir, stages=["data", "pretrain", "sft", "rl"],
         data=DataConfig(sources=[SourceConfig(name=k, path=v, kind="text" if k == "code" else "jsonl") for k, v in src.items()],
-                        strategy="static", weights=[0.4, 0.2, 0.4], seq_len=128, val_docs=64, max_epochs=8),
+                        strategy="static", weights=[0.4, 0.2, 0.4], seq_len=192, val_docs=64, max_epochs=8),
         tokenizer={"vocab_size": 1024, "train_bytes": 3_000_000},
-        model={"arch": "llama", "depth": 2, "aspect_ratio": 64, "head_dim": 64, "max_seq_len": 128},
-        pretrain={"steps": 300, "micro_batch_size": 32, "eval_every": 100, "eval_batches": 8, "save_every": 150,
+        model={"arch": "llama", "depth": 2, "aspect_ratio": 64, "head_dim": 64, "max_seq_len": 192},
+        pretrain={"steps": 160, "micro_batch_size": 32, "eval_every": 80, "eval_batches": 8, "save_every": 80,
                   "log_every": 20, "optim": {"lr": 5e-3, "warmup_steps": 40}},
-        sft={"dataset": task["train"], "eval_dataset": task["heldout"], "max_seq_len": 128, "micro_batch_size": 16,
-             "lr": 1e-3, "warmup_steps": 10, "steps": 150, "log_every": 10, "eval_every": 75, "save_every": 75,
+        sft={"dataset": task["train"], "eval_dataset": task["heldout"], "max_seq_len": 192, "micro_batch_size": 16,
+             "lr": 1e-3, "warmup_steps": 10, "steps": 120, "log_every": 10, "eval_every": 60, "save_every": 60,
              "eval_examples": 64, "n_eval_prompts": 4, "max_new_tokens": 48},
         rl={"method": "grpo", "policy": task["policy"], "prompts": task["prompts"], "heldout_prompts": task["heldout_prompts"],
-            "heldout_chat": task["heldout"], "steps": 24, "lr": 2e-5, "batch_size": 8, "num_generations": 4, "beta": 0.0,
-            "max_completion_length": 48, "save_every": 12, "report_samples": 2, "temperature": 0.7})
+            "heldout_chat": task["heldout"], "steps": 32, "lr": 2e-4, "batch_size": 16, "num_generations": 8, "beta": 0.0,
+            "max_completion_length": 48, "save_every": 16, "report_samples": 2, "temperature": 0.7})
     return override(cfg, *overrides) if overrides else cfg
 
 # %% ../nbs/70_pipeline.ipynb #ca0d7195

@@ -92,6 +92,11 @@ def _sft(run:RunDir) -> str:
             + _table([{"": "pretrained", "loss": b["loss"], "bits/byte": b["bpb"]}, {"": "after SFT", "loss": a["loss"], "bits/byte": a["bpb"]}])
             + "<h3>Generations before and after SFT</h3>" + _table(gens))
 
+def _passed(p) -> str:
+    "A sample's pass mark: `all rules` / `not all rules` (the report's samples carry one bool), or the rules passed (a dict)."
+    if isinstance(p, dict): return ", ".join(k for k, v in p.items() if v)
+    return "" if p is None else ("all rules" if p else "not all rules")
+
 def _rl(run:RunDir) -> tuple[str, str]:
     rep = _read_json(run.stage("rl").root/"report.json")
     if not rep or "rules" not in rep: return "<p class='none'>no RL compliance report (rl/report.json)</p>", ""
@@ -104,7 +109,7 @@ def _rl(run:RunDir) -> tuple[str, str]:
     body = (f"<p>policy <b>{html.escape(str(rep['policy']))}</b>, {rep['prompts']} held-out prompts × "
             f"{rep['samples_per_prompt']} samples</p>" + str(chart) + _table(tab))
     samples = [{"model": who, "prompt": s["prompt"], "completion": s["completion"], "reward": s["reward"],
-                "passed": ", ".join(k for k, v in (s.get("passed") or {}).items() if v)}
+                "passed": _passed(s.get("passed"))}
                for who in ("before", "after") for s in rep[who].get("samples", [])]
     return body, _table(samples)
 

@@ -459,13 +459,15 @@ def chat_loss(model, tok, chat:list, max_rows:int=64) -> float:
 
 def compliance(policy:Policy, model_dir:str|Path, prompts:list, k:int=2, max_new_tokens:int=64, temperature:float=1.0,
                seed:int=0, chat:list|None=None, trust_remote_code:bool=False) -> dict:
-    "Sample k completions per held-out prompt from `model_dir` and summarize the policy on them."
+    "Sample k completions per held-out prompt from `model_dir` and summarize the policy on them (`records`: each completion, its prompt's index `row` and its scores)."
     m, tok = load_chat_model(model_dir, trust_remote_code=trust_remote_code)
     pol = policy.bind(tok)
     comps = sample_completions(m, tok, prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     recs = score_rows(pol, prompts, comps)
     out = {"model": str(model_dir), **summarize(pol, recs), "samples": [{"prompt": r["prompt"], "completion": r["completion"],
-           "reward": r["reward"], "passed": r["passed"]} for r in recs[:2 * k]]}
+           "reward": r["reward"], "passed": r["passed"]} for r in recs[:2 * k]],
+           "records": [{"row": i // k, "completion": r["completion"], "scores": r["scores"], "reward": r["reward"], "passed": r["passed"]}
+                       for i, r in enumerate(recs)]}   # every completion scored: run_rl writes them to rl/heldout_{before,after}.jsonl
     if chat: out["heldout_chat_loss"] = chat_loss(m, tok, chat)
     return out
 
@@ -561,6 +563,8 @@ def _rl(cfg:PipelineConfig, run_dir, log) -> dict:
         rep = compliance_report(inp["policy"], inp["base"], dest, inp["heldout"], k=rc.report_samples,
                                 max_new_tokens=rc.max_completion_length, temperature=rc.temperature, seed=rc.seed, chat=inp["chat"],
                                 trust_remote_code=rc.trust_remote_code)
+        for w in ("before", "after"):     # every held-out completion and its scores, one JSON line each
+            atomic_write_text(sd.root/f"heldout_{w}.jsonl", "".join(json.dumps(r) + "\n" for r in rep[w].pop("records")))
         atomic_write_json(sd.root/"report.json", rep); atomic_write_text(sd.root/"report.svg", report_svg(rep))
         log(format_report(rep))
         summary["report"] = {"pass_rate": rep["pass_rate"], "reward": rep["reward"],

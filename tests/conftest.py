@@ -1,8 +1,8 @@
 """Shared pytest set-up. Markers: `slow` (minutes of CPU), `slurm` (needs the local cluster: `slurm/dev-cluster up`),
 `browser` (JupyterLab + Chromium), `bad_input` (given automatically to every test that takes the `bad_input` fixture,
 below: the tests the bad-input catalogue is made from), `soak` (long fault-injection runs: deselected unless `-m` names
-it, e.g. `pytest tests/test_faults.py -m soak`). Outside CI a missing cluster or browser skips its tests; in CI
-(`CI` set, as CI services do) it fails them: CI must run every test."""
+it, e.g. `pytest tests/test_faults.py -m soak`), `full_demo` (the whole demo at its own settings: `-m full_demo`).
+Outside CI a missing cluster or browser skips its tests; in CI (`CI` set, as CI services do) it fails them: CI must run every test."""
 import dataclasses, json, os, re, shlex, shutil, subprocess, pytest
 from pathlib import Path
 
@@ -12,7 +12,8 @@ def pytest_configure(config):
     for m, doc in [("slow", "takes minutes of CPU"), ("slurm", "needs the local SLURM cluster (slurm/dev-cluster up)"),
                    ("browser", "needs JupyterLab and Debian's Chromium"),
                    ("bad_input", "asserts what a user sees on bad input (the `bad_input` fixture; the docs' catalogue page)"),
-                   ("soak", "long fault-injection runs (>= 50 faults); deselected unless -m names soak")]:
+                   ("soak", "long fault-injection runs (>= 50 faults); deselected unless -m names soak"),
+                   ("full_demo", "the whole `forge-nb demo` at its own settings (~10 min); deselected unless -m names full_demo")]:
         config.addinivalue_line("markers", f"{m}: {doc}")
 
 # The browser the browser tests drive: Debian's `chromium` package, the one `scripts/setup.sh --system` installs.
@@ -95,14 +96,15 @@ CATALOGUE_OUT = os.environ.get("FORGE_CATALOGUE_OUT")     # set by `forge-nb doc
 _FOLLOW_UP = re.compile(r"^forge-nb: (stage '[^']+' failed \(|run it again with --debug)")
 
 def pytest_collection_modifyitems(config, items):
-    "Mark the bad-input tests; soak tests run only when asked for by name (`-m soak`): the default suite and CI leave them out."
+    "Mark the bad-input tests; soak and full_demo tests run only when asked for by name (`-m soak`, `-m full_demo`): the default suite and CI leave them out."
     for item in items:
         if "bad_input" in getattr(item, "fixturenames", ()): item.add_marker(pytest.mark.bad_input)
-    if "soak" in (config.getoption("-m") or ""): return
-    keep = [i for i in items if i.get_closest_marker("soak") is None]
-    if len(keep) < len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("soak") is not None])
-        items[:] = keep
+    for opt_in in ("soak", "full_demo"):
+        if opt_in in (config.getoption("-m") or ""): continue
+        keep = [i for i in items if i.get_closest_marker(opt_in) is None]
+        if len(keep) < len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker(opt_in) is not None])
+            items[:] = keep
 
 def _test_ref(item) -> str: return f"{Path(item.path).relative_to(ROOT).as_posix()}::{item.originalname}"
 

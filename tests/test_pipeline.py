@@ -23,7 +23,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     # the whole lifecycle: SFT on examples built from the documents, GRPO on the demo policy, the report (path printed last)
     assert json.loads((run/"sft"/"eval.json").read_text())["generations"]
     rep = json.loads((run/"rl"/"report.json").read_text())
-    assert list(rep["rules"]) == ["cites_source", "concise", "grounded"]
+    assert list(rep["rules"]) == ["cites_source", "concise", "known_words"]
     assert r.stdout.rstrip().splitlines()[-1] == f"forge_nb: report: {(run/'report.html').absolute()}"
     assert "<svg" in (run/"report.html").read_text()
     recs = [json.loads(l) for l in (run/"pretrain"/"metrics.jsonl").read_text().splitlines()]
