@@ -18,7 +18,7 @@ from ..runs import read_metrics, RunDir
 from ..config import implemented_stages
 from ..charts import line_chart
 from fastcore.basics import patch
-from ..jobs import progress, TERMINAL_STATES, FAILED_STATES, attach, Job, read_registry, find_run_dir, _read_result, prefetch_states
+from ..jobs import progress, TERMINAL_STATES, requeue_pending, FAILED_STATES, attach, Job, read_registry, find_run_dir, _read_result, prefetch_states
 
 # %% ../../nbs/widgets/63_monitor.ipynb #85a08dfe
 PLOTS = {"loss": "loss", "bpb": "bits per byte", "tokens_per_s": "tokens/s"}
@@ -117,6 +117,9 @@ class _JobCard:
         # one scheduler answer decides both what is shown and whether auto-refresh may stop: asking twice let a job
         # that ended between the two questions stop the refresh thread with RUNNING left on screen
         self.finished = self.state.split(" ")[0] in TERMINAL_STATES
+        if self.state == "PREEMPTED":   # SLURM requeues it and it writes again: not finished (the rule `Job.done` uses)
+            try: self.finished = not requeue_pending(self.job.info())
+            except Exception: pass
         path = _metrics_path(self.job)
         if path is not None:
             size = path.stat().st_size if path.exists() else 0
