@@ -451,8 +451,9 @@ def test_recreated_studio_follows_its_run_and_says_why_a_stage_was_cancelled(slu
                              data=dict(sources=[dict(name="prose", path=str(Path("{run_name}.jsonl").absolute()))], seq_len=64),
                              tokenizer=dict(vocab_size=300, train_bytes=20_000), pretrain=dict(steps=5, micro_batch_size=2),
                              resources=dict(cluster="slurm", partition="cpu", time_min=5))
-        data_job = L.launch(cfg, "data")
-        subprocess.run(["scontrol", "hold", data_job.job_id], check=True)   # kept pending until the test has seen it live
+        held = cfg.model_copy(update={{"resources": cfg.resources.model_copy(update={{"sbatch_extra": {{"hold": ""}}}})}})
+        data_job = L.launch(held, "data")   # submitted held (sbatch --hold), pending until the test has seen it live: a
+                                            # `scontrol hold` after submitting raced the scheduler, which can start it at once
         os.remove("{run_name}.jsonl")                                        # the job will find its source gone: it fails
         pre_job = L.launch(cfg, "pretrain", depends_on=[data_job])
         Path("{run_name}.ids").write_text(data_job.job_id + " " + pre_job.job_id)
