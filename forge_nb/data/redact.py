@@ -114,7 +114,10 @@ def find_ips(text:str) -> list[tuple[int, int, str]]:
         out.append((m.start(), m.end(), "IP"))
     return out
 
-# %% ../../nbs/data/07_redact.ipynb #2d85f516
+# %% ../../nbs/data/07_redact.ipynb #96bd5caf
+_ID_BEFORE = re.compile(r"(?i)\b(?:order|invoice|inv|po|purchase|ticket|case|ref|reference|account|acct|customer|client|tracking|serial|sku|item|id|no|number|batch|lot)\b[^\n]*$")
+_PHONE_WORD = re.compile(r"(?i)\b(?:phone|tel|telephone|call|mobile|cell|fax|contact|reach|dial|whatsapp|sms|text)\b")
+
 def find_phones(text:str,           # text to search
                 regions:list[str]=["US"], # regions for numbers without +country
                ) -> list[tuple[int, int, str]]:
@@ -126,6 +129,9 @@ def find_phones(text:str,           # text to search
             s = m.start
             if s >= 2 and text[s - 1] in "-_#/" and text[s - 2].isalnum(): continue
             if s >= 1 and text[s - 1] == "#": continue
+            if m.raw_string.isdigit():
+                w = max(0, s - 30)
+                if _ID_BEFORE.search(text, w, s) and not _PHONE_WORD.search(text, w, s): continue
             out.add((m.start, m.end, "PHONE"))
     return sorted(out)
 
