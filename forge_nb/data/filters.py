@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = ['CONTRAST_LANGUAGES', 'FilterConfig', 'prose_lines', 'quality_signals', 'language_detector', 'detect_language',
            'check_document', 'line_key', 'boilerplate_lines', 'strip_lines']
 
-# %% ../../nbs/data/06_filters.ipynb #500c9076
+# %% ../../nbs/data/06_filters.ipynb #a3592f85
 class FilterConfig(BaseModel):
     "Which documents to keep: length, language and quality thresholds, and boilerplate line detection."
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
@@ -22,7 +22,7 @@ class FilterConfig(BaseModel):
     max_words: int = Field(200_000, gt=0, description="Drop documents with more words than this.")
     languages: list[str] = Field(["en"], description="ISO 639-1 codes to keep (e.g. `en`, `de`); empty: no language filter.")
     language_min_confidence: float = Field(0.5, ge=0, le=1, description="Keep a document when a kept language has at least this confidence (lingua).")
-    language_sample_chars: int = Field(2000, gt=0, description="Characters of prose the language detector reads per document.")
+    language_sample_chars: int = Field(1000, gt=0, description="Characters of prose the language detector reads per document.")
     quality: bool = Field(True, description="Apply the quality rules below (prose view: Markdown syntax and code blocks removed).")
     max_symbol_ratio: float = Field(0.15, ge=0, le=1, description="Drop when more than this share of non-space characters are not letters, digits or common punctuation.")
     min_alpha_word_ratio: float = Field(0.7, ge=0, le=1, description="Drop when fewer than this share of words hold a letter or a digit.")
@@ -59,21 +59,22 @@ def prose_lines(text:str, # a Markdown document
         if line: out.append(line)
     return out
 
-# %% ../../nbs/data/06_filters.ipynb #e92c46a0
-_PUNCT = set(".,;:!?'\"()[]-/%&$€£¥@+=#*<>‘’“”–—…·•°§€")
+# %% ../../nbs/data/06_filters.ipynb #85480aac
 _WORD = re.compile(r"\S+")
+_SYMBOL = re.compile(r"[^\w\s.,;:!?'\"()\[\]\-/%&$€£¥@+=#*<>‘’“”–—…·•°§]")
+_NO_ALNUM_WORD = re.compile(r"(?<!\S)(?:[^\w\s]|_)+(?!\S)")
 
-def _symbolic(ch:str) -> bool:
-    if ch.isalnum() or ch.isspace() or ch in _PUNCT: return False
-    return not unicodedata.category(ch).startswith("M")     # combining marks belong to letters
+def _symbols(body:str) -> int:
+    "Characters of `body` that are not letters, digits, spaces, common punctuation or combining marks."
+    return sum(1 for c in _SYMBOL.findall(body) if not unicodedata.category(c).startswith("M"))
 
 def quality_signals(text:str, # a Markdown document
                    ) -> dict[str, float]: # the quality signals of its prose view
     "Symbol ratio, alpha word ratio, duplicate and ellipsis line shares and mean word length of `text`."
     lines = prose_lines(text)
     body = "\n".join(lines)
-    chars = sum(1 for c in body if not c.isspace()) or 1
     words = _WORD.findall(body) or [""]
+    chars = sum(map(len, words)) or 1
     alnum_lines = [l for l in lines if any(c.isalnum() for c in l)]
     seen, dup = set(), 0
     for l in alnum_lines:
@@ -81,8 +82,8 @@ def quality_signals(text:str, # a Markdown document
         if k in seen: dup += 1
         else: seen.add(k)
     n_lines = len(alnum_lines) or 1
-    return {"symbol_ratio": sum(1 for c in body if _symbolic(c)) / chars,
-            "alpha_word_ratio": sum(1 for w in words if any(c.isalnum() for c in w)) / len(words),
+    return {"symbol_ratio": _symbols(body) / chars,
+            "alpha_word_ratio": 1 - len(_NO_ALNUM_WORD.findall(body)) / len(words),
             "duplicate_line_share": dup / n_lines,
             "ellipsis_line_share": sum(1 for l in lines if l.endswith(("...", "…"))) / (len(lines) or 1),
             "mean_word_length": sum(map(len, words)) / len(words)}

@@ -135,7 +135,7 @@ def find_phones(text:str,           # text to search
             out.add((m.start, m.end, "PHONE"))
     return sorted(out)
 
-# %% ../../nbs/data/07_redact.ipynb #f194b852
+# %% ../../nbs/data/07_redact.ipynb #a74031dc
 _TOKENS = re.compile(r"""-----BEGIN[A-Z0-9\ ]*PRIVATE\ KEY(?:\ BLOCK)?-----[\s\S]*?(?:-----END[A-Z0-9\ ]*PRIVATE\ KEY(?:\ BLOCK)?-----|\n[ \t]*\n|\Z)
  |\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b
  |\bgh[pousr]_[A-Za-z0-9]{30,}\b|\bgithub_pat_[A-Za-z0-9_]{40,}\b|\bglpat-[0-9A-Za-z_-]{20,}
@@ -143,8 +143,7 @@ _TOKENS = re.compile(r"""-----BEGIN[A-Z0-9\ ]*PRIVATE\ KEY(?:\ BLOCK)?-----[\s\S
  |\bAIza[0-9A-Za-z_-]{35}\b|\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b
  |\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}""", re.X)
 _URL_PW = re.compile(r"://[^\s:/@]+:([^\s@/]+)@")
-_KV = re.compile(r"""(?i)(?P<key>[A-Za-z0-9_.-]*(?P<pw>password|passwd|pwd|passphrase|secret)?[A-Za-z0-9_.-]*)
-    (?<=[A-Za-z0-9_])["']?[ \t]*(?P<sep>[:=]|=>)[ \t]*(?P<q>["']?)(?P<val>[^\s"',;]+)""", re.X)
+_KV = re.compile(r"""(?<![A-Za-z0-9_.-])(?P<key>[A-Za-z0-9_.-]*[A-Za-z0-9_])["']?[ \t]*(?P<sep>=>|[:=])[ \t]*(?P<q>["']?)(?P<val>[^\s"',;]+)""")
 _KEYLIKE = re.compile(r"(?i)password|passwd|pwd|passphrase|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|auth|credential|session[_-]?id|cookie")
 _PWLIKE = re.compile(r"(?i)password|passwd|pwd|passphrase|secret")
 
