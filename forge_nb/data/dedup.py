@@ -12,8 +12,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # %% auto #0
-__all__ = ['DedupConfig', 'shingle_hashes', 'minhash_signature', 'jaccard_estimate', 'shingle_jaccard', 'save_signatures',
-           'load_signatures', 'near_duplicate_clusters']
+__all__ = ['DedupConfig', 'shingle_hashes', 'minhash_signature', 'minhash_signatures', 'jaccard_estimate', 'shingle_jaccard',
+           'save_signatures', 'load_signatures', 'near_duplicate_clusters']
 
 # %% ../../nbs/data/08_dedup.ipynb #1efc0270
 class DedupConfig(BaseModel):
@@ -72,7 +72,7 @@ def _perm_params(num_perm:int, seed:int) -> tuple[np.ndarray, np.ndarray]:
         r = _splitmix64(i)
     return r[:num_perm] | np.uint64(1), r[num_perm:]
 
-# %% ../../nbs/data/08_dedup.ipynb #489ca8bc
+# %% ../../nbs/data/08_dedup.ipynb #26a660e6
 _EMPTY = np.uint32(0xFFFFFFFF)
 
 def minhash_signature(text:str,        # a document
@@ -87,6 +87,13 @@ def minhash_signature(text:str,        # a document
             v = ((x[i:i + 4096, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)
             np.minimum(sig, v.min(axis=0), out=sig)
     return sig
+
+def minhash_signatures(texts,           # an iterable of documents
+                       cfg:DedupConfig, # ngram, num_perm, seed
+                      ) -> np.ndarray:  # N × num_perm uint32, row i for the i-th text
+    "Signatures of many documents, as one array (what a phase-1 task saves with `save_signatures`)."
+    rows = [minhash_signature(t, cfg) for t in texts]
+    return np.stack(rows) if rows else np.zeros((0, cfg.num_perm), np.uint32)
 
 def jaccard_estimate(s1:np.ndarray, s2:np.ndarray) -> float:
     "The share of positions where two signatures agree: an unbiased estimate of the Jaccard similarity."

@@ -71,9 +71,9 @@ def iban_ok(iban:str) -> bool:
     s = iban[4:] + iban[:4]
     return int("".join(str(int(c, 36)) for c in s)) % 97 == 1
 
-# %% ../../nbs/data/07_redact.ipynb #cc5e6703
+# %% ../../nbs/data/07_redact.ipynb #283d9525
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![\w-])")
-_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
+_CARD = re.compile(r"(?<![\w+-])\d(?:[ -]?\d){12,18}(?![\w-])")
 _CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|3[068]|35|6)")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -86,7 +86,7 @@ def find_emails(text:str) -> list[tuple[int, int, str]]:
     return [(m.start(), m.end(), "EMAIL") for m in _EMAIL.finditer(text)]
 
 def find_cards(text:str) -> list[tuple[int, int, str]]:
-    "Payment card numbers: 13–19 digits (spaces or dashes between), a card-like prefix, and a valid Luhn checksum."
+    "Payment card numbers: 13–19 digits (spaces or dashes between, no leading `+`: that is a phone), a card-like prefix, a valid Luhn checksum."
     out = []
     for m in _CARD.finditer(text):
         d = re.sub(r"\D", "", m[0])
