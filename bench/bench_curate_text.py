@@ -281,10 +281,15 @@ def bench_pii(n_per_type: int, n_clean: int, figs: list):
             if kind not in recs: continue
             i = sent.index(val)
             p_recall.setdefault(kind, []).append(any(s <= i and i + len(val) <= e and k == kind for s, e, k in presidio(sent)))
-        p_fp = sum(bool(presidio(s)) for s in clean)
+        p_hits = [presidio(s) for s in clean]
+        p_fp = sum(bool(h) for h in p_hits)
+        p_kinds = {}
+        for h in p_hits:
+            for k in {k for _, _, k in h}: p_kinds[k] = p_kinds.get(k, 0) + 1
         print("\nPresidio pattern recognizers (no NLP engine) on the same sentences: recall "
               + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in p_recall.items())
-              + f"; clean sentences with a false redaction {p_fp} / {len(clean)} = {p_fp / len(clean):.4f}")
+              + f"; clean sentences with a false redaction {p_fp} / {len(clean)} = {p_fp / len(clean):.4f} (sentences by type: {p_kinds})")
+        for h, sent in [(h, s) for h, s in zip(p_hits, clean) if h][:3]: print("   e.g.", sent, "->", [(sent[a:b], k) for a, b, k in h])
         base, base_name = rate(presidio), "Presidio pattern recognizers (EMAIL, PHONE, CARD, IP, IBAN)"
         figs.append(figure("PII: Presidio false redactions on clean sentences", p_fp / len(clean), "share", better="lower"))
     except ImportError:
@@ -354,6 +359,15 @@ def bench_dedup(n_distinct: int, n_pairs: int, figs: list):
     per_doc = t_sig / len(ids)
     print(f"signatures: {len(ids) / t_sig:,.0f} docs/s ({per_doc * 1e3:.2f} ms/doc, mean {np.mean([len(d.split()) for d in docs.values()]):.0f} words); "
           f"clustering {len(ids)} documents: {t_cl:.2f} s; signature size {sigs.nbytes / len(ids):.0f} bytes/doc")
+    n_big = 50_000 if len(ids) < 3000 else 300_000
+    big = np.random.default_rng(0).integers(0, 2**32, size=(n_big, cfg.num_perm), dtype=np.uint32)
+    big[1::1000] = big[0::1000][:len(big[1::1000])]                # a planted exact copy every 1000 rows
+    t = time.process_time()
+    cl_big = near_duplicate_clusters([f"s{i:07d}" for i in range(n_big)], big, cfg)
+    t_big = time.process_time() - t
+    print(f"clustering {n_big:,} random signatures ({big.nbytes / 1e6:.0f} MB) with {len(big[1::1000])} planted copies: "
+          f"{t_big:.1f} s CPU, {len(cl_big) // 2} clusters found")
+    figs.append(figure(f"dedup: clustering {n_big:,} signatures", t_big, "s", better="lower", note=f"{len(cl_big) // 2} of {len(big[1::1000])} planted copies found"))
     base = None
     try:
         from datasketch import MinHash

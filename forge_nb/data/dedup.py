@@ -40,7 +40,7 @@ class DedupConfig(BaseModel):
         t = self.threshold
         return max(0.0, t - 2 * math.sqrt(t * (1 - t) / self.num_perm))
 
-# %% ../../nbs/data/08_dedup.ipynb #1229d8b5
+# %% ../../nbs/data/08_dedup.ipynb #87f77aa5
 _M64 = (1 << 64) - 1
 _WORDS = re.compile(r"\w+")
 
@@ -55,7 +55,7 @@ def shingle_hashes(text:str, # a document
                    ngram:int=5, # words per shingle
                   ) -> np.ndarray: # unique uint64 hashes of its word n-grams (one shingle of all words when shorter)
     "Stable 64-bit hashes of the distinct word n-grams of `text`."
-    import xxhash
+    import xxhash                                     # a dependency of `datasets`, so always installed with forge_nb
     words = _WORDS.findall(text.lower())
     if not words: return np.zeros(0, np.uint64)
     h = np.fromiter((xxhash.xxh3_64_intdigest(w.encode()) for w in words), np.uint64, len(words))

@@ -88,14 +88,15 @@ def quality_signals(text:str, # a Markdown document
             "ellipsis_line_share": sum(1 for l in lines if l.endswith(("...", "…"))) / (len(lines) or 1),
             "mean_word_length": sum(map(len, words)) / len(words)}
 
-# %% ../../nbs/data/06_filters.ipynb #59824511
+# %% ../../nbs/data/06_filters.ipynb #ed7320aa
 CONTRAST_LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl")
 
 @lru_cache(maxsize=8)
 def language_detector(languages:tuple[str, ...], # ISO 639-1 codes to keep
                      ):
     "A lingua detector over `languages` plus `CONTRAST_LANGUAGES`, built once per process and language set."
-    from lingua import IsoCode639_1, LanguageDetectorBuilder
+    try: from lingua import IsoCode639_1, LanguageDetectorBuilder
+    except ImportError: raise ValueError("languages: the language filter needs lingua-language-detector (pip install 'forge-nb[curate]'), or set languages: []") from None
     codes = []
     for c in sorted(set(languages) | set(CONTRAST_LANGUAGES)):
         try: codes.append(IsoCode639_1.from_str(c))

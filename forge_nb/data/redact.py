@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = ['PII_TYPES', 'CustomRecognizer', 'RedactConfig', 'luhn_ok', 'iban_ok', 'find_emails', 'find_cards', 'find_ibans',
            'find_ips', 'find_phones', 'find_secrets', 'find_persons', 'find_pii', 'redact']
 
-# %% ../../nbs/data/07_redact.ipynb #80d7822b
+# %% ../../nbs/data/07_redact.ipynb #3f548e8a
 PII_TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SECRET")
 
 class CustomRecognizer(BaseModel):
@@ -51,8 +51,9 @@ class RedactConfig(BaseModel):
     @field_validator("phone_regions")
     @classmethod
     def _regions(cls, v):
-        import phonenumbers
-        bad = [r for r in v if r.upper() not in phonenumbers.SUPPORTED_REGIONS]
+        try: from phonenumbers import SUPPORTED_REGIONS       # a config must load even where the [curate] extra is not installed
+        except ImportError: SUPPORTED_REGIONS = None
+        bad = [r for r in v if not re.fullmatch(r"[A-Za-z]{2}", r) or (SUPPORTED_REGIONS is not None and r.upper() not in SUPPORTED_REGIONS)]
         if bad: raise ValueError(f"phone_regions: {bad} are not regions libphonenumber knows (ISO 3166 alpha-2, e.g. 'US', 'DE')")
         return [r.upper() for r in v]
 
@@ -114,7 +115,7 @@ def find_ips(text:str) -> list[tuple[int, int, str]]:
         out.append((m.start(), m.end(), "IP"))
     return out
 
-# %% ../../nbs/data/07_redact.ipynb #96bd5caf
+# %% ../../nbs/data/07_redact.ipynb #c38b75ec
 _ID_BEFORE = re.compile(r"(?i)\b(?:order|invoice|inv|po|purchase|ticket|case|ref|reference|account|acct|customer|client|tracking|serial|sku|item|id|no|number|batch|lot)\b[^\n]*$")
 _PHONE_WORD = re.compile(r"(?i)\b(?:phone|tel|telephone|call|mobile|cell|fax|contact|reach|dial|whatsapp|sms|text)\b")
 
@@ -122,7 +123,8 @@ def find_phones(text:str,           # text to search
                 regions:list[str]=["US"], # regions for numbers without +country
                ) -> list[tuple[int, int, str]]:
     "Valid phone numbers (libphonenumber, strict grouping), not glued to an identifier."
-    from phonenumbers import Leniency, PhoneNumberMatcher
+    try: from phonenumbers import Leniency, PhoneNumberMatcher
+    except ImportError: raise ValueError("types: PHONE needs the phonenumbers package (pip install 'forge-nb[curate]'), or leave PHONE out of types") from None
     out = set()
     for region in regions:
         for m in PhoneNumberMatcher(text, region, leniency=Leniency.STRICT_GROUPING):
