@@ -72,14 +72,14 @@ def iban_ok(iban:str) -> bool:
     s = iban[4:] + iban[:4]
     return int("".join(str(int(c, 36)) for c in s)) % 97 == 1
 
-# %% ../../nbs/data/07_redact.ipynb #283d9525
+# %% ../../nbs/data/07_redact.ipynb #01ab4bad
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![\w-])")
 _CARD = re.compile(r"(?<![\w+-])\d(?:[ -]?\d){12,18}(?![\w-])")
 _CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|3[068]|35|6)")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\w|\.\d)")
-_VERSION_BEFORE = re.compile(r"(?i)(?:\bv|\bversion|\bver\.?|\bbuild|\brelease)\s*$")
+_VERSION_BEFORE = re.compile(r"(?i)(?:\bv|\bversion|\bver\.?|\bbuild|\brelease|\bsection|\bclause|\bchapter|\bart\.?|\bpara\.?|§)\s*$")
 _IPV6 = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f:]*::?[0-9A-Fa-f]*:)[0-9A-Fa-f:]{2,39}(?:(?<=:)\d{1,3}(?:\.\d{1,3}){3})?(?![\w:])")
 
 def find_emails(text:str) -> list[tuple[int, int, str]]:
@@ -106,7 +106,7 @@ def find_ibans(text:str) -> list[tuple[int, int, str]]:
     return out
 
 def find_ips(text:str) -> list[tuple[int, int, str]]:
-    "IPv4 addresses (not version numbers such as `v1.2.3.4` or `version 10.0.0.1`) and IPv6 addresses that parse."
+    "IPv4 addresses (not version or section numbers: `v1.2.3.4`, `version 10.0.0.1`, `section 1.2.3.4`) and IPv6 addresses that parse."
     out = [(m.start(), m.end(), "IP") for m in _IPV4.finditer(text) if not _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start())]
     for m in _IPV6.finditer(text):
         if sum(c in "0123456789abcdefABCDEF" for c in m[0]) < 4: continue
