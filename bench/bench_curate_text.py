@@ -147,7 +147,7 @@ IBAN_SHAPES = {"DE": "n18", "GB": "a4n14", "FR": "n10a11n2", "NL": "a4n10", "ES"
 def make_iban(r) -> str:
     cc = r.choice(list(IBAN_SHAPES))
     shape, bban = IBAN_SHAPES[cc], ""
-    for kind, n in zip(shape[0::2], [int(x) for x in __import__("re").findall(r"\d+", shape)]):
+    for kind, n in ((k, int(n)) for k, n in __import__("re").findall(r"([na])(\d+)", shape)):
         pool = "0123456789" if kind == "n" else "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" if kind == "a" and cc in ("FR",) else "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
         bban += "".join(r.choice(pool) for _ in range(n))
     num = int("".join(str(int(c, 36)) for c in bban + cc + "00"))
