@@ -71,8 +71,33 @@ class ModelSizer(W.VBox):
         return validate_config(ModelConfig, data, "sizer", prefix=("model",))
 
     def update(self):
-        "Recompute every figure for the current dials."
+        "Recompute every figure for the current dials, then call the `on_change` callbacks."
         if self._quiet: return
+        self._redraw()
+        for cb in getattr(self, "_callbacks", []): cb(self)
+
+    def on_change(self, callback):
+        "Call `callback(sizer)` after every redraw."
+        if not hasattr(self, "_callbacks"): self._callbacks = []
+        self._callbacks.append(callback)
+
+    def set_config(self, cfg:PipelineConfig):
+        "Put a pipeline config's model, vocabulary, optimizer and device count on the dials (e.g. the Studio form's, after an edit there)."
+        mc, quiet = cfg.model, self._quiet
+        self._quiet, self._base = True, mc
+        try:
+            if mc.head_dim not in self.head_dim.options: self.head_dim.options = sorted({*self.head_dim.options, mc.head_dim})
+            if mc.arch not in self.arch.options: self.arch.options = [*self.arch.options, mc.arch]
+            self.depth.max, self.aspect.max = max(self.depth.max, mc.depth), max(self.aspect.max, mc.aspect_ratio)
+            self.arch.value, self.depth.value, self.aspect.value, self.head_dim.value = mc.arch, mc.depth, mc.aspect_ratio, mc.head_dim
+            self.vocab.value, self.seq_len.value, self.tpp.value = cfg.tokenizer.vocab_size, mc.max_seq_len, mc.tokens_per_param
+            self.init_from.value = mc.init_from or ""
+            if cfg.pretrain.optim.name in self.optimizer.options: self.optimizer.value = cfg.pretrain.optim.name
+            res = cfg.resources; self.n_devices.value = max(1, res.nodes * max(res.gpus_per_node, 1))
+        finally: self._quiet = quiet
+        self.update()
+
+    def _redraw(self):
         self.peak.disabled = self.device.value is not None
         loaded = bool(self.init_from.value.strip())        # a loaded model's size is its files', not the dial's
         for w in (self.arch, self.depth, self.aspect, self.head_dim, self.vocab): w.disabled = loaded
