@@ -137,8 +137,8 @@ class Studio(W.Tab):
         self.mix.on_change(lambda m: self._show_changes()); self.sizer.on_change(lambda s: self._show_changes())
         self._follow(self.form.config)
         tabs = [("config", self.form),
-                ("data mix", W.VBox([self.mix, W.HBox([self.use_mix, self.undo_mix]), self.mix_changes])),
-                ("model size", W.VBox([self.sizer, W.HBox([self.use_model, self.undo_model]), self.model_changes])),
+                ("data mix", W.VBox([W.HBox([self.use_mix, self.undo_mix]), self.mix_changes, self.mix])),   # what it writes, first
+                ("model size", W.VBox([W.HBox([self.use_model, self.undo_model]), self.model_changes, self.sizer])),
                 ("sft examples", self.sft_preview), ("launch", self.launch_panel), ("jobs", self.monitor)]
         tabs = [(t, w) for t, w in tabs if t != "sft examples" or "sft" in implemented_stages()]   # a face only for an implemented stage
         super().__init__(children=[w for _, w in tabs], titles=tuple(t for t, _ in tabs))
