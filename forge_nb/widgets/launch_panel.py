@@ -236,7 +236,7 @@ def _preview_html(self:LaunchPanel) -> str:
                 "through submitit's LocalExecutor; no sbatch script)</pre>")
     stages = self._cfg.stages if self.stage.value == "all" else [self.stage.value]
     try: text = "\n".join(L.sbatch_preview(self.config, st, res) for st in stages[:1])
-    except Exception as e: text = f"(no preview: {type(e).__name__}: {e})"
+    except Exception as e: text = f"(no preview: {e})"
     if len(stages) > 1: text = f"# first of {len(stages)} chained jobs ({', '.join(stages)}); each next one: --dependency=afterok:<previous>\n" + text
     return ("<pre class='forge-sbatch-preview' style='font-size:11px;max-height:22em;overflow:auto;"
             f"background:#f7f7f7;padding:4px'>{html.escape(text)}</pre>")

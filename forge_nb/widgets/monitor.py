@@ -259,7 +259,7 @@ def reattach(self:JobMonitor, run, stage=None, refresh:bool=True):
     if not run: self.message.value = "<span style='color:#c62828'>give a run name or directory</span>"; return None
     try: job = attach(run, stage, self.runs_dir)
     except Exception as e:
-        self.message.value = f"<span style='color:#c62828'>cannot reattach to {html.escape(str(run))}: {html.escape(f'{type(e).__name__}: {e}')}</span>"
+        self.message.value = f"<span style='color:#c62828'>cannot reattach to {html.escape(str(run))}: {html.escape(str(e))}</span>"
         return None
     self.message.value = f"<span style='color:#777'>attached to {html.escape(str(run))}: job {html.escape(str(job.job_id))}</span>"
     return self.add(job, refresh)
