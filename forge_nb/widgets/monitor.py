@@ -232,11 +232,15 @@ def _controls(self:JobMonitor, stage:str|None) -> list:
                                   layout=W.Layout(width="9em"))
     self.reattach_button = W.Button(description="Reattach", icon="link", layout=W.Layout(width="auto"))
     self.message = W.HTML()
+    # the plots follow one run by default (the latest added): a slow old run must not squash a new one's axes
+    self.plot_runs = W.Dropdown(options=[("latest run", ""), ("all runs", "*")], value="", description="plots",
+                                style={"description_width": "3em"}, layout=W.Layout(width="22em"))
+    self.plot_runs.observe(lambda ch: self.refresh() if self.cards else None, "value")
     self.refresh_button.on_click(lambda b: self.refresh())
     self.auto.observe(lambda ch: self.start() if ch["new"] else self.stop(), "value")
     self.reattach_button.on_click(lambda b: self.reattach(self.run_input.value.strip(), self.stage_input.value or None))
     return [
-        W.HBox([W.HTML("<b>Jobs</b>"), self.refresh_button, self.auto]),
+        W.HBox([W.HTML("<b>Jobs</b>"), self.refresh_button, self.auto, self.plot_runs]),
         W.HBox([self.run_input, self.stage_input, self.reattach_button]), self.message,
         self.cards_box, W.HBox(list(self.plots.values()), layout=W.Layout(flex_flow="row wrap"))]
 
@@ -286,6 +290,19 @@ def _cancel(self:JobMonitor, card):
 
 # %% ../../nbs/widgets/63_monitor.ipynb #88909363
 @patch
+def plotted_cards(self:JobMonitor) -> list:
+    "The cards whose curves are plotted: the latest run's (default), every run's, or one chosen run's; the run menu is kept current."
+    runs = list(dict.fromkeys(str(c.job.run_name) for c in self.cards))
+    opts = [("latest run", ""), ("all runs", "*")] + [(r, r) for r in runs]
+    if list(self.plot_runs.options) != opts:
+        v = self.plot_runs.value
+        with self.plot_runs.hold_trait_notifications(): self.plot_runs.options = opts; self.plot_runs.value = v if v in ("", "*", *runs) else ""
+    want = self.plot_runs.value
+    if want == "*": return list(self.cards)
+    run = want or (runs[-1] if runs else None)
+    return [c for c in self.cards if str(c.job.run_name) == run]
+
+@patch
 def refresh(self:JobMonitor):
     "Read every job's state, logs and new metrics, and redraw the plots."
     with self._lock:
@@ -294,11 +311,13 @@ def refresh(self:JobMonitor):
         if getattr(self, "_cancel_sent", None) is not None and self._cancel_sent.finished:   # the card says it now
             self.message.value, self._cancel_sent = "", None
         series, marks = {k: {} for k in PLOTS} | {"bpb_baselines": {}}, {}
-        for c in self.cards:
-            label = c.label if len(self.cards) > 1 else ""
+        shown = self.plotted_cards()
+        for c in shown:
+            label = c.label if len(shown) > 1 else ""
             for k, v in metric_series(c.records, label).items(): series[k].update(v)
             marks.update(event_marks(c.records, label))
-        for k, t in PLOTS.items():
+        for k, t0 in PLOTS.items():
+            t = t0 if len(shown) == len(self.cards) or not shown else f"{t0}: {shown[0].job.run_name}"
             self.plots[k].value = line_chart(series[k], title=t, log_y=(k == "loss"), marks=marks if k == "loss" else None,
                                              hlines=series["bpb_baselines"] if k == "bpb" else None)
     if self.follow and self.cards and not self.all_done and self._thread is None: self.start()   # a live job: follow it without being asked
