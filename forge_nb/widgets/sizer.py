@@ -22,14 +22,16 @@ def measure_throughput(mc:ModelConfig,       # the model (a dialled one: `init_f
                        vocab_size:int,        # the tokenizer's vocabulary size
                        seq_len:int,           # training context
                        batch:int=1,           # sequences per step
-                       steps:int=3,           # timed steps (after one warm-up step)
-                      ) -> dict:              # tokens_per_s, seconds, steps, batch, seq_len, device, threads
+                       steps:int=2,           # timed steps (after one warm-up step)
+                       probe_len:int=256,     # timed at most this context, scaled to `seq_len` by FLOPs per token
+                      ) -> dict:              # tokens_per_s (at seq_len), measured_tokens_per_s (at probe_len), seconds, ...
     "Tokens per second of a few training steps of this model on this machine (its first GPU, else the CPU)."
     import time, torch
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model = M.build_model(mc.model_copy(update={"init_from": None}), vocab_size).to(dev); model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, vocab_size, (batch, seq_len), device=dev)
+    T = min(seq_len, probe_len)      # a long context is timed short: the cost per token grows with it as FLOPs per token do
+    x = torch.randint(0, vocab_size, (batch, T), device=dev)
     def step():
         model(input_ids=x, labels=x).loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
         if dev == "cuda": torch.cuda.synchronize()
@@ -38,8 +40,10 @@ def measure_throughput(mc:ModelConfig,       # the model (a dialled one: `init_f
     for _ in range(steps): step()
     dt = time.perf_counter() - t
     name = torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
-    return dict(tokens_per_s=batch * seq_len * steps / dt, seconds=dt, steps=steps, batch=batch, seq_len=seq_len, device=name,
-                threads=torch.get_num_threads())
+    measured = batch * T * steps / dt
+    scale = M.flops_per_token(mc, vocab_size, T) / M.flops_per_token(mc, vocab_size, seq_len)
+    return dict(tokens_per_s=measured * scale, measured_tokens_per_s=measured, seconds=dt, steps=steps, batch=batch,
+                seq_len=seq_len, probe_len=T, device=name, threads=torch.get_num_threads())
 
 # %% ../../nbs/widgets/65_sizer.ipynb #66c1d5de
 class ModelSizer(W.VBox):
@@ -176,7 +180,8 @@ class ModelSizer(W.VBox):
                 ("throughput", f"{M.human_count(est['tokens_per_s'])} tokens/s ({est['basis']})" if not here else
                  "<i>not measured yet: press <b>measure here</b> (a few training steps of this model on this machine)</i>" if not probe else
                  f"{M.human_count(est['tokens_per_s'])} tokens/s, measured here: {probe['steps']} steps of {probe['batch']} × "
-                 f"{probe['seq_len']} tokens on {html.escape(probe['device'])}" + (f" × {self.n_devices.value} devices" if self.n_devices.value > 1 else "")),
+                 f"{probe['probe_len']} tokens on {html.escape(probe['device'])}"
+                 + (f", scaled to {probe['seq_len']} by FLOPs per token" if probe['probe_len'] < probe['seq_len'] else "") + (f" × {self.n_devices.value} devices" if self.n_devices.value > 1 else "")),
                 ("estimated time", f"<b>{M.human_duration(est['seconds'])}</b>" if not here or probe else "—")] + [
                 (f"suggested lr ({self.optimizer.value})", f"<b>{r['lr']:.2g}</b> <code>{r['field']}</code> for {html.escape(r['params'])}: "
                  f"<span style='color:#777'>{html.escape(r['rule'])}</span>") for r in lrs]
