@@ -130,3 +130,52 @@ def test_studio_tabs_follow_the_form_and_messages_stay_current(lab, browser, art
     studio.screenshot(path=str(artifacts_dir/"studio28-jobs.png"))
     page.close()
     print(f"Studio issue-28 browser test: {time.time() - t0:.1f} s")
+
+def test_cancel_line_eta_and_stale_policy_table_in_jupyterlab(lab, browser, artifacts_dir):
+    """A running job's card shows its ETA; after Cancel the card says CANCELLED with no ETA and the monitor's "cancel sent"
+    line is gone. The policy editor greys its table and says it is stale while the policy is invalid, and re-scores once fixed."""
+    t0 = time.time()
+    write_notebook(lab["root"]/"stale28.ipynb", [
+        """
+        import time
+        from pathlib import Path
+        from forge_nb.config import PipelineConfig, save_config
+        from forge_nb.runs import RunDir
+        from forge_nb.widgets.monitor import JobMonitor
+        from forge_nb.widgets.policy_editor import PolicyEditor
+        save_config(PipelineConfig(name="eta28", pretrain={"steps": 1000}), "runs28/eta28/config.yaml")
+        log, now = RunDir("runs28/eta28").stage("pretrain").metrics, time.time()
+        for s in (10, 20, 30): log.log(step=s, loss=4.0, time=now + s)
+        class Running:   # a job's interface: running until cancelled
+            def __init__(self): self.run_dir, self.stage, self.job_id, self.run_name, self._state = Path("runs28/eta28"), "pretrain", "28", "eta28", "RUNNING"
+            def state(self): return self._state
+            def cancel(self): self._state = "CANCELLED"
+            def stdout(self, tail=15): return "step 30"
+            def stderr(self, tail=15): return ""
+        mon = JobMonitor(Running(), follow=False)
+        mon
+        """,
+        """
+        ed = PolicyEditor()
+        ed
+        """])
+    page = open_and_run_all(browser, lab, "stale28.ipynb", ".forge-policy-editor .forge-policy-table", artifacts_dir)
+    card = page.locator(".forge-job-card").first
+    wait_until(lambda: "ETA" in card.inner_text(), 15, "the running card's ETA")
+    card.locator("button.jupyter-button:has-text('Cancel')").click()
+    wait_until(lambda: "CANCELLED" in card.inner_text(), 15, "the card to say CANCELLED")
+    assert "ETA" not in card.inner_text() and "cancelled" in card.locator(".forge-progress-text").inner_text()
+    assert "cancel sent" not in page.locator(".forge-job-monitor").first.inner_text()
+    page.locator(".forge-job-monitor").first.screenshot(path=str(artifacts_dir/"studio28-cancelled-card.png"))
+    editor = page.locator(".forge-policy-editor")
+    box = editor.locator("textarea").first
+    text = box.input_value()
+    assert "terms: [AcmeCorp, Globex]" in text, text
+    box.fill(text.replace("terms: [AcmeCorp, Globex]", "regex: ['(unclosed']"))
+    wait_until(lambda: editor.locator(".forge-policy-stale").count() == 1, 15, "the table to be marked stale")
+    assert editor.locator(".forge-stale-table").count() == 1
+    editor.screenshot(path=str(artifacts_dir/"studio28-policy-stale.png"))
+    box.fill(text)
+    wait_until(lambda: editor.locator(".forge-policy-stale").count() == 0, 15, "the stale mark to go once the policy is valid")
+    page.close()
+    print(f"cancel line + stale policy table browser test: {time.time() - t0:.1f} s")
