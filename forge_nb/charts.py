@@ -26,6 +26,17 @@ def _fmt(v:float) -> str:
     if a >= 1e4 or a < 1e-2: return f"{v:.2g}"
     return f"{v:.3g}"
 
+def _text_w(s:str) -> float: return 6 * len(s)   # 10px sans-serif: about 6 px a character (an upper bound for most)
+
+def _legend_rows(names:list, room:float) -> list:
+    "Legend entries `(name, shown)` packed into rows of `room` px, in order; a name wider than a row is cut with …."
+    rows, w = [[]], 0.0
+    for k in names:
+        shown = k if _text_w(k) <= room else k[:max(1, int(room // 6) - 1)] + "…"
+        if rows[-1] and w + _text_w(shown) + 10 > room: rows.append([]); w = 0.0
+        rows[-1].append((k, shown)); w += _text_w(shown) + 10
+    return rows
+
 def line_chart(series:dict,            # label -> list of (x, y) points
                title:str="",           # shown above the plot
                xlabel:str="step",      # x axis label
@@ -38,7 +49,9 @@ def line_chart(series:dict,            # label -> list of (x, y) points
     pts = {k: [(float(x), float(y)) for x, y in v if y is not None and math.isfinite(y) and (y > 0 or not log_y)]
            for k, v in series.items()}
     allp = [p for v in pts.values() for p in v]
-    L, R, T, B = 48, 10, 34, 30   # the legend has its own row under the title
+    L, R, T, B = 48, 10, 34, 30   # the legend has its own rows under the title
+    legend = _legend_rows(list(pts), width - 4 - R)
+    T += 11 * (len(legend) - 1)
     out = [f"<svg class='forge-chart' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
            f"viewBox='0 0 {width} {height}' style='font:10px sans-serif'>",
            f"<text x='{L}' y='13' font-weight='bold'>{html.escape(title)}</text>"]
@@ -68,13 +81,20 @@ def line_chart(series:dict,            # label -> list of (x, y) points
         r = 4 if len(v) == 1 else 2   # a lone point (a marker such as "this model") is drawn larger
         out += [f"<circle class='forge-point' cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='{r}' fill='{c}'><title>"
                 f"{html.escape(k)}: {x:g}, {y:.4g}</title></circle>" for x, y in v]
+    inside = sorted(((sy(yv), k, yv) for k, yv in (hlines or {}).items()
+                     if yv is not None and math.isfinite(yv) and not (log_y and yv <= 0) and y0 <= fy(yv) <= y1), reverse=True)
+    label_y, below = {}, height + 99   # labels of close lines pushed apart (10 px), from the bottom up; each on a white halo
+    for y, k, _ in inside: below = label_y[k] = min(y - 2, below - 10)
+    above = T - 1                      # then from the top down: none above the plot
+    for y, k, _ in reversed(inside): above = label_y[k] = max(label_y[k], above + 10)
     for j, (k, yv) in enumerate((hlines or {}).items()):   # reference lines: inside the range a dashed line, outside an arrow at the edge
         if yv is None or not math.isfinite(yv) or (log_y and yv <= 0): continue
         lab = f"{k} {yv:.3g}"
         if y0 <= fy(yv) <= y1:
             y = sy(yv)
             out.append(f"<g class='forge-hline'><line x1='{L}' x2='{width-R}' y1='{y:.1f}' y2='{y:.1f}' stroke='#888' "
-                       f"stroke-dasharray='4 3'/><text x='{width-R-2}' y='{y-2:.1f}' text-anchor='end' fill='#666'>{html.escape(lab)}</text></g>")
+                       f"stroke-dasharray='4 3'/><text x='{width-R-2}' y='{label_y[k]:.1f}' text-anchor='end' fill='#666' "
+                       f"stroke='white' stroke-width='3' paint-order='stroke'>{html.escape(lab)}</text></g>")
         else:
             up = fy(yv) > y1
             y = T + 9 + 10 * j if up else height - B - 3 - 10 * j
@@ -83,10 +103,14 @@ def line_chart(series:dict,            # label -> list of (x, y) points
     for label, xs in (marks or {}).items():
         out += [f"<line class='forge-mark' x1='{sx(x):.1f}' x2='{sx(x):.1f}' y1='{T}' y2='{height-B}' stroke='#ef6c00' "
                 f"stroke-dasharray='3,2'><title>{html.escape(label)} at {x:g}</title></line>" for x in xs]
-    x_leg = width - R   # legend: one line under the title, above the plot, right-aligned, last series rightmost
-    for i, k in reversed(list(enumerate(pts))):
-        out.append(f"<text x='{x_leg}' y='27' text-anchor='end' fill='{COLORS[i % len(COLORS)]}'>{html.escape(k)}</text>")
-        x_leg -= 6 * len(k) + 10
+    i = 0   # legend: rows under the title, above the plot, right-aligned; a name longer than a row is cut with …
+    for r, row in enumerate(legend):
+        x_leg = width - R
+        for k, shown in reversed([(k, shown) for k, shown in row]):
+            j = list(pts).index(k)
+            out.append(f"<text x='{x_leg}' y='{27 + 11 * r}' text-anchor='end' fill='{COLORS[j % len(COLORS)]}'><title>{html.escape(k)}</title>"
+                       f"{html.escape(shown)}</text>")
+            x_leg -= _text_w(shown) + 10
     out.append("</svg>")
     return Chart("".join(out))
 

@@ -158,6 +158,8 @@ def _cmd_launch(args) -> int:
     print(f"follow: forge-nb logs {cfg.name} --runs-dir {cfg.runs_dir}   cancel: forge-nb cancel {cfg.name} --runs-dir {cfg.runs_dir}")
     return 0
 
+_PENDING_REASONS = ("Dependency", "Priority", "Resources", "BeginTime", "JobHeldUser", "JobHeldAdmin", "ReqNodeNotAvail")
+
 def _cmd_jobs(args) -> int:
     "Print the jobs of every run under `--runs-dir`."
     from forge_nb.jobs import list_jobs
@@ -167,7 +169,10 @@ def _cmd_jobs(args) -> int:
     w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.upper().ljust(w[c]) for c in cols))
     for r in rows:
-        print("  ".join(str(r[c]).ljust(w[c]) for c in cols) + (f"  ({r['reason']})" if r["reason"] not in ("", "None") else ""))
+        # sacct keeps a pending reason ("Dependency", "Priority") on a job after it ran: only said while it explains a wait or an end
+        waited = r["reason"] in _PENDING_REASONS and r["state"] != "PENDING"
+        print("  ".join(str(r[c]).ljust(w[c]) for c in cols) + (f"  ({r['reason']})" if r["reason"] not in ("", "None") and not waited
+                                                                 and r["state"] != "COMPLETED" else ""))
     return 0
 
 def _cmd_logs(args) -> int:

@@ -121,8 +121,11 @@ _ARTIFACTS = [("config.yaml", "the resolved config"), ("pipeline.json", "wall ti
               ("logs", "job logs")]
 
 def _artifacts(run:RunDir) -> str:
-    items = [(run.root/p, what) for p, what in _ARTIFACTS]
     cfg = run.load_config() if run.config_path.exists() else None
+    # what this run makes: a stage it does not run has no row, nor SFT examples without `sft.doc_sources` (none are built)
+    runs = lambda p: cfg is None or (p.split("/")[0] not in STAGES or p.split("/")[0] in cfg.stages) and (
+        p != "sft/examples" or bool(cfg.sft.doc_sources))
+    items = [(run.root/p, what) for p, what in _ARTIFACTS if runs(p)]
     if cfg is not None:   # inputs the config names outside the run directory
         items += [(Path(v), what) for v, what in [(cfg.sft.dataset, "SFT training examples"), (cfg.sft.eval_dataset, "SFT held-out examples"),
                   (cfg.rl.policy, "the policy"), (cfg.rl.prompts, "RL prompts"), (cfg.rl.heldout_prompts, "RL held-out prompts")] if v]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 # %% auto #0
-__all__ = ['DIAL_FIELDS', 'field_kind', 'field_help', 'model_size_note', 'ConfigForm']
+__all__ = ['DIAL_FIELDS', 'field_kind', 'field_help', 'input_problems', 'model_size_note', 'ConfigForm']
 
 # %% ../../nbs/widgets/60_forms.ipynb #49691800
 import yaml
@@ -304,6 +304,32 @@ class _ModelListField:
                                 html.escape("; ".join(self.errors)) + "</span>") if self.errors else ""
         return any(bad) or bool(self.errors)
 
+# %% ../../nbs/widgets/60_forms.ipynb #a952717a
+def _path_problem(src) -> str|None:
+    "Why a source's path names no file (None: it names one, or it is a hub dataset)."
+    import glob, os
+    if src.kind == "hub": return None
+    where = "" if Path(src.path).expanduser().is_absolute() else f" (relative paths are read from {os.getcwd()})"
+    p = Path(src.path).expanduser()
+    if any(c in src.path for c in "*?["):
+        if next(glob.iglob(str(p), recursive=True), None) is None: return f"no file matches {src.path!r}{where}"
+    elif not p.exists(): return f"{src.path!r} does not exist{where}"
+    return None
+
+def input_problems(cfg) -> list[tuple[str, str]]:
+    "(field, problem) for each file or folder a `PipelineConfig` names that is not there; `[]` when all are (or for another config class)."
+    from forge_nb.config import init_from_problems
+    if not isinstance(cfg, PipelineConfig): return []
+    out = []
+    for sec, srcs in (("data.sources", cfg.data.sources), ("sft.doc_sources", cfg.sft.doc_sources)):
+        out += [(f"{sec}.{i}.path", m) for i, s in enumerate(srcs) if (m := _path_problem(s))]
+    if cfg.tokenizer.path and not Path(cfg.tokenizer.path).expanduser().is_dir():
+        out.append(("tokenizer.path", f"{cfg.tokenizer.path!r} is not a folder (a saved Hugging Face tokenizer)"))
+    for line in init_from_problems(cfg):          # the model folder to continue from: "field: problem" lines
+        loc, _, msg = line.partition(": ")
+        out.append((loc, msg) if msg and " " not in loc else ("model.init_from", line))
+    return out
+
 # %% ../../nbs/widgets/60_forms.ipynb #b6e70fee
 DIAL_FIELDS = ("arch", "depth", "aspect_ratio", "head_dim", "hidden_size", "n_kv_heads", "mlp_ratio",
                "rope_theta", "tie_embeddings")   # what `model.init_from` replaces (not max_seq_len: the training context)
@@ -331,6 +357,7 @@ class ConfigForm(W.VBox):
                 ):
         cls, value = (config, None) if isinstance(config, type) else (type(config), config)
         self.config_cls, self._config, self.errors, self._callbacks, self._quiet = cls, None, [], [], False
+        self.problems = []   # (field, problem): files the valid config names that are not there (`input_problems`)
         self._form = _ModelForm(cls, value, (), self._changed)
         self.status = W.HTML()
         super().__init__([self.status, self._form.widget, W.HTML(_FORM_CSS, layout=W.Layout(display="none"))])
@@ -352,14 +379,16 @@ class ConfigForm(W.VBox):
                 if any(path[:len(s)] == s for s in skip): continue  # already explained by its parse error
                 errors.append((path, msg))
         if parse_errors and cfg is not None: cfg = None
+        self.problems = input_problems(cfg) if cfg is not None else []   # valid, but a file it names is not there
         self._form.clear()
-        for path, msg in errors: self._form.show(path, msg)
+        for path, msg in errors + [(_split_loc(l), m) for l, m in self.problems]: self._form.show(path, msg)
         self._form.flush()
         self._config, self.errors = cfg, [(".".join(map(str, p)) or "(top)", m) for p, m in errors]
-        n = len(errors)
-        self.status.value = ("<span class='forge-form-status' style='color:#2e7d32'>✓ valid</span>" if cfg is not None else
-                             f"<span class='forge-form-status forge-field-error' style='color:#c62828'>✗ {n} error{'s' * (n != 1)}: "
-                             + html.escape("; ".join(f"{l}: {m}" for l, m in self.errors[:3])) + (" …" if n > 3 else "") + "</span>")
+        n, bad = (len(errors), self.errors) if cfg is None else (len(self.problems), self.problems)
+        what = "error" if cfg is None else "missing input"
+        self.status.value = ("<span class='forge-form-status' style='color:#2e7d32'>✓ valid</span>" if cfg is not None and not n else
+                             f"<span class='forge-form-status forge-field-error' style='color:#c62828'>✗ {n} {what}{'s' * (n != 1)}: "
+                             + html.escape("; ".join(f"{l}: {m}" for l, m in bad[:3])) + (" …" if n > 3 else "") + "</span>")
         self._show_model(cfg)
         for cb in self._callbacks: cb(cfg)
 

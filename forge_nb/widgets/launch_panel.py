@@ -84,10 +84,10 @@ def _controls(self:LaunchPanel, res:ResourcesConfig, stage:str) -> list:
     self.partition = W.Dropdown(options=[("(default)", "")], description="partition", layout=W.Layout(width="34em"))
     self.refresh_button = W.Button(description="sinfo", icon="refresh", tooltip="Re-read partitions from the cluster",
                                    layout=W.Layout(width="auto"))
-    self.nodes = W.BoundedIntText(value=res.nodes, min=1, max=4096, description="nodes", layout=lay)
-    self.gpus = W.BoundedIntText(value=res.gpus_per_node, min=0, max=1024, description="GPUs/node", layout=lay)
-    self.tasks = W.BoundedIntText(value=res.tasks_per_node, min=1, max=256, description="tasks/node", layout=lay)
-    self.time = W.BoundedIntText(value=res.time_min, min=1, max=10**6, description="time (min)", layout=lay)
+    self.nodes = W.BoundedIntText(value=res.nodes, min=1, max=4096, description="nodes", continuous_update=True, layout=lay)
+    self.gpus = W.BoundedIntText(value=res.gpus_per_node, min=0, max=1024, description="GPUs/node", continuous_update=True, layout=lay)
+    self.tasks = W.BoundedIntText(value=res.tasks_per_node, min=1, max=256, description="tasks/node", continuous_update=True, layout=lay)
+    self.time = W.BoundedIntText(value=res.time_min, min=1, max=10**6, description="time (min)", continuous_update=True, layout=lay)
     self.preview = W.HTML()
     self.problems_box = W.HTML()
     self.launch_button = W.Button(description="Launch", icon="rocket", button_style="success")
@@ -168,12 +168,14 @@ def check(self:LaunchPanel) -> list[str]:
                                    if self.partition_error else "the cluster's partitions are not read yet: press sinfo"]
             problems += list(L.validate_resources(res, self.partitions))
         else: problems += list(L.validate_resources(res))
-    except Exception as e: problems.append(f"{type(e).__name__}: {e}")
+    except Exception as e: problems.append(str(e))
     stages = self._cfg.stages if self.stage.value == "all" else [self.stage.value]
     if (todo := [s for s in stages if s not in implemented_stages()]):   # e.g. a loaded config that lists one
         problems.append(f"stage{'s' * (len(todo) > 1)} {', '.join(todo)} not implemented yet: remove {'them' if len(todo) > 1 else 'it'} from `stages`")
-    if "data" in stages and (p := self.mix_problem()): problems.append(p)
-    return problems
+    inputs = self.input_problems()
+    unread = any(p.startswith("data.sources.") for p in inputs)   # the plan cannot be made: the missing file says why
+    if "data" in stages and not unread and (p := self.mix_problem()): problems.append(p)
+    return problems + inputs
 
 @patch
 def mix_problem(self:LaunchPanel) -> str|None:
@@ -183,9 +185,25 @@ def mix_problem(self:LaunchPanel) -> str|None:
     key = (cfg.data.model_dump_json(), resolve_total_tokens(cfg), cfg.tokenizer.path)
     if getattr(self, "_mix_key", None) != key:
         try: self._mix_msg = mix_plan_problem(cfg)
-        except Exception as e: self._mix_msg = f"the data sources cannot be read: {type(e).__name__}: {e}"
+        except Exception as e:                   # not kept: the file may appear (or be fixed) without the config changing
+            self._mix_key = None; return f"the data sources cannot be read: {e}"
         self._mix_key = key
     return self._mix_msg
+
+# %% ../../nbs/widgets/62_launch_panel.ipynb #d9cd643e
+@patch
+def input_problems(self:LaunchPanel) -> list[str]:
+    "Files the chosen stages would read that are not there: the config's missing files and run-dir inputs no earlier stage makes."
+    from forge_nb.runs import RunDir
+    from forge_nb.widgets.forms import input_problems
+    cfg = self._cfg
+    out = [f"{l}: {m}" for l, m in (self.form.problems if self.form is not None else input_problems(cfg))]
+    stages = [s for s in (cfg.stages if self.stage.value == "all" else [self.stage.value]) if s in implemented_stages()]
+    try: miss = L.missing_inputs(cfg, stages, RunDir.for_config(cfg).root)
+    except Exception as e: miss = [f"the stage inputs cannot be checked: {e}"]
+    if self.stage.value != "all":   # one stage: say how to get what it needs
+        miss = [m + (": launch the stage that makes it first, or choose “all stages (chained)”" if " needs " in m else "") for m in miss]
+    return list(dict.fromkeys(out + miss))
 
 # %% ../../nbs/widgets/62_launch_panel.ipynb #fe2a096c
 @patch
@@ -193,11 +211,21 @@ def update(self:LaunchPanel):
     "Re-validate, redraw the preview and enable or disable Launch."
     if self._quiet: return
     self.problems = self.check()
+    # the line beside Launch ("submitted …", "launch failed: …") answers one request: gone once the request changes
+    # or Launch is disabled for a reason of its own
+    if self.job_box.value and (self.problems or getattr(self, "_answered", None) != self._request_key()):
+        self.job_box.value, self._answered = "", None
     self.launch_button.disabled = bool(self.problems)
     self.launch_button.tooltip = "; ".join(self.problems) or "Submit this stage"
     self.problems_box.value = "".join(f"<div class='forge-launch-problem' style='color:#c62828;white-space:pre-line'>✗ {html.escape(p)}</div>"
                                       for p in self.problems)
     self.preview.value = self._preview_html()
+
+@patch
+def _request_key(self:LaunchPanel) -> tuple:
+    "What a launch sends: the stage, the resources asked and the config."
+    res = self.resources
+    return (self.stage.value, res.model_dump_json() if res else None, self._cfg.model_dump_json())
 
 @patch
 def _preview_html(self:LaunchPanel) -> str:
@@ -208,7 +236,7 @@ def _preview_html(self:LaunchPanel) -> str:
                 "through submitit's LocalExecutor; no sbatch script)</pre>")
     stages = self._cfg.stages if self.stage.value == "all" else [self.stage.value]
     try: text = "\n".join(L.sbatch_preview(self.config, st, res) for st in stages[:1])
-    except Exception as e: text = f"(no preview: {type(e).__name__}: {e})"
+    except Exception as e: text = f"(no preview: {e})"
     if len(stages) > 1: text = f"# first of {len(stages)} chained jobs ({', '.join(stages)}); each next one: --dependency=afterok:<previous>\n" + text
     return ("<pre class='forge-sbatch-preview' style='font-size:11px;max-height:22em;overflow:auto;"
             f"background:#f7f7f7;padding:4px'>{html.escape(text)}</pre>")
@@ -245,14 +273,14 @@ def launch(self:LaunchPanel):
         else: jobs = [L.launch(self.config, stage=self.stage.value, resources=self.resources, partitions=parts)]
     except Exception as e:
         self.job_box.value = (f"<span class='forge-launch-error' style='color:#c62828'>launch failed: "
-                              f"{html.escape(f'{type(e).__name__}: {e}')}</span>")
-        self.launch_button.disabled = False
+                              f"{html.escape(str(e))}</span>")
+        self.launch_button.disabled, self._answered = False, self._request_key()
         return None
     self.jobs += jobs
     self.job_box.value = "<span class='forge-job-id'>submitted " + ", ".join(
         f"<b>{html.escape(str(j.stage))}</b> of <b>{html.escape(j.run_name)}</b>: job <code>{html.escape(j.job_id)}</code>"
         for j in jobs) + "</span>"
-    self.launch_button.disabled = False
+    self.launch_button.disabled, self._answered = False, self._request_key()
     if self.monitor is not None:
         for j in jobs: self.monitor.add(j)
     return jobs if self.stage.value == "all" else jobs[0]

@@ -187,8 +187,19 @@ def set_pipeline(self:MixBuilder, cfg:PipelineConfig|None):
 
 @patch
 def update(self:MixBuilder):
-    "Re-plan the mix and redraw the chart, the table and the samples."
+    "Re-plan the mix and redraw the chart, the table and the samples; then call the `on_change` callbacks."
     if self._quiet: return
+    self._replan()
+    for cb in getattr(self, "_callbacks", []): cb(self)
+
+@patch
+def on_change(self:MixBuilder, callback):
+    "Call `callback(builder)` after every re-plan (a source added or removed, a weight, the strategy, the budget)."
+    if not hasattr(self, "_callbacks"): self._callbacks = []
+    self._callbacks.append(callback)
+
+@patch
+def _replan(self:MixBuilder):
     for _, row in self.sources: row.children[0].disabled = self.strategy.value != "static"
     self.temperature.disabled = self.strategy.value != "temperature"
     self.samples.value = samples_html({s.name: self.scans[s.name] for s, _ in self.sources})
@@ -213,19 +224,23 @@ def update(self:MixBuilder):
         lengths = [estimate_tokens(self.scans[s.name]["lengths"], self.bytes_per_token.value) for s, _ in self.sources]
         if not realized_shares(self.plan, lengths, self.seed): notes.append("realized shares not computed (budget too large to simulate here)")
     except Exception as e:
-        self.message.value = _error_html(f"{type(e).__name__}: {e}"); return
+        self.message.value = _error_html(str(e)); return
     self.message.value = "<br>".join(n if n.startswith("<") else f"<span style='color:#777'>{html.escape(n)}</span>" for n in notes)
     self.rows = [dict(r) for r in self.plan.table()]
     self.chart.value, self.table.value = mix_chart(self.rows), mix_table_html(self.rows, len(self.plan.stage_names))
 
 # %% ../../nbs/widgets/64_mix_builder.ipynb #5938848b
 @patch
-def add_source(self:MixBuilder, src:SourceConfig, weight:float=1.0, update:bool=True):
-    "Add (or replace, by name) a source: count it, give it a weight slider."
-    try: self.scans[src.name] = scan_source(src, self.scan_limit)
+def add_source(self:MixBuilder, src:SourceConfig, weight:float=1.0, update:bool=True,
+               keep_unreadable:bool=False,   # keep a source that cannot be read (e.g. the form's, while its path is being fixed)
+               scan:dict|None=None):         # its counts, already made (None: scan it now)
+    "Add (or replace, by name) a source: count it, give it a weight slider; True when it was added."
+    try: self.scans[src.name] = scan or scan_source(src, self.scan_limit)
     except Exception as e:
-        self.add_message.value = _error_html(f"{src.name}: {e}"); return
-    self.add_message.value = ""
+        self.add_message.value = _error_html(f"{src.name}: {e}")
+        if not keep_unreadable: return False
+        self.scans[src.name] = {"docs": 0, "bytes": 0, "lengths": [], "complete": True, "samples": [], "error": str(e)}
+    else: self.add_message.value = ""
     self.sources = [(s, row) for s, row in self.sources if s.name != src.name]
     slider = W.FloatSlider(value=weight, min=0, max=1, step=0.01, description=src.name, continuous_update=False,
                            style={"description_width": "8em"}, layout=W.Layout(width="30em"))
@@ -235,6 +250,7 @@ def add_source(self:MixBuilder, src:SourceConfig, weight:float=1.0, update:bool=
     self.sources.append((src, W.HBox([slider, rm])))
     self.weights_box.children = [row for _, row in self.sources]
     if update: self.update()
+    return True
 
 @patch
 def add_from_inputs(self:MixBuilder):
@@ -242,7 +258,9 @@ def add_from_inputs(self:MixBuilder):
     try: src = source_from_inputs(self.name_in.value, self.path_in.value, self.kind_in.value, self.field_in.value)
     except ConfigError as e:
         self.add_message.value = _error_html("; ".join(f"{l.removeprefix('new source.')}: {m}" for l, m, _ in e.errors)); return
-    self.add_source(src)
+    if self.add_source(src):               # added: the row is free for the next one (kept as typed when refused)
+        self.name_in.value = self.path_in.value = ""
+        self.add_message.value = f"<span style='color:#2e7d32'>added {html.escape(src.name)}</span>"
 
 @patch
 def remove_source(self:MixBuilder, name:str):
@@ -250,4 +268,26 @@ def remove_source(self:MixBuilder, name:str):
     self.sources = [(s, r) for s, r in self.sources if s.name != name]
     self.scans.pop(name, None)
     self.weights_box.children = [row for _, row in self.sources]
+    self.update()
+
+# %% ../../nbs/widgets/64_mix_builder.ipynb #c67f139a
+@patch
+def set_data(self:MixBuilder, data:DataConfig):
+    "Show `data`'s mix in the builder (its other settings become the builder's base); edits not written back are replaced."
+    old = {s.name: (s, self.scans.get(s.name)) for s, _ in self.sources}
+    self._quiet, self.base, self.seed = True, data, data.seed
+    try:
+        self.sources, self.scans = [], {}
+        for i, s in enumerate(data.sources):
+            prev = old.get(s.name)
+            same = prev is not None and prev[0] == s and prev[1] is not None and "error" not in prev[1]
+            self.add_source(s, weight=data.weights[i] if data.weights else 1.0, update=False, keep_unreadable=True,
+                            scan=prev[1] if same else None)
+        self.weights_box.children = [row for _, row in self.sources]
+        self.strategy.value = data.strategy if data.strategy != "external" else "static"
+        self.temperature.value, self.max_epochs.value = data.temperature, data.max_epochs
+        self.total_tokens.value = str(data.total_tokens or "")
+        bad = [f"{s.name}: {self.scans[s.name]['error']}" for s, _ in self.sources if "error" in self.scans[s.name]]
+        self.add_message.value = "".join(f"<div>{_error_html(m)}</div>" for m in bad)
+    finally: self._quiet = False
     self.update()

@@ -10,7 +10,7 @@ import html, threading
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PLOTS', 'metric_series', 'event_marks', 'job_error', 'dependency_failure', 'JobMonitor']
+__all__ = ['PLOTS', 'metric_series', 'event_marks', 'tidy_log', 'job_error', 'dependency_failure', 'JobMonitor']
 
 # %% ../../nbs/widgets/63_monitor.ipynb #0324fbd8
 import ipywidgets as W
@@ -54,6 +54,22 @@ def event_marks(records:list,   # metrics.jsonl records
         name = "preempted, checkpoint saved" if r.get("checkpoint") else "preempted, no checkpoint"
         out.setdefault(f"{label} {name}" if label else name, []).append(r["step"])
     return out
+
+# %% ../../nbs/widgets/63_monitor.ipynb #9c5db4eb
+import re
+_TQDM = re.compile(r"^[^|]{0,80}?:?\s*\d{1,3}%\|[^|]*\|\s*\d+/\d+")   # "desc:  40%|████      | 2/5 [00:01<…]"
+_HARMLESS = ("torch.distributed is disabled, unavailable or uninitialized, assuming the intent is to save in a single process",)
+
+def tidy_log(text:str) -> str:
+    "A log tail without tqdm progress bars and without warnings known to be harmless here (each with its source line)."
+    out, skip = [], False
+    for line in text.splitlines():
+        if skip and line.startswith("  "): skip = False; continue   # the warning's second line: the code that warned
+        skip = False
+        if _TQDM.match(line): continue
+        if any(h in line for h in _HARMLESS): skip = True; continue
+        out.append(line)
+    return "\n".join(out)
 
 # %% ../../nbs/widgets/63_monitor.ipynb #424ca9bc
 _STATE_COLORS = {"RUNNING": "#1565c0", "COMPLETED": "#2e7d32", "FINISHED": "#2e7d32", "PENDING": "#f9a825",
@@ -135,11 +151,12 @@ class _JobCard:
             try: text = getattr(self.job, name)(log_lines)
             except TypeError: text = getattr(self.job, name)()
             except Exception as e: text = f"({name} unavailable: {e})"
-            if text: logs.append(f"--- {name} ---\n" + "\n".join(str(text).splitlines()[-log_lines:]))
+            if text: logs.append(f"--- {name} ---\n" + "\n".join(tidy_log(str(text)).splitlines()[-log_lines:]))
         color = _STATE_COLORS.get(self.state.split()[0] if self.state else "", "#555")
         step = next((r["step"] for r in reversed(self.records) if "step" in r), None)
         self.state_box.value = (f"<span class='forge-job-state' style='color:{color};font-weight:bold'>{html.escape(self.state)}</span>"
-                                f" · {len(self.records)} metrics records" + (f" · step {step}" if step is not None else ""))
+                                + (f" · {len(self.records)} metrics records" if self.records else "")
+                                + (f" · step {step}" if step is not None else ""))
         st0 = self.state.split(" ")[0]
         self._progress(st0)
         self.reason = dependency_failure(self.job) if st0 in ("CANCELLED", "PENDING") else None
@@ -170,7 +187,14 @@ def _progress(self:_JobCard, state:str):
     self.bar.value = min(step, self.bar.max)
     self.bar.bar_style = "success" if state in ("COMPLETED", "FINISHED") else "danger" if state in FAILED_STATES else "info"
     t = [r for r in train if "time" in r]
-    text = progress(step, self.total, t[-1]["time"], (t[0]["step"], t[0]["time"])) if t else "no training steps yet"
+    ended = state in TERMINAL_STATES and not (state == "PREEMPTED" and not getattr(self, "finished", True))
+    self.bar.layout.display = "none" if ended and not train else ""   # nothing to show: a stage that does not train
+    if ended and not train:
+        text = ("completed: this stage has no training steps" if state in ("COMPLETED", "FINISHED")
+                else f"{state.lower()} before any training step")
+    else:
+        text = progress(step, self.total, t[-1]["time"], (t[0]["step"], t[0]["time"])) if t else "no training steps yet"
+        if ended: text = text.split(", ETA")[0] + f" · {state.lower()}"   # no time left to a job that will not go on
     self.bar_label.value = f"<span class='forge-progress-text'>{html.escape(text)}</span>"
 
 # %% ../../nbs/widgets/63_monitor.ipynb #a5d984e6
@@ -208,11 +232,15 @@ def _controls(self:JobMonitor, stage:str|None) -> list:
                                   layout=W.Layout(width="9em"))
     self.reattach_button = W.Button(description="Reattach", icon="link", layout=W.Layout(width="auto"))
     self.message = W.HTML()
+    # the plots follow one run by default (the latest added): a slow old run must not squash a new one's axes
+    self.plot_runs = W.Dropdown(options=[("latest run", ""), ("all runs", "*")], value="", description="plots",
+                                style={"description_width": "3em"}, layout=W.Layout(width="22em"))
+    self.plot_runs.observe(lambda ch: self.refresh() if self.cards else None, "value")
     self.refresh_button.on_click(lambda b: self.refresh())
     self.auto.observe(lambda ch: self.start() if ch["new"] else self.stop(), "value")
     self.reattach_button.on_click(lambda b: self.reattach(self.run_input.value.strip(), self.stage_input.value or None))
     return [
-        W.HBox([W.HTML("<b>Jobs</b>"), self.refresh_button, self.auto]),
+        W.HBox([W.HTML("<b>Jobs</b>"), self.refresh_button, self.auto, self.plot_runs]),
         W.HBox([self.run_input, self.stage_input, self.reattach_button]), self.message,
         self.cards_box, W.HBox(list(self.plots.values()), layout=W.Layout(flex_flow="row wrap"))]
 
@@ -235,7 +263,7 @@ def reattach(self:JobMonitor, run, stage=None, refresh:bool=True):
     if not run: self.message.value = "<span style='color:#c62828'>give a run name or directory</span>"; return None
     try: job = attach(run, stage, self.runs_dir)
     except Exception as e:
-        self.message.value = f"<span style='color:#c62828'>cannot reattach to {html.escape(str(run))}: {html.escape(f'{type(e).__name__}: {e}')}</span>"
+        self.message.value = f"<span style='color:#c62828'>cannot reattach to {html.escape(str(run))}: {html.escape(str(e))}</span>"
         return None
     self.message.value = f"<span style='color:#777'>attached to {html.escape(str(run))}: job {html.escape(str(job.job_id))}</span>"
     return self.add(job, refresh)
@@ -255,23 +283,41 @@ def _cancel(self:JobMonitor, card):
     try:
         card.job.cancel()
         self.message.value = f"<span style='color:#777'>cancel sent to job {html.escape(str(card.job.job_id))}</span>"
+        self._cancel_sent = card
     except Exception as e:
         self.message.value = f"<span style='color:#c62828'>cancel failed: {html.escape(str(e))}</span>"
     self.refresh()
 
 # %% ../../nbs/widgets/63_monitor.ipynb #88909363
 @patch
+def plotted_cards(self:JobMonitor) -> list:
+    "The cards whose curves are plotted: the latest run's (default), every run's, or one chosen run's; the run menu is kept current."
+    runs = list(dict.fromkeys(str(c.job.run_name) for c in self.cards))
+    opts = [("latest run", ""), ("all runs", "*")] + [(r, r) for r in runs]
+    if list(self.plot_runs.options) != opts:
+        v = self.plot_runs.value
+        with self.plot_runs.hold_trait_notifications(): self.plot_runs.options = opts; self.plot_runs.value = v if v in ("", "*", *runs) else ""
+    want = self.plot_runs.value
+    if want == "*": return list(self.cards)
+    run = want or (runs[-1] if runs else None)
+    return [c for c in self.cards if str(c.job.run_name) == run]
+
+@patch
 def refresh(self:JobMonitor):
     "Read every job's state, logs and new metrics, and redraw the plots."
     with self._lock:
         prefetch_states([c.job for c in self.cards])   # one scheduler question for every card (and the jobs they wait for)
         for c in self.cards: c.read()
+        if getattr(self, "_cancel_sent", None) is not None and self._cancel_sent.finished:   # the card says it now
+            self.message.value, self._cancel_sent = "", None
         series, marks = {k: {} for k in PLOTS} | {"bpb_baselines": {}}, {}
-        for c in self.cards:
-            label = c.label if len(self.cards) > 1 else ""
+        shown = self.plotted_cards()
+        for c in shown:
+            label = c.label if len(shown) > 1 else ""
             for k, v in metric_series(c.records, label).items(): series[k].update(v)
             marks.update(event_marks(c.records, label))
-        for k, t in PLOTS.items():
+        for k, t0 in PLOTS.items():
+            t = t0 if len(shown) == len(self.cards) or not shown else f"{t0}: {shown[0].job.run_name}"
             self.plots[k].value = line_chart(series[k], title=t, log_y=(k == "loss"), marks=marks if k == "loss" else None,
                                              hlines=series["bpb_baselines"] if k == "bpb" else None)
     if self.follow and self.cards and not self.all_done and self._thread is None: self.start()   # a live job: follow it without being asked

@@ -36,10 +36,11 @@ class PolicyEditor(W.VBox):
         self.policy = W.Textarea(value=policy_yaml, description="", layout=lay)
         self.rows = W.Textarea(value=rows, layout=lay)
         self.model = W.Text(value=model, placeholder="model folder (optional)", description="model", layout=W.Layout(width="28em"))
-        self.k = W.BoundedIntText(value=2, min=1, max=16, description="k", layout=W.Layout(width="8em"))
+        self.k = W.BoundedIntText(value=2, min=1, max=16, description="k", style={"description_width": "1.5em"},
+                                  layout=W.Layout(width="8em"))
         self.sample_btn = W.Button(description="sample", tooltip="replace the completions with k samples per prompt from the model")
         self.message, self.table, self.summary = W.HTML(), W.HTML(), W.HTML()
-        self.records, self.result = [], None
+        self.records, self.result, self.stale = [], None, False
         self.policy.observe(lambda ch: self.update(), "value")
         self.rows.observe(lambda ch: self.update(), "value")
         self.sample_btn.on_click(lambda b: self.sample())
@@ -62,13 +63,19 @@ class PolicyEditor(W.VBox):
         return rows
 
     def update(self):
-        "Validate the policy and re-score every row; show errors in place (the last good table stays)."
+        "Validate the policy and re-score every row; show errors in place (the last good table stays, marked stale and greyed)."
         try:
             pol = policy_from_yaml(self.policy.value, "policy")
             rows = self.parse_rows()
         except (ConfigError, ValueError) as e:
-            self.message.value = f"<pre class='forge-field-error' style='color:#c62828'>{html.escape(str(e))}</pre>"; return
-        self.message.value = ""
+            self.message.value = f"<pre class='forge-field-error' style='color:#c62828'>{html.escape(str(e))}</pre>"
+            if self.records and not self.stale:   # the scores below belong to the last valid policy, not to this text
+                self.stale = True
+                self.summary.value = ("<div class='forge-policy-stale' style='color:#b26a00'>⚠ stale: the table below was scored with "
+                                      "the last valid policy; fix the error above to re-score</div>") + self.summary.value
+                self.table.value = f"<div class='forge-stale-table' style='opacity:0.45'>{self.table.value}</div>"
+            return
+        self.message.value, self.stale = "", False
         self.records = score_rows(pol, rows, [r.get("completion", "") for r in rows])
         s = self.result = summarize(pol, self.records)
         self.summary.value = (f"<b>{s['n']} completions</b>: every rule passed {s['pass_rate']:.0%}, mean reward {s['reward']:.2f} &nbsp; "

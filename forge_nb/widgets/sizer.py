@@ -9,13 +9,41 @@ from __future__ import annotations
 import html
 
 # %% auto #0
-__all__ = ['ModelSizer']
+__all__ = ['measure_throughput', 'ModelSizer']
 
 # %% ../../nbs/widgets/65_sizer.ipynb #9dd928f1
 import ipywidgets as W
 from ..config import PipelineConfig, ModelConfig, ResourcesConfig, validate_config
 from ..charts import line_chart
 from .. import model as M
+
+# %% ../../nbs/widgets/65_sizer.ipynb #4373180e
+def measure_throughput(mc:ModelConfig,       # the model (a dialled one: `init_from` is ignored)
+                       vocab_size:int,        # the tokenizer's vocabulary size
+                       seq_len:int,           # training context
+                       batch:int=1,           # sequences per step
+                       steps:int=2,           # timed steps (after one warm-up step)
+                       probe_len:int=256,     # timed at most this context, scaled to `seq_len` by FLOPs per token
+                      ) -> dict:              # tokens_per_s (at seq_len), measured_tokens_per_s (at probe_len), seconds, ...
+    "Tokens per second of a few training steps of this model on this machine (its first GPU, else the CPU)."
+    import time, torch
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = M.build_model(mc.model_copy(update={"init_from": None}), vocab_size).to(dev); model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    T = min(seq_len, probe_len)      # a long context is timed short: the cost per token grows with it as FLOPs per token do
+    x = torch.randint(0, vocab_size, (batch, T), device=dev)
+    def step():
+        model(input_ids=x, labels=x).loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        if dev == "cuda": torch.cuda.synchronize()
+    step()
+    t = time.perf_counter()
+    for _ in range(steps): step()
+    dt = time.perf_counter() - t
+    name = torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
+    measured = batch * T * steps / dt
+    scale = M.flops_per_token(mc, vocab_size, T) / M.flops_per_token(mc, vocab_size, seq_len)
+    return dict(tokens_per_s=measured * scale, measured_tokens_per_s=measured, seconds=dt, steps=steps, batch=batch,
+                seq_len=seq_len, probe_len=T, device=name, threads=torch.get_num_threads())
 
 # %% ../../nbs/widgets/65_sizer.ipynb #66c1d5de
 class ModelSizer(W.VBox):
@@ -39,8 +67,13 @@ class ModelSizer(W.VBox):
         self.seq_len = W.IntText(value=mc.max_seq_len, description="seq_len", layout=lay, style=style)
         self.tpp = W.FloatText(value=mc.tokens_per_param, description="tokens/param", layout=lay, style=style)
         self.tokens = W.Text(value="", placeholder="(compute-optimal budget)", description="train tokens", layout=lay, style=style)
-        self.device = W.Dropdown(options=[("(custom peak)", None)] + [(d, d) for d in devices],
-                                 value="H100 SXM" if "H100 SXM" in devices else None, description="device", layout=lay, style=style)
+        here = pipe is not None and pipe.resources.cluster == "local" and not pipe.resources.gpus_per_node   # a CPU run, on this machine
+        self.device = W.Dropdown(options=[("this machine (measured)", "here"), ("(custom peak)", None)] + [(d, d) for d in devices],
+                                 value="here" if here or "H100 SXM" not in devices else "H100 SXM", description="device", layout=lay, style=style)
+        self.measure_button = W.Button(description="measure here", icon="stopwatch", layout=W.Layout(width="auto"),
+                                       tooltip="time a few training steps of this model on this machine")
+        self.measure_button.on_click(lambda b: self.measure())
+        self.measured = {}   # (model, vocab, seq_len) -> measure_throughput's result
         self.peak = W.FloatText(value=(pipe.pretrain.peak_flops / 1e12 if pipe and pipe.pretrain.peak_flops else 100.0),
                                 description="peak TFLOP/s", layout=lay, style=style)
         self.n_devices = W.BoundedIntText(value=max(1, res.nodes * max(res.gpus_per_node, 1)), min=1, max=100_000,
@@ -56,7 +89,7 @@ class ModelSizer(W.VBox):
             w.observe(lambda ch: self.update(), "value")
         super().__init__([W.HBox([W.VBox([W.HTML("<b>Model</b>"), self.init_from, self.arch, self.depth, self.aspect, self.head_dim, self.vocab,
                                           self.seq_len, self.tpp, self.tokens, self.optimizer]),
-                                  W.VBox([W.HTML("<b>Hardware</b>"), self.device, self.peak, self.n_devices, self.mfu])]),
+                                  W.VBox([W.HTML("<b>Hardware</b>"), self.device, self.measure_button, self.peak, self.n_devices, self.mfu])]),
                           self.message, W.HBox([self.summary, self.curve])])
         self.add_class("forge-model-sizer")
         self._quiet = False
@@ -71,9 +104,51 @@ class ModelSizer(W.VBox):
         return validate_config(ModelConfig, data, "sizer", prefix=("model",))
 
     def update(self):
-        "Recompute every figure for the current dials."
+        "Recompute every figure for the current dials, then call the `on_change` callbacks."
         if self._quiet: return
+        self._redraw()
+        for cb in getattr(self, "_callbacks", []): cb(self)
+
+    def on_change(self, callback):
+        "Call `callback(sizer)` after every redraw."
+        if not hasattr(self, "_callbacks"): self._callbacks = []
+        self._callbacks.append(callback)
+
+    def set_config(self, cfg:PipelineConfig):
+        "Put a pipeline config's model, vocabulary, optimizer and device count on the dials (e.g. the Studio form's, after an edit there)."
+        mc, quiet = cfg.model, self._quiet
+        self._quiet, self._base = True, mc
+        try:
+            if mc.head_dim not in self.head_dim.options: self.head_dim.options = sorted({*self.head_dim.options, mc.head_dim})
+            if mc.arch not in self.arch.options: self.arch.options = [*self.arch.options, mc.arch]
+            self.depth.max, self.aspect.max = max(self.depth.max, mc.depth), max(self.aspect.max, mc.aspect_ratio)
+            self.arch.value, self.depth.value, self.aspect.value, self.head_dim.value = mc.arch, mc.depth, mc.aspect_ratio, mc.head_dim
+            self.vocab.value, self.seq_len.value, self.tpp.value = cfg.tokenizer.vocab_size, mc.max_seq_len, mc.tokens_per_param
+            self.init_from.value = mc.init_from or ""
+            if cfg.pretrain.optim.name in self.optimizer.options: self.optimizer.value = cfg.pretrain.optim.name
+            res = cfg.resources; self.n_devices.value = max(1, res.nodes * max(res.gpus_per_node, 1))
+        finally: self._quiet = quiet
+        self.update()
+
+    def _probe_key(self, mc, V) -> str: return f"{mc.model_dump_json()}|{V}|{self.seq_len.value}"
+
+    def measure(self) -> dict|None:
+        "Time a few training steps of the dialled model here (`measure_throughput`) and estimate with it."
+        try: mc, V = self.model_config, self.vocab.value
+        except ValueError as e: self.message.value = f"<span class='forge-field-error' style='color:#c62828'>✗ {html.escape(str(e))}</span>"; return None
+        if mc.init_from:
+            self.message.value = "<span style='color:#777'>a loaded model (init_from) is not measured here: choose a device</span>"; return None
+        self.measure_button.disabled, self.measure_button.description = True, "measuring…"
+        try: self.measured[self._probe_key(mc, V)] = r = measure_throughput(mc, V, self.seq_len.value)
+        finally: self.measure_button.disabled, self.measure_button.description = False, "measure here"
+        self.update()
+        return r
+
+    def _redraw(self):
         self.peak.disabled = self.device.value is not None
+        here = self.device.value == "here"
+        self.measure_button.layout.display = "" if here else "none"
+        self.mfu.disabled = here
         loaded = bool(self.init_from.value.strip())        # a loaded model's size is its files', not the dial's
         for w in (self.arch, self.depth, self.aspect, self.head_dim, self.vocab): w.disabled = loaded
         self.figures = None
@@ -83,8 +158,11 @@ class ModelSizer(W.VBox):
             tokens = int(float(t)) if t else None
             d, p = M.model_dims(mc, V), M.count_params(mc, V)
             fpt, budget = M.flops_per_token(mc, V, self.seq_len.value), M.token_budget(mc, V)
-            hw = dict(device=self.device.value) if self.device.value else dict(peak_flops=self.peak.value * 1e12)
+            probe = self.measured.get(self._probe_key(mc, V)) if here else None
+            hw = (dict(tokens_per_s=(probe["tokens_per_s"] if probe else 1.0) * self.n_devices.value) if here else
+                  dict(device=self.device.value) if self.device.value else dict(peak_flops=self.peak.value * 1e12))
             est = M.estimate_time(mc, V, tokens, self.seq_len.value, n_devices=self.n_devices.value, mfu=self.mfu.value, **hw)
+            if here and not probe: est.update(tokens_per_s=None, seconds=None, hours=None, basis="not measured")   # no time without a measurement
         except (ValueError, OSError, KeyError) as e:   # ConfigError is a ValueError too; a model folder's files may be bad
             self.message.value = f"<span class='forge-field-error' style='color:#c62828'>✗ {html.escape(str(e))}</span>"
             self.summary.value = self.curve.value = ""; return
@@ -99,8 +177,12 @@ class ModelSizer(W.VBox):
                 ("FLOPs / token", f"{M.human_count(fpt)} (training, T={self.seq_len.value})"),
                 ("token budget", f"{M.human_count(budget)} ({mc.tokens_per_param:g} tokens/param)"),
                 ("train tokens", f"{M.human_count(est['tokens'])} = {est['flops']:.2e} FLOP"),
-                ("throughput", f"{M.human_count(est['tokens_per_s'])} tokens/s ({est['basis']})"),
-                ("estimated time", f"<b>{M.human_duration(est['seconds'])}</b>")] + [
+                ("throughput", f"{M.human_count(est['tokens_per_s'])} tokens/s ({est['basis']})" if not here else
+                 "<i>not measured yet: press <b>measure here</b> (a few training steps of this model on this machine)</i>" if not probe else
+                 f"{M.human_count(est['tokens_per_s'])} tokens/s, measured here: {probe['steps']} steps of {probe['batch']} × "
+                 f"{probe['probe_len']} tokens on {html.escape(probe['device'])}"
+                 + (f", scaled to {probe['seq_len']} by FLOPs per token" if probe['probe_len'] < probe['seq_len'] else "") + (f" × {self.n_devices.value} devices" if self.n_devices.value > 1 else "")),
+                ("estimated time", f"<b>{M.human_duration(est['seconds'])}</b>" if not here or probe else "—")] + [
                 (f"suggested lr ({self.optimizer.value})", f"<b>{r['lr']:.2g}</b> <code>{r['field']}</code> for {html.escape(r['params'])}: "
                  f"<span style='color:#777'>{html.escape(r['rule'])}</span>") for r in lrs]
         self.summary.value = ("<table class='forge-sizer-table' style='font-size:12px'>" +

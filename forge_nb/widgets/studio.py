@@ -8,7 +8,7 @@ Docs: https://forge-nb.github.io/forge_nb/widgets/studio.html.md"""
 from __future__ import annotations
 
 # %% auto #0
-__all__ = ['sft_example_counts', 'SFTPreview', 'Studio']
+__all__ = ['sft_example_counts', 'SFTPreview', 'config_changes', 'Studio']
 
 # %% ../../nbs/widgets/66_studio.ipynb #8532db6c
 import html, json, tempfile
@@ -53,7 +53,7 @@ class SFTPreview(W.VBox):
                  max_per_source:int|None=5000,     # cap on examples counted per source (None: all)
                 ):
         self.form, self.n, self.max_per_source, self._shown = form, n, max_per_source, None
-        self.button = W.Button(description="Preview SFT examples", icon="refresh")
+        self.button = W.Button(description="Preview SFT examples", icon="refresh", layout=W.Layout(width="auto"))
         self.button.on_click(lambda b: self.refresh())
         self.output = W.HTML()
         form.on_change(self._changed)
@@ -90,6 +90,23 @@ class SFTPreview(W.VBox):
                                       [(r["source"], r["template"], r["question"], r["answer"]) for r in rows], "forge-sft-examples"))
         return self.output.value
 
+# %% ../../nbs/widgets/66_studio.ipynb #b8adb275
+def _flat(v, path:str, out:dict):
+    if isinstance(v, dict):
+        for k, x in v.items(): _flat(x, f"{path}.{k}" if path else k, out)
+    else: out[path] = v
+
+def _short(v) -> str:
+    if isinstance(v, list) and v and all(isinstance(x, dict) and "name" in x for x in v): v = [x["name"] for x in v]
+    s = "[" + ", ".join(map(str, v)) + "]" if isinstance(v, list) else "(none)" if v is None else str(v)
+    return s if len(s) <= 60 else s[:57] + "…"
+
+def config_changes(old, new) -> list[str]:
+    "`field: old → new` for each field (dotted) in which config `new` differs from `old`."
+    a, b = {}, {}
+    _flat(old.model_dump(mode="json"), "", a); _flat(new.model_dump(mode="json"), "", b)
+    return [f"{k}: {_short(a.get(k))} → {_short(b.get(k))}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+
 # %% ../../nbs/widgets/66_studio.ipynb #e6fb1749
 class Studio(W.Tab):
     "Config form, mix builder, model sizer, SFT example preview, launch panel and job monitor in tabs, all around one config."
@@ -105,12 +122,23 @@ class Studio(W.Tab):
         self.form.on_change(self.mix.set_pipeline)
         self.sizer = ModelSizer(cfg)
         self.sft_preview = SFTPreview(self.form)
-        self.use_mix = W.Button(description="Use this mix", icon="check", button_style="primary")
-        self.use_model = W.Button(description="Use this model", icon="check", button_style="primary")
-        self.message = W.HTML()
+        self.use_mix = W.Button(description="Use this mix", icon="check", button_style="primary", layout=W.Layout(width="auto"))
+        self.use_model = W.Button(description="Use this model", icon="check", button_style="primary", layout=W.Layout(width="auto"))
+        self.undo_mix, self.undo_model = (W.Button(description="Undo", icon="undo", layout=W.Layout(width="auto", display="none"))
+                                          for _ in range(2))
+        self.mix_changes, self.model_changes = W.HTML(), W.HTML()   # what the button would change in the form
+        self.mix_changes.add_class("forge-mix-changes"); self.model_changes.add_class("forge-model-changes")
+        self.message, self._before = W.HTML(), None
         self.use_mix.on_click(lambda b: self.apply_mix())
         self.use_model.on_click(lambda b: self.apply_model())
-        tabs = [("config", self.form), ("data mix", W.VBox([self.mix, self.use_mix])), ("model size", W.VBox([self.sizer, self.use_model])),
+        self.undo_mix.on_click(lambda b: self.undo()); self.undo_model.on_click(lambda b: self.undo())
+        self._seen = {}                                   # the form's mix and model last shown in the builder and the sizer
+        self.form.on_change(self._follow)
+        self.mix.on_change(lambda m: self._show_changes()); self.sizer.on_change(lambda s: self._show_changes())
+        self._follow(self.form.config)
+        tabs = [("config", self.form),
+                ("data mix", W.VBox([W.HBox([self.use_mix, self.undo_mix]), self.mix_changes, self.mix])),   # what it writes, first
+                ("model size", W.VBox([W.HBox([self.use_model, self.undo_model]), self.model_changes, self.sizer])),
                 ("sft examples", self.sft_preview), ("launch", self.launch_panel), ("jobs", self.monitor)]
         tabs = [(t, w) for t, w in tabs if t != "sft examples" or "sft" in implemented_stages()]   # a face only for an implemented stage
         super().__init__(children=[w for _, w in tabs], titles=tuple(t for t, _ in tabs))
@@ -119,25 +147,72 @@ class Studio(W.Tab):
             try: self.monitor.watch_run(cfg.name)
             except Exception as e: self.monitor.message.value = f"<span style='color:#c62828'>cannot read the run's jobs: {e}</span>"
 
-    def _replace(self, **parts) -> PipelineConfig|None:
+    @staticmethod
+    def _mix_key(data) -> str: return json.dumps(data.model_dump(mode="json"), sort_keys=True)
+    @staticmethod
+    def _model_key(cfg) -> str:
+        return json.dumps([cfg.model.model_dump(mode="json"), cfg.tokenizer.vocab_size, cfg.pretrain.optim.name,
+                           cfg.resources.nodes, cfg.resources.gpus_per_node])
+
+    def _follow(self, cfg):
+        "The form changed: show its mix in the builder and its model on the sizer (when they changed there), and what each tab would change."
+        if cfg is not None:
+            if self._mix_key(cfg.data) != self._seen.get("mix"):
+                self._seen["mix"] = self._mix_key(cfg.data); self.mix.set_data(cfg.data)
+            if self._model_key(cfg) != self._seen.get("model"):
+                self._seen["model"] = self._model_key(cfg); self.sizer.set_config(cfg)
+        self._show_changes()
+
+    def _proposed(self, part:str):
+        "The form's config with the mix builder's (`part='mix'`) or the sizer's (`'model'`) values written in; raises `ConfigError`."
+        cfg = self.form.config
+        if part == "mix":
+            mix = self.mix.data_config
+            return cfg.model_copy(update={"data": cfg.data.model_copy(update={k: getattr(mix, k) for k in self._MIX_FIELDS})})
+        tok = cfg.tokenizer.model_copy(update={"vocab_size": self.sizer.vocab.value})
+        return cfg.model_copy(update={"model": self.sizer.model_config, "tokenizer": tok})
+
+    _MIX_FIELDS = ("sources", "strategy", "weights", "temperature", "max_epochs", "total_tokens")
+
+    def _show_changes(self):
+        "Under each Use button: the form's fields it would change (or why it cannot)."
+        for part, box, button in (("mix", self.mix_changes, self.use_mix), ("model", self.model_changes, self.use_model)):
+            if self.form.config is None:
+                box.value, button.disabled = ("<span class='forge-field-error' style='color:#c62828'>the config form has errors: "
+                                              "fix them on the config tab first</span>"), True; continue
+            try: changes = config_changes(self.form.config, self._proposed(part))
+            except Exception as e:     # a dial or a mix setting the config refuses
+                box.value, button.disabled = f"<span class='forge-field-error' style='color:#c62828'>✗ {html.escape(str(e))}</span>", True; continue
+            button.disabled = not changes
+            box.value = ("<span style='color:#777'>the config form holds this " + part + " already</span>" if not changes else
+                         f"<div>Use this {part} would change, in the config form:</div><ul style='margin:0'>"
+                         + "".join(f"<li><code>{html.escape(c)}</code></li>" for c in changes) + "</ul>")
+
+    def _replace(self, part:str) -> PipelineConfig|None:
         cfg = self.form.config
         if cfg is None:
             self.form.status.value += " <b>(fix these before applying)</b>"; return None
-        self.form.config = cfg.model_copy(update=parts)
+        new = self._proposed(part)
+        changes = config_changes(cfg, new)
+        self._before = cfg
+        self.form.config = new
+        for b in (self.undo_mix, self.undo_model): b.layout.display = ""
+        box = self.mix_changes if part == "mix" else self.model_changes
+        box.value = ("<span class='forge-applied' style='color:#2e7d32'>✓ written into the config form: "
+                     + html.escape("; ".join(changes) or "nothing changed") + "</span>")
+        return self.form.config
+
+    def undo(self) -> PipelineConfig|None:
+        "Put back the config the last Use button replaced."
+        if self._before is None: return None
+        self.form.config, self._before = self._before, None
+        for b in (self.undo_mix, self.undo_model): b.layout.display = "none"
         return self.form.config
 
     def apply_mix(self) -> PipelineConfig|None:
         "Write the mix builder's sources, strategy, weights and budget into the config form."
-        cfg = self.form.config
-        if cfg is None: return self._replace()
-        mix = self.mix.data_config
-        data = cfg.data.model_copy(update={k: getattr(mix, k) for k in ("sources", "strategy", "weights", "temperature",
-                                                                        "max_epochs", "total_tokens")})
-        return self._replace(data=data)
+        return self._replace("mix")
 
     def apply_model(self) -> PipelineConfig|None:
         "Write the sizer's model dials and vocabulary size into the config form."
-        cfg = self.form.config
-        if cfg is None: return self._replace()
-        tok = cfg.tokenizer.model_copy(update={"vocab_size": self.sizer.vocab.value})
-        return self._replace(model=self.sizer.model_config, tokenizer=tok)
+        return self._replace("model")
