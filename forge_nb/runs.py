@@ -14,9 +14,9 @@ from .config import STAGES, atomic_write_bytes, atomic_write_text, atomic_write_
 
 # %% auto #0
 __all__ = ['MARKER', 'DiskFull', 'is_disk_full', 'commit_dir', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics',
-           'remove_dir', 'StageDir', 'RunDir', 'latest_trainer_checkpoint', 'trainer_checkpoint_callback',
-           'stage_disk_full', 'RunLocked', 'RunLock', 'stage_function', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_write_json', 'redact_secrets']
+           'remove_dir', 'checkpoint_step', 'StageDir', 'RunDir', 'latest_trainer_checkpoint',
+           'trainer_checkpoint_callback', 'stage_disk_full', 'RunLocked', 'RunLock', 'stage_function',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'redact_secrets']
 
 # %% ../nbs/01_runs.ipynb #5a0e311c
 _all_ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "redact_secrets"]   # defined in config; importable from here as before
@@ -149,6 +149,13 @@ def remove_dir(path:str|Path):
     except FileNotFoundError: return
     shutil.rmtree(gone, ignore_errors=True)
 
+def checkpoint_step(path:str|Path) -> int:
+    "The step a checkpoint folder holds, from its name: `step_00000300` (pretraining) or `checkpoint-300` (a Trainer)."
+    name = Path(path).name
+    for pre in ("step_", "checkpoint-"):
+        if name.startswith(pre) and name[len(pre):].isdigit(): return int(name[len(pre):])
+    raise ValueError(f"{path}: not a checkpoint folder name (expected step_N or checkpoint-N)")
+
 class StageDir:
     "One stage's part of a run directory: metrics, checkpoints, final outputs."
     def __init__(self, root:str|Path, stage:str):
@@ -165,13 +172,15 @@ class StageDir:
         self.checkpoints.mkdir(parents=True, exist_ok=True); return self
 
     def checkpoint_path(self, step:int) -> Path:
-        "Folder for the checkpoint at `step`."
+        "Folder for the checkpoint at `step` (pretraining's name; Trainer stages write `checkpoint-N`)."
         return self.checkpoints/f"step_{step:08d}"
 
     def complete_checkpoints(self) -> list[Path]:
-        "Finished checkpoints, oldest first (half-written ones are ignored)."
+        "Finished checkpoints of either naming (`step_N`, a Trainer's `checkpoint-N`), oldest first (half-written ones are ignored)."
         if not self.checkpoints.exists(): return []
-        return sorted(p for p in self.checkpoints.glob("step_*") if p.is_dir() and is_complete(p))
+        cks = [p for p in self.checkpoints.glob("step_*") if p.is_dir() and is_complete(p)]
+        cks += [p for p in _trainer_checkpoints(self.checkpoints) if is_complete(p) and (p/"trainer_state.json").exists()]
+        return sorted(cks, key=checkpoint_step)
 
     def latest_checkpoint(self) -> Path|None:
         "The newest finished checkpoint, or None."
