@@ -143,6 +143,7 @@ def stage_key(cfg:PipelineConfig,   # the pipeline config
         ups[n] = keys.get(p) or recorded_key(run_dir, p) if p else None
     return _hash({"stage": stage, "sections": secs, "files": _named_files(secs), "needs": ups})
 
+# %% ../nbs/70_pipeline.ipynb #4cc6069f
 def _record_path(run_dir, stage) -> Path:
     "`<stage>/stage.json`; the data stage's in `logs/` (its folder is replaced whole when it is built, and its manifest holds its key)."
     return Path(run_dir)/"logs"/"data-stage.json" if stage == "data" else Path(run_dir)/stage/"stage.json"
@@ -187,6 +188,7 @@ def mark_stage(run_dir:str|Path, stage:str, key:str, status:str, **info):
     p = _record_path(run_dir, stage); p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(p, json.dumps({"key": key, "status": status, "time": time.time(), **info}, default=str, indent=1) + "\n")
 
+# %% ../nbs/70_pipeline.ipynb #36ce924a
 def prepare_stage(run_dir:str|Path, stage:str, key:str, force:bool=False, log=print):
     """Before running a stage: clear what an earlier run with other inputs (or a forced rerun) left, so nothing stale
     resumes. A stage folder with outputs but no `stage.json` (made before keys were recorded, or by a bare `launch`) has
@@ -201,6 +203,7 @@ def prepare_stage(run_dir:str|Path, stage:str, key:str, force:bool=False, log=pr
         log(f"[{stage}] {why}: removing the previous outputs in {d}")
         shutil.rmtree(d)
 
+# %% ../nbs/70_pipeline.ipynb #49278fac
 def check_stages(stages:list,              # the stages asked for (`--stage`, or the config's)
                  force:list|tuple=(),       # the stages to rerun (`--force`)
                 ):
