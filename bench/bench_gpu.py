@@ -135,7 +135,8 @@ def bench_sft(a):
 def bench_grpo(a):
     import torch
     import transformers; transformers.logging.set_verbosity_error()
-    from forge_nb.rl import demo_task, tiny_chat_model
+    from forge_nb.demo import demo_task
+    from forge_nb.trl_stage import tiny_chat_model
     from bench_rl import run_forge
     depth, sft_steps, steps = (2, 3, 3) if a.dry_run else (8, 20, 12)
     with tempfile.TemporaryDirectory() as d:

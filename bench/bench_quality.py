@@ -7,7 +7,7 @@ the ratio Muon / AdamW (below 1: Muon is better).
     .venv/bin/python bench/bench_quality.py --minutes 8 --json out.json --muon-lr 0.02
 
 How it is fair:
-- Same data (the demo config's token store, built once: `forge_nb.pipeline.demo_config`), same model and
+- Same data (the demo config's token store, built once: `forge_nb.demo.demo_config`), same model and
   initialisation (the config's seed), same batches in the same order, same warmup and cosine shape, same
   per-domain validation (every held-out sequence of every source, `forge_nb.pretrain.evaluate`).
 - Same wall-clock: both optimizers train in two processes started together, one CPU thread each, so whatever else
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 def bench_config(work: Path, a):
     "The demo config (data + pretrain), its optimizer settings from the command line."
     from forge_nb.config import override
-    from forge_nb.pipeline import demo_config
+    from forge_nb.demo import demo_config
     cfg = demo_config(str(work), name="quality")
     return override(cfg, "stages=[data, pretrain]", f"pretrain.steps={a.budget_steps}", f"pretrain.micro_batch_size={a.batch}",
                     f"pretrain.optim.muon_lr={a.muon_lr}", *([f"pretrain.optim.lr={a.lr}"] if a.lr else []))

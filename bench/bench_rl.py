@@ -125,7 +125,8 @@ def main(argv=None):
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     res = {"scoring_completions_per_s_10_regex_rules_1_core": round(scoring_throughput())}
     print(f"policy scoring: {res['scoring_completions_per_s_10_regex_rules_1_core']:,} completions/s (10 regex rules, one core)", flush=True)
-    from forge_nb.rl import demo_task, tiny_chat_model
+    from forge_nb.demo import demo_task
+    from forge_nb.trl_stage import tiny_chat_model
     task = demo_task(out / "task", n_chat=400, n_prompts=64, n_heldout=8)
     res["per_step_overhead"] = ov = per_step_overhead(task)
     print(f"forge_nb-only work per step: rewards {ov['forge_rewards_s'] * 1e3:.3f} ms (hand-written: {ov['plain_rewards_s'] * 1e3:.3f} ms), "

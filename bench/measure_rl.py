@@ -1,4 +1,4 @@
-"""Does RL on a policy work? On the demo support task (forge_nb.rl.demo_task), on this machine's CPU:
+"""Does RL on a policy work? On the demo support task (forge_nb.demo.demo_task), on this machine's CPU:
 
 1. a small chat model: tokenizer + tiny Llama + a short SFT on partly compliant answers (`tiny_chat_model`);
 2. GRPO for a few minutes on the four-rule policy -> each rule's pass rate on HELD-OUT prompts before/after;
@@ -13,7 +13,9 @@ import argparse, json, sys, time
 from pathlib import Path
 
 from forge_nb.config import PipelineConfig
-from forge_nb.rl import demo_task, tiny_chat_model, run_rl, format_report
+from forge_nb.demo import demo_task
+from forge_nb.trl_stage import tiny_chat_model
+from forge_nb.rl import run_rl, format_report
 
 
 def main(argv=None):

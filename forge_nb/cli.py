@@ -111,7 +111,8 @@ def _load(args):
     return override(cfg, *extra) if extra else cfg
 
 def _cmd_config(args) -> int:
-    from forge_nb.config import PipelineConfig, load_config, save_config, override, config_schema
+    from forge_nb.config import PipelineConfig, load_config, override, config_schema
+    from forge_nb.runs import save_config
     import json
     if args.config_cmd == "init":
         p = Path(args.path)
@@ -133,7 +134,8 @@ def _cmd_run(args, stages=None, wait=True) -> int:
                  force=getattr(args, "force", None) or ()); return 0
 
 def _cmd_demo(args) -> int:
-    from forge_nb.pipeline import demo_config, run_pipeline
+    from forge_nb.demo import demo_config
+    from forge_nb.pipeline import run_pipeline
     sets = list(args.overrides) + ([f"pretrain.steps={args.steps}"] if args.steps else [])
     sets += [f"resources.{k}={getattr(args, k)}" for k in ("cluster", "partition") if getattr(args, k, None)]
     run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets, size=args.size), foreground=args.foreground,

@@ -14,7 +14,8 @@ __all__ = ['profile_dirs', 'profile_path', 'resolve_resources', 'parse_slurm_tim
            'partitions_from_scontrol', 'cluster_partitions', 'validate_resources', 'ResourceError', 'check_resources']
 
 # %% ../nbs/50_cluster.ipynb #da1da1e3
-from .config import ResourcesConfig, ConfigError, validate_config, is_secret_name
+from .config import ResourcesConfig, ConfigError, validate_config
+from .runs import is_secret_name
 
 # %% ../nbs/50_cluster.ipynb #1e85282f
 def profile_dirs() -> list[Path]:

@@ -6,19 +6,17 @@ Docs: https://forge-nb.github.io/forge_nb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #17f53b25
 from __future__ import annotations
-import difflib, importlib.util, json, math, os, re, uuid
+import difflib, importlib.util, json, math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
 # %% auto #0
-__all__ = ['SourceKind', 'STAGES', 'StageName', 'SECRET_NAME', 'WEIGHT_FILES', 'ForgeConfig', 'SourceConfig', 'MixStageConfig',
-           'DataConfig', 'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig',
-           'RLConfig', 'ResourcesConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig',
-           'ConfigError', 'validate_config', 'load_config', 'config_from_yaml', 'override', 'is_secret_name',
-           'secret_values', 'redact_text', 'redact_secrets', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_write_json', 'save_config', 'read_model_config', 'init_from_problems', 'config_schema', 'field_docs',
-           'show_fields']
+__all__ = ['SourceKind', 'STAGES', 'StageName', 'WEIGHT_FILES', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig',
+           'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig', 'RLConfig',
+           'ResourcesConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig', 'ConfigError',
+           'validate_config', 'load_config', 'config_from_yaml', 'override', 'read_model_config', 'init_from_problems',
+           'config_schema', 'field_docs', 'show_fields']
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
@@ -491,76 +489,6 @@ def override(cfg:ForgeConfig,      # config to start from
             if i == len(parts) - 1: node[p] = value
             else: node = node.setdefault(p, {}) if isinstance(node, dict) else node[p]
     return validate_config(type(cfg), data, "overrides")
-
-# %% ../nbs/00_config.ipynb #2e512d06
-SECRET_NAME = re.compile(r"(TOKEN(?!IZER)|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE)", re.I)
-
-def is_secret_name(name:str) -> bool:
-    "Does an environment variable or field name look like it holds a secret?"
-    return bool(SECRET_NAME.search(str(name)))
-
-def secret_values(env:dict|None=None,   # environment (None: `os.environ`)
-                  min_len:int=8,          # shorter values (`1`, `false`) are not treated as secrets
-                 ) -> list[str]:          # longest first, so a secret containing another is replaced whole
-    "The values of secret-looking environment variables: what must never reach a file."
-    env = os.environ if env is None else env
-    return sorted({v for k, v in env.items() if is_secret_name(k) and len(v) >= min_len}, key=len, reverse=True)
-
-def redact_text(text:str, env:dict|None=None) -> str:
-    "`text` with every secret-looking environment value replaced by `<redacted>`."
-    for v in secret_values(env):
-        if v in text: text = text.replace(v, "<redacted>")
-    return text
-
-def redact_secrets(d:dict, env:dict|None=None) -> dict:
-    "Copy of a config dict with the values of secret-looking keys, and secret environment values anywhere in it, replaced by `<redacted>`."
-    d = json.loads(json.dumps(d))
-    def walk(x):
-        items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
-        for k, v in items:
-            if isinstance(v, str): x[k] = "<redacted>" if isinstance(k, str) and is_secret_name(k) else redact_text(v, env)
-            else: walk(v)
-    walk(d); return d
-
-# %% ../nbs/00_config.ipynb #97c39932
-def _fsync_dir(path:Path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass
-
-def atomic_write_bytes(path:str|Path,   # destination file
-                       data:bytes,      # content
-                      ) -> Path:
-    "Write `data` to `path` via a temporary file and a rename: readers see the old file or the new one, never half."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:      # a full disk, a kill: no temporary file left behind; the error names the file
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not e.filename: e.filename = str(path)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-def atomic_write_text(path:str|Path, text:str) -> Path:
-    "Text version of `atomic_write_bytes`; the values of secret-looking environment variables are redacted (`redact_text`)."
-    return atomic_write_bytes(path, redact_text(text).encode())
-
-def atomic_write_json(path:str|Path, obj) -> Path:
-    "Write `obj` as indented JSON, atomically."
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-# %% ../nbs/00_config.ipynb #a98de65c
-def save_config(cfg:ForgeConfig,                     # config to write
-                path:str|Path,                       # destination YAML file
-               ) -> Path:
-    "Write `cfg` as YAML atomically (a crash never leaves half a file), secret-looking values redacted."
-    return atomic_write_text(path, yaml.safe_dump(redact_secrets(cfg.to_dict()), sort_keys=False, allow_unicode=True))
 
 # %% ../nbs/00_config.ipynb #f615ef09
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

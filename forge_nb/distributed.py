@@ -6,11 +6,12 @@ Docs: https://forge-nb.github.io/forge_nb/distributed.html.md"""
 
 # %% ../nbs/02_distributed.ipynb #200c5ab6
 from __future__ import annotations
-import os
+import contextlib, os
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'shutdown_distributed']
+__all__ = ['DistEnv', 'dist_env', 'init_distributed', 'shutdown_distributed', 'dist_on', 'barrier', 'process_group',
+           'export_rank_env']
 
 # %% ../nbs/02_distributed.ipynb #eddaab45
 @dataclass(frozen=True)
@@ -67,3 +68,36 @@ def shutdown_distributed():
             try: dist.barrier()
             finally: dist.destroy_process_group()
     except ImportError: pass
+
+# %% ../nbs/02_distributed.ipynb #489616ee
+def dist_on() -> bool:
+    "Is a torch process group running in this process?"
+    try: import torch.distributed as dist
+    except ImportError: return False
+    return dist.is_available() and dist.is_initialized()
+
+def barrier():
+    "Wait for every rank (nothing to wait for without a process group)."
+    if dist_on():
+        import torch.distributed as dist
+        dist.barrier()
+
+@contextlib.contextmanager
+def process_group(backend:str|None=None,   # as `init_distributed`
+                  timeout_s:int=600,
+                 ):
+    "Run the body inside the job's process group (started here when needed, stopped after only if started here); yields the `DistEnv`."
+    owns = not dist_on()
+    env = init_distributed(backend, timeout_s)
+    try: yield env
+    finally:
+        if owns: shutdown_distributed()
+
+def export_rank_env() -> DistEnv:
+    "Export torch's rank variables from SLURM's when a launcher set only those (accelerate reads torch's); return the `DistEnv`."
+    e = dist_env()
+    if e.distributed:
+        for k, v in dict(RANK=e.rank, WORLD_SIZE=e.world_size, LOCAL_RANK=e.local_rank, LOCAL_WORLD_SIZE=e.local_world_size,
+                         MASTER_ADDR=e.master_addr, MASTER_PORT=e.master_port).items():
+            os.environ.setdefault(k, str(v))
+    return e

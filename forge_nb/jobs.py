@@ -17,7 +17,7 @@ __all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'REQUEUE_WAIT_S', 'SNAPSHOT_S', '
 
 # %% ../nbs/51_jobs.ipynb #c3d9d961
 from fastcore.basics import patch
-from .config import atomic_write_json
+from .runs import atomic_write_json
 from .runs import RunDir, RunLock, read_metrics
 from .cluster import _run
 

@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Callable
 
 # %% auto #0
-__all__ = ['DependencyNeverSatisfied', 'master_port_for', 'hide_secrets', 'reveal_secrets', 'StageCall', 'slurm_parameters',
-           'sbatch_preview', 'detached_local_executor', 'make_executor', 'sbatch_refusal', 'submit', 'MissingInputs',
-           'stage_inputs', 'missing_inputs', 'holding_run_lock', 'launch', 'launch_fn', 'launch_pipeline',
-           'profile_dirs', 'profile_path', 'resolve_resources', 'cluster_partitions', 'validate_resources',
-           'check_resources', 'ResourceError', 'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states',
-           'Job', 'attach', 'list_jobs', 'find_run_dir']
+__all__ = ['INPUT_CHECKS', 'DependencyNeverSatisfied', 'master_port_for', 'hide_secrets', 'reveal_secrets', 'StageCall',
+           'slurm_parameters', 'sbatch_preview', 'detached_local_executor', 'make_executor', 'sbatch_refusal', 'submit',
+           'MissingInputs', 'stage_inputs', 'missing_inputs', 'check_inputs', 'holding_run_lock', 'launch', 'launch_fn',
+           'launch_pipeline', 'profile_dirs', 'profile_path', 'resolve_resources', 'cluster_partitions',
+           'validate_resources', 'check_resources', 'ResourceError', 'TERMINAL_STATES', 'FAILED_STATES',
+           'read_registry', 'sacct_states', 'Job', 'attach', 'list_jobs', 'find_run_dir']
 
 # %% ../nbs/52_launch.ipynb #b03f74d0
-from .config import ResourcesConfig, PipelineConfig, STAGES, redact_secrets, redact_text, secret_values, atomic_write_json, init_from_problems
+from .config import ResourcesConfig, PipelineConfig, STAGES, init_from_problems
+from .runs import redact_secrets, redact_text, secret_values, atomic_write_json
 from .runs import RunDir, stage_function
 from .cluster import (profile_dirs, profile_path, resolve_resources, cluster_partitions, validate_resources,
                               check_resources, ResourceError, parse_scontrol, _run)
@@ -64,7 +65,7 @@ def _export_torch_env():
 
 # %% ../nbs/52_launch.ipynb #38a21439
 class _Redacting:
-    "A job's stdout/stderr with the values of secret-looking environment variables redacted (`forge_nb.config.redact_text`); everything else (fileno, encoding, isatty) is the stream's."
+    "A job's stdout/stderr with the values of secret-looking environment variables redacted (`forge_nb.runs.redact_text`); everything else (fileno, encoding, isatty) is the stream's."
     def __init__(self, stream): self._s = stream
     def write(self, s): return self._s.write(redact_text(s))
     def flush(self): self._s.flush()
@@ -344,6 +345,19 @@ def missing_inputs(cfg:PipelineConfig, stages:list, run_dir:str|Path) -> list[st
     if {"data", "pretrain"} & set(stages): out += init_from_problems(cfg)   # the model folder to continue from: files only, cheap
     return out
 
+# %% ../nbs/52_launch.ipynb #5abb3aff
+INPUT_CHECKS = {"sft": "forge_nb.sft:check_sft_inputs", "rl": "forge_nb.rl:check_rl_inputs"}   # stage -> its inputs' check
+
+def check_inputs(cfg:PipelineConfig,   # the pipeline config
+                 stages:list,           # the stages about to run
+                ):
+    "Read every file `stages` will read from the config, with each stage's own check; the first bad one raises its file:line error."
+    import importlib
+    for st in stages:
+        if st in INPUT_CHECKS:
+            mod, fn = INPUT_CHECKS[st].split(":")
+            getattr(importlib.import_module(mod), fn)(cfg)
+
 # %% ../nbs/52_launch.ipynb #d5bec140
 def _check_stage(stage:str):
     if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
@@ -391,6 +405,7 @@ def launch(cfg:PipelineConfig,                   # the pipeline config
     res = check_resources(resources or cfg.resources, partitions)
     root = Path(run_dir) if run_dir else RunDir.for_config(cfg).root
     if not depends_on and (miss := missing_inputs(cfg, [stage], root)): raise MissingInputs(miss)
+    check_inputs(cfg, [stage])
     _check_mix(cfg, [stage])
     with _holding(root, depends_on): return _launch_checked(cfg, stage, res, run_dir, depends_on)
 
@@ -418,6 +433,7 @@ def launch_pipeline(cfg:PipelineConfig,          # the pipeline config
     if errs: raise ResourceError(errs)             # every stage is checked, once, before the first one is submitted
     miss = missing_inputs(cfg, stages, RunDir.for_config(cfg).root)
     if miss: raise MissingInputs(miss)
+    check_inputs(cfg, stages)
     _check_mix(cfg, stages)
     jobs = []
     with _holding(RunDir.for_config(cfg).root):

@@ -1,4 +1,4 @@
-"""The stages of a config, in order, through the one launcher; and the demo that runs the whole pipeline on text every machine has.
+"""The stages of a config, in order, through the one launcher: skipping finished ones, following their jobs, reporting failures.
 
 Docs: https://forge-nb.github.io/forge_nb/pipeline.html.md"""
 
@@ -6,187 +6,19 @@ Docs: https://forge-nb.github.io/forge_nb/pipeline.html.md"""
 
 # %% ../nbs/70_pipeline.ipynb #a7ba20a4
 from __future__ import annotations
-import ast, bdb, contextlib, functools, hashlib, json, os, re, sys, sysconfig, threading, time, traceback
+import bdb, contextlib, hashlib, json, os, sys, threading, time, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEMO_POLICY', 'DEMO_SIZES', 'prepare_demo_corpus', 'kb_vocabulary', 'known_words', 'short_answer', 'open_book',
-           'prepare_demo_task', 'demo_config', 'StageFailed', 'tiny_config', 'tiny_lifecycle', 'StageProgress',
-           'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'stage_record', 'recorded_key', 'is_current',
-           'mark_stage', 'prepare_stage', 'check_stages', 'plan_stages', 'run_foreground', 'run_pipeline']
+__all__ = ['StageFailed', 'StageProgress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'stage_record',
+           'recorded_key', 'is_current', 'mark_stage', 'prepare_stage', 'check_stages', 'plan_stages', 'run_foreground',
+           'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
-from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
+from .config import PipelineConfig, STAGES
 from .runs import RunDir, atomic_write_text, read_metrics
 from .jobs import error_message, progress
 from .launch import holding_run_lock
-
-# %% ../nbs/70_pipeline.ipynb #c03e40da
-def _docstrings(stdlib:Path, limit:int):
-    n = 0
-    for f in sorted(stdlib.rglob("*.py")):
-        if "test" in f.parts or "site-packages" in f.parts or "idlelib" in f.parts: continue
-        try: tree = ast.parse(f.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError): continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) >= 40:
-                    name = f.stem if isinstance(node, ast.Module) else f"{f.stem}.{node.name}"
-                    yield {"text": doc, "module": f.stem, "name": name}; n += 1
-                    if n >= limit: return
-
-def prepare_demo_corpus(folder:str|Path,          # where to write the JSONL sources
-                        max_docstrings:int=40000, # cap on docstring documents
-                       ) -> dict:                 # source name -> path or glob
-    "Write the demo's sources from Python's own standard library (no download); reuse them when present."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    docs, dstr = folder/"reference.jsonl", folder/"docstrings.jsonl"
-    if not docs.exists():
-        import pydoc_data.topics as topics
-        atomic_write_text(docs, "".join(json.dumps({"text": v, "topic": k}) + "\n" for k, v in sorted(topics.topics.items())))
-    if not dstr.exists():
-        atomic_write_text(dstr, "".join(json.dumps(d) + "\n" for d in _docstrings(stdlib, max_docstrings)))
-    return {"code": str(stdlib/"*.py"), "reference": str(docs), "docstrings": str(dstr)}
-
-# %% ../nbs/70_pipeline.ipynb #a655721f
-DEMO_POLICY = """\
-name: knowledge-base answers
-rules:
-  - name: cites_source
-    kind: cite
-    id_pattern: 'Source: (reference|docstrings)/\\S+'
-    description: "End with 'Source: reference/<topic>' or 'Source: docstrings/<module.name>', in the part of the knowledge base the given page is in."
-  - name: concise
-    kind: length
-    unit: words
-    max: 20
-    description: Stay within 20 words.
-  - name: known_words
-    kind: python
-    function: forge_nb.pipeline:known_words
-    description: Claim nothing in words the knowledge base does not have, every word of 4+ letters in the answer occurs in its pages (no made-up names or terms).
-"""
-
-_WORD = re.compile(r"[A-Za-z]{4,}")
-
-def kb_vocabulary(texts) -> list[str]:
-    "The words of 4+ letters (lower case, sorted) of the knowledge base's pages."
-    return sorted({w.lower() for t in texts for w in _WORD.findall(t)})
-
-@functools.lru_cache(maxsize=4)
-def _words_file(path:str, mtime_ns:int, size:int) -> frozenset: return frozenset(Path(path).read_text(encoding="utf-8").split())
-
-def _vocabulary(path:str) -> frozenset:
-    "The word list in `path`, read once per version of the file."
-    st = os.stat(path)
-    return _words_file(path, st.st_mtime_ns, st.st_size)
-
-def known_words(completion:str,   # the model's answer
-                prompt:str,       # the question
-                row:dict,         # the prompt's row: `vocabulary` names the knowledge base's word list
-               ):                 # (share of the answer's words in the knowledge base, reason), or None without a word list
-    "A policy rule: the share of the answer's words (4+ letters, its `Source:` line aside) that occur in the knowledge base."
-    if not row.get("vocabulary"): return None
-    words = [w.lower() for w in _WORD.findall(completion.split("Source:")[0])]
-    if not words: return 0.0, "no words"
-    vocab = _vocabulary(row["vocabulary"])
-    out = [w for w in words if w not in vocab]
-    share = 1 - len(out) / len(words)
-    return share, ("every word is in the knowledge base" if not out else
-                   f"{share:.0%} of its words are in the knowledge base (not: {', '.join(dict.fromkeys(out[:5]))})")
-
-# %% ../nbs/70_pipeline.ipynb #e7b9040b
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-def short_answer(passage:str,      # the source passage
-                 max_words:int=24, # most words kept
-                ) -> str:          # the passage's opening, on one line
-    "The answer the demo teaches: the passage's first sentences that fit in `max_words` words (the first one cut if it is longer)."
-    out, n = [], 0
-    for s in _SENTENCE_END.split(" ".join(passage.split())):
-        w = s.split()
-        if out and n + len(w) > max_words: break
-        out.append(" ".join(w[:max_words - n])); n += min(len(w), max_words - n)
-        if n >= max_words: break
-    return " ".join(out)
-
-def open_book(example:dict,      # an SFT builder example (question; passage + `Source: page`)
-              max_words:int=24,  # longest answer, in words
-             ) -> dict:          # the demo's example: messages, `context` (the passage), `source` (the page)
-    "An SFT builder example as the demo's open-book example: question, page and passage in; the passage's opening and the page out."
-    q, a = example["messages"][0]["content"], example["messages"][1]["content"]
-    passage, page = a.rsplit("\n\nSource: ", 1)
-    return {"messages": [{"role": "user", "content": f"{q}\n\nSource: {page}\n{passage}"},
-                         {"role": "assistant", "content": f"{short_answer(passage, max_words)}\n\nSource: {page}"}],
-            "context": passage, "source": page}
-
-# %% ../nbs/70_pipeline.ipynb #a8f75e3d
-def prepare_demo_task(folder:str|Path,        # where to write the examples, prompts and policy
-                      sources:list,           # `SourceConfig`s of the documents (the knowledge base)
-                      passage_chars:int=120,  # longest passage cut from a document (question, passage and answer fit 192 tokens)
-                      answer_words:int=12,    # longest SFT answer, in words
-                      max_per_source:int=4000,# examples per source (first documents first)
-                      n_prompts:int=256,      # RL training prompts (from the training documents)
-                      n_heldout:int=64,       # held-out RL prompts (from documents SFT never saw)
-                     ) -> dict:               # paths: train, heldout (SFT chat), prompts, heldout_prompts, policy, vocabulary
-    "The demo's open-book SFT examples (by the SFT builder, from the knowledge base), RL prompts from them, a three-rule policy and its word list."
-    from forge_nb.data.sft_examples import build_sft_examples, iter_source_documents
-    import random
-    folder = Path(folder).absolute(); raw, ex = folder/"sft-builder", folder/"kb-task"
-    paths = {"train": ex/"sft-train.jsonl", "heldout": ex/"sft-heldout.jsonl", "prompts": ex/"rl-prompts.jsonl",
-             "heldout_prompts": ex/"rl-heldout.jsonl", "policy": ex/"policy.yaml", "vocabulary": ex/"kb-words.txt"}
-    if not (paths["train"].exists() and paths["heldout"].exists()):      # the SFT files (rewriting them would rerun SFT)
-        build_sft_examples(sources, raw, heldout_fraction=0.1, seed=0, max_per_source=max_per_source, max_answer_chars=passage_chars)
-        for split in ("train", "heldout"):
-            es = [open_book(json.loads(l), answer_words) for l in open(raw/f"{split}.jsonl", encoding="utf-8") if l.strip()]
-            atomic_write_text(paths[split], "".join(json.dumps(e) + "\n" for e in es))
-    if not all(paths[k].exists() for k in ("prompts", "heldout_prompts", "policy", "vocabulary")):   # the RL files
-        read = lambda p: [json.loads(l) for l in open(p, encoding="utf-8") if l.strip()]
-        tr, ho = read(paths["train"]), read(paths["heldout"])
-        docs = [t for s in sources for t, *_ in iter_source_documents(s)] + [e["context"] for e in tr + ho]   # passages: a word cut at 120 chars too
-        atomic_write_text(paths["vocabulary"], "\n".join(kb_vocabulary(docs)) + "\n")
-        rows = lambda es: "".join(json.dumps({"prompt": e["messages"][0]["content"], "context": e["context"], "source": e["source"],
-                                              "vocabulary": str(paths["vocabulary"])}) + "\n" for e in es)
-        rng = random.Random(0)
-        pick = lambda es, n: rng.sample(es, min(n, len(es)))
-        atomic_write_text(paths["prompts"], rows(pick(tr, n_prompts)))
-        atomic_write_text(paths["heldout_prompts"], rows(pick(ho, n_heldout)))
-        atomic_write_text(paths["policy"], DEMO_POLICY)
-    return {k: str(v) for k, v in paths.items()}
-
-# %% ../nbs/70_pipeline.ipynb #f2436201
-DEMO_SIZES = ("full", "tiny")
-
-def demo_config(runs_dir:str="runs",    # folder of run directories
-                name:str|None=None,     # run name (default: "demo", or "demo-tiny" for size "tiny")
-                overrides:list=(),      # `dotted.path=value` overrides
-                size:str="full",        # "full": the demo below (minutes); "tiny": `tiny_lifecycle`, every stage in seconds
-               ) -> PipelineConfig:
-    "The demo pipeline: three standard-library sources mixed by token share, a tokenizer, a tiny Llama, SFT on examples built from the docs, GRPO to a policy."
-    if size not in DEMO_SIZES: raise ValueError(f"demo size {size!r}: expected one of {', '.join(DEMO_SIZES)}")
-    if size == "tiny":   # a first smoke test of the whole lifecycle: the pipeline tests' own settings, inputs beside the runs
-        cfg = tiny_lifecycle(Path(runs_dir)/"demo-tiny-inputs", name=name or "demo-tiny").model_copy(update={"runs_dir": str(runs_dir)})
-        return override(cfg, *overrides) if overrides else cfg
-    name = name or "demo"
-    src = prepare_demo_corpus(Path(runs_dir)/"demo-corpus")
-    task = prepare_demo_task(Path(runs_dir)/"demo-corpus", [SourceConfig(name=k, path=src[k]) for k in ("reference", "docstrings")])
-    cfg = PipelineConfig(
-        name=name, runs_dir=runs_dir, stages=["data", "pretrain", "sft", "rl"],
-        data=DataConfig(sources=[SourceConfig(name=k, path=v, kind="text" if k == "code" else "jsonl") for k, v in src.items()],
-                        strategy="static", weights=[0.4, 0.2, 0.4], seq_len=192, val_docs=64, max_epochs=8),
-        tokenizer={"vocab_size": 1024, "train_bytes": 3_000_000},
-        model={"arch": "llama", "depth": 2, "aspect_ratio": 64, "head_dim": 64, "max_seq_len": 192},
-        pretrain={"steps": 160, "micro_batch_size": 32, "eval_every": 80, "eval_batches": 8, "save_every": 80,
-                  "log_every": 20, "optim": {"lr": 5e-3, "warmup_steps": 40}},
-        sft={"dataset": task["train"], "eval_dataset": task["heldout"], "max_seq_len": 192, "micro_batch_size": 16,
-             "lr": 1e-3, "warmup_steps": 10, "steps": 120, "log_every": 10, "eval_every": 60, "save_every": 60,
-             "eval_examples": 64, "n_eval_prompts": 4, "max_new_tokens": 48},
-        rl={"method": "grpo", "policy": task["policy"], "prompts": task["prompts"], "heldout_prompts": task["heldout_prompts"],
-            "heldout_chat": task["heldout"], "steps": 32, "lr": 2e-4, "batch_size": 16, "num_generations": 8, "beta": 0.0,
-            "max_completion_length": 48, "save_every": 16, "report_samples": 2, "temperature": 0.7})
-    return override(cfg, *overrides) if overrides else cfg
 
 # %% ../nbs/70_pipeline.ipynb #ca0d7195
 class StageFailed(RuntimeError):
@@ -199,45 +31,6 @@ def _job_failure(job, err:Exception) -> StageFailed:
     "A failed job's `StageFailed`, from the error `Job.result` raised (which holds the job's traceback)."
     log = Path(job.folder)/f"{job.job_id}_0_log.err"            # submitit's name for task 0's standard error
     return StageFailed(job.stage, error_message(str(err)), log if log.exists() else None, str(err), job.job_id)
-
-# %% ../nbs/70_pipeline.ipynb #8b1e044b
-def tiny_config(folder:str|Path,   # run folder (`runs_dir`); the reference topics are written here
-                name:str="t",      # run name
-                **pretrain,        # `PretrainConfig` fields to change (steps, micro_batch_size, parallel, ...)
-               ) -> PipelineConfig:
-    "A data + pretrain pipeline on standard-library text that builds and trains in seconds."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    lib, ref = Path(sysconfig.get_paths()["stdlib"]), folder/"ref.jsonl"
-    if not ref.exists():
-        import pydoc_data.topics as topics
-        atomic_write_text(ref, "".join(json.dumps({"text": v}) + "\n" for k, v in sorted(topics.topics.items())[:60]))
-    pc = {"steps": 8, "micro_batch_size": 4, "log_every": 1, "eval_every": 4, "save_every": 4, "eval_batches": 2,
-          "optim": {"lr": 3e-3, "warmup_steps": 2}, **pretrain}
-    return PipelineConfig(name=name, runs_dir=str(folder), stages=["data", "pretrain"],
-        data=DataConfig(sources=[SourceConfig(name="code", path=str(lib/"json"/"*.py"), kind="text"), SourceConfig(name="ref", path=str(ref))],
-                        strategy="static", weights=[0.5, 0.5], seq_len=64, val_docs=2, total_tokens=40_000, max_epochs=20),
-        tokenizer={"vocab_size": 600, "train_bytes": 100_000},
-        model={"depth": 2, "aspect_ratio": 32, "head_dim": 32, "max_seq_len": 64}, pretrain=pc)
-
-# %% ../nbs/70_pipeline.ipynb #b0c6eab1
-def tiny_lifecycle(folder:str|Path,   # run folder (`runs_dir`); the reference topics, SFT examples and policy are written here
-                   name:str="life",   # run name
-                   sft:dict|None=None,# `SFTConfig` fields to change
-                   rl:dict|None=None, # `RLConfig` fields to change
-                   **pretrain,        # `PretrainConfig` fields to change
-                  ) -> PipelineConfig:
-    "`tiny_config`'s data + pretrain, then SFT on examples built from its reference topics and 2 GRPO steps on the demo policy."
-    from forge_nb.config import SFTConfig, RLConfig
-    cfg = tiny_config(folder, name=name, **{"steps": 6, "eval_every": 6, "save_every": 6, **pretrain})
-    task = prepare_demo_task(Path(folder)/"task", [SourceConfig(name="reference", path=str(Path(folder)/"ref.jsonl"))],
-                             n_prompts=16, n_heldout=4)
-    return cfg.model_copy(update={"stages": ["data", "pretrain", "sft", "rl"],
-        "sft": SFTConfig(**{"dataset": task["train"], "eval_dataset": task["heldout"], "max_seq_len": 64, "micro_batch_size": 4,
-                            "lr": 3e-3, "warmup_steps": 1, "steps": 4, "log_every": 1, "eval_every": 4, "save_every": 4,
-                            "eval_examples": 8, "n_eval_prompts": 2, "max_new_tokens": 8, **(sft or {})}),
-        "rl": RLConfig(**{"policy": task["policy"], "prompts": task["prompts"], "heldout_prompts": task["heldout_prompts"], "steps": 2,
-                          "batch_size": 4, "num_generations": 2, "beta": 0.0, "max_completion_length": 12, "save_every": 2,
-                          "report_samples": 1, "lr": 1e-5, **(rl or {})})})
 
 # %% ../nbs/70_pipeline.ipynb #9de8f178
 def _fmt_record(r:dict) -> str:
@@ -350,6 +143,7 @@ def stage_key(cfg:PipelineConfig,   # the pipeline config
         ups[n] = keys.get(p) or recorded_key(run_dir, p) if p else None
     return _hash({"stage": stage, "sections": secs, "files": _named_files(secs), "needs": ups})
 
+# %% ../nbs/70_pipeline.ipynb #4cc6069f
 def _record_path(run_dir, stage) -> Path:
     "`<stage>/stage.json`; the data stage's in `logs/` (its folder is replaced whole when it is built, and its manifest holds its key)."
     return Path(run_dir)/"logs"/"data-stage.json" if stage == "data" else Path(run_dir)/stage/"stage.json"
@@ -394,6 +188,7 @@ def mark_stage(run_dir:str|Path, stage:str, key:str, status:str, **info):
     p = _record_path(run_dir, stage); p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(p, json.dumps({"key": key, "status": status, "time": time.time(), **info}, default=str, indent=1) + "\n")
 
+# %% ../nbs/70_pipeline.ipynb #36ce924a
 def prepare_stage(run_dir:str|Path, stage:str, key:str, force:bool=False, log=print):
     """Before running a stage: clear what an earlier run with other inputs (or a forced rerun) left, so nothing stale
     resumes. A stage folder with outputs but no `stage.json` (made before keys were recorded, or by a bare `launch`) has
@@ -408,6 +203,7 @@ def prepare_stage(run_dir:str|Path, stage:str, key:str, force:bool=False, log=pr
         log(f"[{stage}] {why}: removing the previous outputs in {d}")
         shutil.rmtree(d)
 
+# %% ../nbs/70_pipeline.ipynb #49278fac
 def check_stages(stages:list,              # the stages asked for (`--stage`, or the config's)
                  force:list|tuple=(),       # the stages to rerun (`--force`)
                 ):
@@ -471,8 +267,10 @@ def run_foreground(cfg:PipelineConfig,     # the pipeline to run
     "Run the stages one after another in this process (no job): `breakpoint()` and debuggers work; finished stages are skipped."
     from forge_nb.runs import stage_function
     out = out or sys.stdout
+    from forge_nb.launch import check_inputs
     stages = list(stages or cfg.stages)
     check_stages(stages, force)
+    check_inputs(cfg, stages)          # a bad line in a stage's input file: said now, not after the stages before it ran
     run = RunDir.for_config(cfg).create(); run.save_config(cfg)
     env = dict(cfg.resources.env); saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -523,8 +321,9 @@ def _submit_stages(cfg:PipelineConfig, todo:list, run:RunDir, force) -> list:
     return jobs
 
 def _check_request(cfg:PipelineConfig, stages:list):
-    "Refuse a resource request that does not fit before the run's lock is asked for, as `launch_pipeline` words it."
-    from forge_nb.launch import resolve_resources, cluster_partitions, validate_resources, ResourceError
+    "Refuse a resource request that does not fit, or a stage input file with a bad line, before the run's lock is asked for, as `launch_pipeline` words it."
+    from forge_nb.launch import resolve_resources, cluster_partitions, validate_resources, ResourceError, check_inputs
+    check_inputs(cfg, stages)
     res = resolve_resources(cfg.resources)
     try: parts = cluster_partitions() if res.cluster == "slurm" else None
     except Exception: parts = None                 # validate_resources reports it

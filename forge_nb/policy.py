@@ -20,6 +20,7 @@ __all__ = ['Rule', 'RULE_KINDS', 'EXAMPLE_POLICY', 'text_of', 'When', 'RuleBase'
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from .config import ForgeConfig, ConfigError, _human, _yaml_lines, _locate
+from .runs import read_jsonl
 
 # %% ../nbs/40_policy.ipynb #19d32e12
 def _check_regex(p:str) -> str:
@@ -488,17 +489,8 @@ rules:
 
 # %% ../nbs/40_policy.ipynb #02c0f3da
 def _read_jsonl(path:str|Path, what:str) -> list:
-    "Rows of a JSONL file with their line numbers; a bad line is an error naming file and line."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{what} file {path} does not exist")
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip(): continue
-            try: r = json.loads(line)
-            except json.JSONDecodeError as e: raise ConfigError([("(jsonl)", f"not valid JSON: {e.msg}", f"{path}:{i}")], str(path)) from None
-            if not isinstance(r, dict): raise ConfigError([("(jsonl)", "each line must be a JSON object", f"{path}:{i}")], str(path))
-            rows.append((i, r))
+    "Rows of a JSONL file with their line numbers (`runs.read_jsonl`: a bad line names file and line); an empty file is an error."
+    rows = read_jsonl(path, what)
     if not rows: raise ConfigError([("(file)", f"the {what} file is empty: at least one row with `prompt` is needed", f"{path}:1")], str(path))
     return rows
 

@@ -6,142 +6,26 @@ Docs: https://forge-nb.github.io/forge_nb/rl.html.md"""
 
 # %% ../nbs/41_rl.ipynb #5fcf229e
 from __future__ import annotations
-import json, os, random, shutil, sys, time
+import json, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEMO_POLICY', 'demo_task', 'tiny_chat_model', 'cpu_args', 'check_model_folder', 'as_messages', 'load_chat_model',
-           'sample_completions', 'check_policy', 'format_check', 'add_policy_parser', 'cli_policy', 'cli_report',
-           'metrics_callback', 'train_args', 'train_grpo', 'build_pairs', 'pair_dataset', 'train_dpo',
-           'train_reward_model', 'pair_accuracy', 'save_final', 'chat_loss', 'compliance', 'compliance_report',
-           'report_svg', 'format_report', 'run_rl']
+__all__ = ['check_model_folder', 'load_chat_model', 'check_policy', 'format_check', 'add_policy_parser', 'cli_policy',
+           'cli_report', 'train_args', 'train_grpo', 'build_pairs', 'pair_dataset', 'train_dpo', 'train_reward_model',
+           'pair_accuracy', 'chat_loss', 'compliance', 'compliance_report', 'report_svg', 'format_report',
+           'check_rl_inputs', 'run_rl']
 
 # %% ../nbs/41_rl.ipynb #747fd864
 from .config import PipelineConfig, RLConfig, ConfigError
-from .runs import RunDir, latest_trainer_checkpoint, trainer_checkpoint_callback, atomic_dir, atomic_write_json, atomic_write_text, read_metrics, stage_disk_full
+from .runs import RunDir, trainer_checkpoint_callback, atomic_write_json, atomic_write_text, read_metrics, stage_disk_full, read_jsonl, checkpoint_step
+from .distributed import export_rank_env, dist_env
 from .policy import (Policy, load_policy, load_prompts, load_pairs, check_prompts, reward_functions, score_rows,
                              summarize, text_of)
 from .charts import bar_chart
 from .preempt import preemption_callback
 from .model import check_vocab
-
-# %% ../nbs/41_rl.ipynb #ae01cdb4
-_PRODUCTS = ["Basic", "Pro", "Team", "Enterprise", "Starter", "Plus", "Max", "Student", "Family", "Business"]
-_TOPICS = [("pricing", "KB-11", "How much does the {p} plan cost?", "The {p} plan costs {n} EUR a month."),
-           ("pricing", "KB-12", "What is the price of {p}?", "The {p} plan costs {n} EUR a month."),
-           ("refunds", "KB-21", "Can I get a refund for {p}?", "Refunds for {p} are paid within {d} days."),
-           ("account", "KB-31", "How do I reset my {p} password?", "Reset a {p} password from the login page."),
-           ("account", "KB-32", "How do I cancel {p}?", "Cancel {p} from the account page at any time.")]
-
-DEMO_POLICY = """\
-name: support-assistant
-rules:
-  - name: no_competitors
-    kind: forbidden
-    terms: [AcmeCorp, Globex]
-    weight: 1.0
-  - name: pricing_disclaimer
-    kind: required
-    phrases: ["prices may change"]
-    when: {column: tags, has: pricing}
-    weight: 1.0
-  - name: cites_kb
-    kind: cite
-    context_column: context
-    weight: 1.0
-  - name: concise
-    kind: length
-    unit: words
-    max: 24
-    weight: 1.0
-"""
-
-def _demo_row(rng, prods:list) -> dict:
-    tag, kb, q, fact = rng.choice(_TOPICS)
-    p = rng.choice(prods)
-    fact = fact.format(p=p, n=rng.randint(3, 99), d=rng.randint(2, 30))
-    return {"prompt": q.format(p=p), "tags": [tag], "context": f"[{kb}] {fact}", "_fact": fact, "_kb": kb}
-
-def _demo_answer(rng, r:dict) -> str:
-    "An answer that follows each rule with some probability (so the SFT model is partly compliant)."
-    parts = [r["_fact"]]
-    if rng.random() < 0.4: parts[-1] = parts[-1][:-1] + f" [{r['_kb']}]."
-    if "pricing" in r["tags"] and rng.random() < 0.35: parts.append("Note that prices may change.")
-    if rng.random() < 0.3: parts.append(rng.choice(["AcmeCorp is cheaper though.", "Globex offers the same."]))
-    if rng.random() < 0.35: parts.append("Let me know if there is anything else I can help you with today, "
-                                         "our team is always happy to help with any question you have.")
-    return " ".join(parts)
-
-def demo_task(folder:str|Path,         # where to write the files
-              n_chat:int=2000,         # SFT conversations
-              n_prompts:int=256,       # RL training prompts
-              n_heldout:int=64,        # held-out prompts (unseen products)
-              seed:int=0,
-             ) -> dict:                # paths: chat, prompts, heldout, heldout_chat, policy
-    "Write a small support-assistant task: chat data for SFT, prompts, held-out prompts and chats, a four-rule policy."
-    rng, folder = random.Random(seed), Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    train_p, held_p = _PRODUCTS[:7], _PRODUCTS[7:]
-    def rows(n, prods): return [_demo_row(rng, prods) for _ in range(n)]
-    clean = lambda r: {k: v for k, v in r.items() if not k.startswith("_")}
-    chat = [{"messages": [{"role": "user", "content": r["prompt"] + "\n" + r["context"]},
-                          {"role": "assistant", "content": _demo_answer(rng, r)}]} for r in rows(n_chat, train_p)]
-    hrng = random.Random(seed + 1)   # its own generator: the other files do not depend on it
-    held_chat = [{"messages": [{"role": "user", "content": r["prompt"] + "\n" + r["context"]},
-                               {"role": "assistant", "content": _demo_answer(hrng, r)}]}
-                 for r in (_demo_row(hrng, held_p) for _ in range(n_heldout))]
-    paths = {"chat": folder/"chat.jsonl", "prompts": folder/"prompts.jsonl", "heldout": folder/"heldout.jsonl",
-             "heldout_chat": folder/"heldout_chat.jsonl", "policy": folder/"policy.yaml"}
-    atomic_write_text(paths["heldout_chat"], "".join(json.dumps(c) + "\n" for c in held_chat))
-    prompt_row = lambda r: {**clean(r), "prompt": r["prompt"] + "\n" + r["context"]}
-    atomic_write_text(paths["chat"], "".join(json.dumps(c) + "\n" for c in chat))
-    atomic_write_text(paths["prompts"], "".join(json.dumps(prompt_row(r)) + "\n" for r in rows(n_prompts, train_p)))
-    atomic_write_text(paths["heldout"], "".join(json.dumps(prompt_row(r)) + "\n" for r in rows(n_heldout, held_p)))
-    atomic_write_text(paths["policy"], DEMO_POLICY)
-    return {k: str(v) for k, v in paths.items()}
-
-# %% ../nbs/41_rl.ipynb #7c801d32
-def tiny_chat_model(out:str|Path,             # model folder to write (HF format, with tokenizer and chat template)
-                    chat:str|Path,            # JSONL of {"messages": [...]}
-                    steps:int=300,            # SFT optimizer steps
-                    depth:int=2,              # layers (width = 64 × depth... see forge_nb.model)
-                    vocab_size:int=800,
-                    lr:float=3e-3,
-                    batch_size:int=16,
-                    seed:int=0,
-                    log=None,                 # progress lines (e.g. print); None: quiet
-                   ) -> Path:
-    "A small chat model: tokenizer + Llama from config + a short SFT on `chat` (TRL `SFTTrainer`), saved to `out`."
-    import torch
-    from datasets import Dataset
-    from trl import SFTTrainer, SFTConfig as TRLSFTConfig
-    from forge_nb.config import ModelConfig
-    from forge_nb.data.tokenizer import train_tokenizer
-    from forge_nb.model import build_model
-    torch.manual_seed(seed)
-    rows = [json.loads(l) for l in open(chat) if l.strip()]
-    out = Path(out)
-    tok = train_tokenizer((m["content"] for r in rows for m in r["messages"]), None, vocab_size=vocab_size, model_max_length=512)
-    model = build_model(ModelConfig(depth=depth, aspect_ratio=64, head_dim=32, max_seq_len=512), len(tok),
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    with atomic_dir(out) as tmp:
-        args = TRLSFTConfig(output_dir=str(tmp/"_trainer"), max_steps=steps, per_device_train_batch_size=batch_size,
-                            learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=min(20, steps // 10),
-                            assistant_only_loss=True, max_length=256, logging_steps=max(1, steps // 5), save_strategy="no",
-                            gradient_checkpointing=False, seed=seed, **cpu_args())
-        tr = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                    callbacks=[metrics_callback(None, log, every=max(1, steps // 5))] if log else None)
-        _quiet(tr).train()
-        shutil.rmtree(tmp/"_trainer", ignore_errors=True)
-        tr.model.save_pretrained(tmp); tok.save_pretrained(tmp)
-    return out
-
-def cpu_args() -> dict:
-    "TRL/transformers training arguments a CPU needs (none on a GPU): no bf16, no pinned memory, no reporting."
-    import torch
-    base = {"report_to": "none", "disable_tqdm": True}
-    if torch.cuda.is_available(): return base
-    return {**base, "use_cpu": True, "bf16": False, "fp16": False, "dataloader_pin_memory": False}
+from .trl_stage import (trainer_args, lora_config, metrics_callback, as_messages, sample_completions, tokenize_conversation,
+                                assistant_loss, resume_point, save_final)
 
 # %% ../nbs/41_rl.ipynb #91685564
 def check_model_folder(path:str|Path, field:str="rl.base_model") -> Path:
@@ -153,10 +37,6 @@ def check_model_folder(path:str|Path, field:str="rl.base_model") -> Path:
     if not any((p/f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
         raise ConfigError([(field, f"{str(path)!r} has no tokenizer (tokenizer.json)", None)])
     return p
-
-def as_messages(prompt) -> list:
-    "A prompt as chat messages (a string becomes one user message)."
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 def load_chat_model(path:str|Path, cls:str="causal", trust_remote_code:bool=False):
     "(model, tokenizer) from a local folder; `cls`: `causal` or `reward` (one-label sequence classifier)."
@@ -170,33 +50,6 @@ def load_chat_model(path:str|Path, cls:str="causal", trust_remote_code:bool=Fals
         m.config.pad_token_id = tok.pad_token_id
     else: m = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     return m, tok
-
-def sample_completions(model, tok,
-                       prompts:list,              # prompt texts or message lists (or rows with `prompt`)
-                       k:int=1,                   # completions per prompt
-                       max_new_tokens:int=64,
-                       temperature:float=1.0,     # 0: greedy
-                       seed:int=0,
-                       batch_size:int=32,
-                      ) -> list[list[str]]:       # k completions per prompt
-    "Sample k completions per prompt with the chat template (left padding, stop at eos)."
-    import torch
-    msgs = [as_messages(p["prompt"] if isinstance(p, dict) else p) for p in prompts]
-    texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in msgs]
-    flat = [t for t in texts for _ in range(k)]
-    side, tok.padding_side = tok.padding_side, "left"
-    was, outs = model.training, []
-    model.eval()
-    try:
-        with torch.random.fork_rng(), torch.no_grad():
-            torch.manual_seed(seed)
-            for i in range(0, len(flat), batch_size):
-                enc = tok(flat[i:i+batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-                kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kw)
-                outs += [s.strip() for s in tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
-    finally: tok.padding_side = side; model.train(was)
-    return [outs[i*k:(i+1)*k] for i in range(len(prompts))]
 
 # %% ../nbs/41_rl.ipynb #72ac484d
 def check_policy(policy:str|Path|Policy,       # policy file or a loaded Policy
@@ -281,48 +134,11 @@ def cli_report(cfg:PipelineConfig) -> None:
     p = RunDir.for_config(cfg).stage("rl").root/"report.json"
     if p.exists(): print(format_report(json.loads(p.read_text())))
 
-# %% ../nbs/41_rl.ipynb #14509e11
-def metrics_callback(metrics, log=print, every:int=1):
-    "A transformers `TrainerCallback` writing each logged record to `metrics` (a MetricsLog, or None) on the main process."
-    from transformers import TrainerCallback
-    keys = ("loss", "reward", "kl", "completions/mean_length", "frac_reward_zero_std", "rewards/accuracies")
-    class _CB(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not state.is_world_process_zero or not logs: return
-            rec = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if "train_runtime" in rec: return
-            if metrics is not None: metrics.log(step=state.global_step, **rec)
-            if state.global_step % every == 0:
-                log(f"step {state.global_step}/{state.max_steps} " + " ".join(f"{k} {rec[k]:.4g}" for k in keys if k in rec)
-                    + "".join(f" {k.split('/')[1]} {v:.2f}" for k, v in rec.items() if k.startswith("rewards/") and k.endswith("/mean")))
-    return _CB()
-
 # %% ../nbs/41_rl.ipynb #e9b4786e
-def _dist_env_vars():
-    "Export torch's rank variables from SLURM's when a launcher set only those (accelerate reads torch's)."
-    from forge_nb.distributed import dist_env
-    e = dist_env()
-    if e.distributed:
-        for k, v in dict(RANK=e.rank, WORLD_SIZE=e.world_size, LOCAL_RANK=e.local_rank, LOCAL_WORLD_SIZE=e.local_world_size,
-                         MASTER_ADDR=e.master_addr, MASTER_PORT=e.master_port).items():
-            os.environ.setdefault(k, str(v))
-    return e
-
 def train_args(rc:RLConfig, cls, output_dir:str|Path, **extra):
     "A TRL config object of class `cls` from `rc` (CPU flags included)."
-    kw = dict(output_dir=str(output_dir), max_steps=rc.steps, learning_rate=rc.lr, per_device_train_batch_size=rc.batch_size,
-              gradient_accumulation_steps=rc.grad_accum, logging_steps=1, save_strategy="steps", save_steps=rc.save_every,
-              save_total_limit=None, seed=rc.seed, lr_scheduler_type="constant_with_warmup", warmup_steps=rc.warmup_steps,
-              gradient_checkpointing=False, **cpu_args())
-    kw.update(extra)
-    return cls(**kw)
-
-def _peft_config(rc:RLConfig, task_type="CAUSAL_LM"):
-    if not rc.lora.enabled: return None
-    try: from peft import LoraConfig
-    except ImportError: raise ConfigError([("rl.lora", "LoRA needs the `peft` package: pip install peft", None)]) from None
-    return LoraConfig(r=rc.lora.r, lora_alpha=rc.lora.alpha, lora_dropout=rc.lora.dropout, target_modules=list(rc.lora.target_modules),
-                      task_type=task_type)
+    return trainer_args(cls, output_dir, steps=rc.steps, lr=rc.lr, batch_size=rc.batch_size, seed=rc.seed, grad_accum=rc.grad_accum,
+                        warmup_steps=rc.warmup_steps, save_every=rc.save_every, **extra)
 
 # %% ../nbs/41_rl.ipynb #2b091981
 def _prompt_dataset(rows:list):
@@ -335,28 +151,18 @@ def _quiet(tr):
     tr.remove_callback(PrinterCallback)
     return tr
 
-def _resume(sd, log) -> str|None:
-    ck = latest_trainer_checkpoint(sd.checkpoints)
-    if ck is None:   # a fresh start (perhaps after a kill before the first checkpoint): no records from an earlier try
-        if int(os.environ.get("RANK", "0")) == 0: sd.metrics.truncate_after(-1)
-        return None
-    step = int(ck.name.split("-")[-1])
-    if int(os.environ.get("RANK", "0")) == 0: sd.metrics.truncate_after(step)
-    log(f"rl: resuming from {ck} (step {step})")
-    return str(ck)
-
 def _train(tr, sd, log, steps:int, keep:int=2):
     "Train, resuming from the newest checkpoint; one at the last step only restores the weights (transformers would run one more step)."
     _quiet(tr)
-    main = int(os.environ.get("RANK", "0")) == 0   # preemption: save at the signalled step, then requeue (forge_nb.preempt)
+    main = dist_env().is_main    # preemption: save at the signalled step, then requeue (forge_nb.preempt)
     tr.add_callback(trainer_checkpoint_callback(keep))   # atomic checkpoints, the last `keep` kept; before the preemption callback (it exits)
     tr.add_callback(preemption_callback(log=log, metrics=sd.metrics if main else None, name="rl"))
-    ck = _resume(sd, log)
-    if ck is not None and int(Path(ck).name.split("-")[-1]) >= steps:
-        tr._load_from_checkpoint(ck)
-        tr.state.global_step = int(Path(ck).name.split("-")[-1])
+    ck = resume_point(sd, main, log)    # a fresh start (perhaps after a kill before the first checkpoint): no records from an earlier try
+    if ck is not None and checkpoint_step(ck) >= steps:
+        tr._load_from_checkpoint(str(ck))
+        tr.state.global_step = checkpoint_step(ck)
         return tr
-    tr.train(resume_from_checkpoint=ck)
+    tr.train(resume_from_checkpoint=str(ck) if ck else None)
     return tr
 
 def train_grpo(rc:RLConfig, base:Path, policy:Policy, prompts:list, sd, log=print, trainer_cls=None):
@@ -375,7 +181,7 @@ def train_grpo(rc:RLConfig, base:Path, policy:Policy, prompts:list, sd, log=prin
         extra.update(use_vllm=True, vllm_mode="colocate")
     args = train_args(rc, GRPOConfig, sd.checkpoints, **extra)
     tr = (trainer_cls or GRPOTrainer)(model=model, reward_funcs=reward_functions(pol), args=args, train_dataset=_prompt_dataset(prompts),
-                                      processing_class=tok, peft_config=_peft_config(rc), callbacks=[metrics_callback(sd.metrics, log)])
+                                      processing_class=tok, peft_config=lora_config(rc.lora, field="rl.lora"), callbacks=[metrics_callback(sd.metrics, log)])
     _train(tr, sd, log, rc.steps, rc.keep_last)
     return tr
 
@@ -407,7 +213,7 @@ def train_dpo(rc:RLConfig, base:Path, pairs:list, sd, log=print):
     extra = dict(beta=rc.beta, precompute_ref_log_probs=rc.precompute_ref_log_probs, max_length=rc.max_length)
     if rc.loss_type: extra["loss_type"] = [rc.loss_type]
     args = train_args(rc, DPOConfig, sd.checkpoints, **extra)
-    tr = DPOTrainer(model=model, args=args, train_dataset=pair_dataset(pairs), processing_class=tok, peft_config=_peft_config(rc),
+    tr = DPOTrainer(model=model, args=args, train_dataset=pair_dataset(pairs), processing_class=tok, peft_config=lora_config(rc.lora, field="rl.lora"),
                     callbacks=[metrics_callback(sd.metrics, log)])
     _train(tr, sd, log, rc.steps, rc.keep_last)
     return tr
@@ -418,7 +224,7 @@ def train_reward_model(rc:RLConfig, base:Path, pairs:list, sd, log=print):
     model, tok = load_chat_model(base, cls="reward", trust_remote_code=rc.trust_remote_code)
     args = train_args(rc, RewardConfig, sd.checkpoints, max_length=rc.max_length)
     tr = RewardTrainer(model=model, args=args, train_dataset=pair_dataset(pairs), processing_class=tok,
-                       peft_config=_peft_config(rc, "SEQ_CLS"), callbacks=[metrics_callback(sd.metrics, log)])
+                       peft_config=lora_config(rc.lora, "SEQ_CLS", "rl.lora"), callbacks=[metrics_callback(sd.metrics, log)])
     _train(tr, sd, log, rc.steps, rc.keep_last)
     return tr
 
@@ -430,32 +236,10 @@ def pair_accuracy(rm_dir:str|Path, pairs:list) -> float:
     rj = r.score_batch([p["rejected"] for p in pairs], [p["prompt"] for p in pairs])
     return sum(a > b for a, b in zip(ch, rj)) / len(pairs)
 
-# %% ../nbs/41_rl.ipynb #c5571351
-def save_final(trainer, tok, dest:Path) -> Path:
-    "Save the trainer's model (LoRA merged) and tokenizer into `dest`, atomically, from the main process."
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"): model = model.merge_and_unload()
-    if trainer.accelerator.is_main_process:
-        with atomic_dir(dest) as tmp:
-            model.save_pretrained(tmp); tok.save_pretrained(tmp)
-    trainer.accelerator.wait_for_everyone()
-    return dest
-
 # %% ../nbs/41_rl.ipynb #ca8c94b6
 def chat_loss(model, tok, chat:list, max_rows:int=64) -> float:
-    "Mean next-token loss (nats) on the assistant turns of chat rows (`messages` lists)."
-    import torch
-    tot, n = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for r in chat[:max_rows]:
-            enc = tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-            ids, mask = torch.tensor([enc["input_ids"]]), torch.tensor([enc["assistant_masks"]])
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            tgt, m = ids[0, 1:], mask[0, 1:].bool()
-            if m.sum() == 0: continue
-            tot += float(torch.nn.functional.cross_entropy(logits[m], tgt[m], reduction="sum")); n += int(m.sum())
-    return tot / max(n, 1)
+    "Mean next-token loss (nats) on the assistant turns of chat rows (`messages` lists), one row at a time."
+    return assistant_loss(model, [tokenize_conversation(tok, r["messages"]) for r in chat[:max_rows]], tok, batch_size=1)["loss"]
 
 def compliance(policy:Policy, model_dir:str|Path, prompts:list, k:int=2, max_new_tokens:int=64, temperature:float=1.0,
                seed:int=0, chat:list|None=None, trust_remote_code:bool=False) -> dict:
@@ -501,11 +285,10 @@ def format_report(rep:dict) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/41_rl.ipynb #19d59a5c
-def _inputs(cfg:PipelineConfig, run:RunDir) -> dict:
-    "Resolve and validate the stage's inputs (no model is loaded)."
+def check_rl_inputs(cfg:PipelineConfig) -> dict:
+    "Read and check every file the RL stage reads from its config (policy, prompt columns, pairs, chat rows, a `rl.base_model` folder); the first problem raises its file:line error. No model is loaded."
     rc = cfg.rl
-    base = Path(rc.base_model) if rc.base_model else run.stage("sft").final
-    check_model_folder(base, "rl.base_model" if rc.base_model else "sft/final (rl.base_model unset)")
+    if rc.base_model: check_model_folder(rc.base_model)
     pol = load_policy(rc.policy) if rc.policy else None
     prompts = load_prompts(rc.prompts) if rc.prompts else None
     held = load_prompts(rc.heldout_prompts) if rc.heldout_prompts else None
@@ -516,8 +299,23 @@ def _inputs(cfg:PipelineConfig, run:RunDir) -> dict:
     if rc.method == "grpo" and (pol is None or prompts is None): need = ["rl.policy", "rl.prompts"]
     if rc.method in ("dpo", "reward") and pairs is None and (pol is None or prompts is None): need = ["rl.pairs (or rl.policy + rl.prompts)"]
     if need: raise ConfigError([(n, f"required for method {rc.method!r}", None) for n in need])
-    chat = [json.loads(l) for l in open(rc.heldout_chat) if l.strip()] if rc.heldout_chat else None
-    return dict(base=base, policy=pol, prompts=prompts, heldout=held, pairs=pairs, chat=chat)
+    chat = [_chat_row(r, f"{rc.heldout_chat}:{i}") for i, r in read_jsonl(rc.heldout_chat, "held-out chat")] if rc.heldout_chat else None
+    return dict(policy=pol, prompts=prompts, heldout=held, pairs=pairs, chat=chat)
+
+def _chat_row(r:dict, where:str) -> dict:
+    "A held-out chat row, checked: `messages`, a list of {role, content} with an assistant turn."
+    ms = r.get("messages")
+    if not (isinstance(ms, list) and ms and all(isinstance(m, dict) and "role" in m and "content" in m for m in ms)):
+        raise ConfigError([("messages", "each row needs `messages`: a list of {role, content} objects", where)])
+    if not any(m["role"] == "assistant" for m in ms): raise ConfigError([("messages", "no assistant turn (nothing to score)", where)])
+    return r
+
+def _inputs(cfg:PipelineConfig, run:RunDir) -> dict:
+    "Resolve and validate the stage's inputs (no model is loaded)."
+    rc = cfg.rl
+    base = Path(rc.base_model) if rc.base_model else run.stage("sft").final
+    check_model_folder(base, "rl.base_model" if rc.base_model else "sft/final (rl.base_model unset)")
+    return dict(base=base, **check_rl_inputs(cfg))
 
 def run_rl(cfg:PipelineConfig,   # the pipeline config (its `rl` section)
            run_dir:str|Path,     # the run directory (`sft/final` is the default start model)
@@ -530,7 +328,7 @@ def run_rl(cfg:PipelineConfig,   # the pipeline config (its `rl` section)
 def _rl(cfg:PipelineConfig, run_dir, log) -> dict:
     rc, run = cfg.rl, RunDir(run_dir)
     inp = _inputs(cfg, run)
-    env = _dist_env_vars()
+    env = export_rank_env()
     if not env.is_main: log = lambda *a, **k: None
     sd = run.stage("rl").mkdirs()
     t0 = time.time()

@@ -6,20 +6,89 @@ Docs: https://forge-nb.github.io/forge_nb/runs.html.md"""
 
 # %% ../nbs/01_runs.ipynb #6b5c6307
 from __future__ import annotations
-import errno, json, os, shutil, socket, time, contextlib, uuid
+import errno, json, os, re, shutil, socket, time, contextlib, uuid
 from pathlib import Path
 from typing import Iterator
+import yaml
 from fastcore.basics import patch
-from .config import STAGES, atomic_write_bytes, atomic_write_text, atomic_write_json, redact_secrets, redact_text, save_config, _fsync_dir
+from .config import ConfigError, ForgeConfig, STAGES
 
 # %% auto #0
-__all__ = ['MARKER', 'DiskFull', 'is_disk_full', 'commit_dir', 'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics',
-           'remove_dir', 'StageDir', 'RunDir', 'latest_trainer_checkpoint', 'trainer_checkpoint_callback',
-           'stage_disk_full', 'RunLocked', 'RunLock', 'stage_function', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_write_json', 'redact_secrets']
+__all__ = ['SECRET_NAME', 'MARKER', 'is_secret_name', 'secret_values', 'redact_text', 'redact_secrets', 'atomic_write_bytes',
+           'atomic_write_text', 'atomic_write_json', 'save_config', 'DiskFull', 'is_disk_full', 'commit_dir',
+           'atomic_dir', 'is_complete', 'MetricsLog', 'read_metrics', 'JSONLError', 'read_jsonl', 'remove_dir',
+           'checkpoint_step', 'StageDir', 'RunDir', 'latest_trainer_checkpoint', 'trainer_checkpoint_callback',
+           'stage_disk_full', 'RunLocked', 'RunLock', 'stage_function']
 
-# %% ../nbs/01_runs.ipynb #5a0e311c
-_all_ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "redact_secrets"]   # defined in config; importable from here as before
+# %% ../nbs/01_runs.ipynb #2e512d06
+SECRET_NAME = re.compile(r"(TOKEN(?!IZER)|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE)", re.I)
+
+def is_secret_name(name:str) -> bool:
+    "Does an environment variable or field name look like it holds a secret?"
+    return bool(SECRET_NAME.search(str(name)))
+
+def secret_values(env:dict|None=None,   # environment (None: `os.environ`)
+                  min_len:int=8,          # shorter values (`1`, `false`) are not treated as secrets
+                 ) -> list[str]:          # longest first, so a secret containing another is replaced whole
+    "The values of secret-looking environment variables: what must never reach a file."
+    env = os.environ if env is None else env
+    return sorted({v for k, v in env.items() if is_secret_name(k) and len(v) >= min_len}, key=len, reverse=True)
+
+def redact_text(text:str, env:dict|None=None) -> str:
+    "`text` with every secret-looking environment value replaced by `<redacted>`."
+    for v in secret_values(env):
+        if v in text: text = text.replace(v, "<redacted>")
+    return text
+
+def redact_secrets(d:dict, env:dict|None=None) -> dict:
+    "Copy of a config dict with the values of secret-looking keys, and secret environment values anywhere in it, replaced by `<redacted>`."
+    d = json.loads(json.dumps(d))
+    def walk(x):
+        items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+        for k, v in items:
+            if isinstance(v, str): x[k] = "<redacted>" if isinstance(k, str) and is_secret_name(k) else redact_text(v, env)
+            else: walk(v)
+    walk(d); return d
+
+# %% ../nbs/01_runs.ipynb #97c39932
+def _fsync_dir(path:Path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
+
+def atomic_write_bytes(path:str|Path,   # destination file
+                       data:bytes,      # content
+                      ) -> Path:
+    "Write `data` to `path` via a temporary file and a rename: readers see the old file or the new one, never half."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:      # a full disk, a kill: no temporary file left behind; the error names the file
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename: e.filename = str(path)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+def atomic_write_text(path:str|Path, text:str) -> Path:
+    "Text version of `atomic_write_bytes`; the values of secret-looking environment variables are redacted (`redact_text`)."
+    return atomic_write_bytes(path, redact_text(text).encode())
+
+def atomic_write_json(path:str|Path, obj) -> Path:
+    "Write `obj` as indented JSON, atomically."
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+# %% ../nbs/01_runs.ipynb #a98de65c
+def save_config(cfg:ForgeConfig,                     # config to write
+                path:str|Path,                       # destination YAML file
+               ) -> Path:
+    "Write `cfg` as YAML atomically (a crash never leaves half a file), secret-looking values redacted."
+    return atomic_write_text(path, yaml.safe_dump(redact_secrets(cfg.to_dict()), sort_keys=False, allow_unicode=True))
 
 # %% ../nbs/01_runs.ipynb #d926707b
 MARKER = "COMPLETE"
@@ -140,6 +209,34 @@ def read_metrics(path:str|Path, since:int=0) -> list[dict]:
             except json.JSONDecodeError: pass
     return out
 
+# %% ../nbs/01_runs.ipynb #63dfc4d7
+class JSONLError(ConfigError):
+    "A line of a JSONL file that is not what it must be; `where` is `file:line`, `msg` what is wrong."
+    def __init__(self, path:str|Path, line:int, msg:str):
+        self.path, self.line, self.where, self.msg = Path(path), line, f"{path}:{line}", msg
+        super().__init__([("(jsonl)", msg, self.where)], str(path))
+
+def read_jsonl(path:str|Path,           # a JSONL file
+               what:str="records",      # what the file holds, for messages
+               on_bad=None,             # called with each bad line's `JSONLError` instead of raising it (the line is skipped)
+               objects:bool=True,       # every line must be a JSON object
+              ) -> list[tuple[int, object]]:   # (line number, value) of each non-blank line
+    "The values of a JSONL file with their line numbers; a line that is not valid JSON (or not an object) names file and line."
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"{what} file {path} does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip(): continue
+            try: r = json.loads(line)
+            except json.JSONDecodeError as e: err = JSONLError(path, i, f"not valid JSON ({e.msg}, column {e.colno})")
+            else:
+                if not objects or isinstance(r, dict): rows.append((i, r)); continue
+                err = JSONLError(path, i, f"each line must be a JSON object, got {type(r).__name__}")
+            if on_bad is None: raise err
+            on_bad(err)
+    return rows
+
 # %% ../nbs/01_runs.ipynb #f66b561f
 def remove_dir(path:str|Path):
     "Delete a folder so that a kill part-way never leaves it half-deleted under its name: rename it hidden, then delete."
@@ -148,6 +245,13 @@ def remove_dir(path:str|Path):
     try: os.replace(path, gone)
     except FileNotFoundError: return
     shutil.rmtree(gone, ignore_errors=True)
+
+def checkpoint_step(path:str|Path) -> int:
+    "The step a checkpoint folder holds, from its name: `step_00000300` (pretraining) or `checkpoint-300` (a Trainer)."
+    name = Path(path).name
+    for pre in ("step_", "checkpoint-"):
+        if name.startswith(pre) and name[len(pre):].isdigit(): return int(name[len(pre):])
+    raise ValueError(f"{path}: not a checkpoint folder name (expected step_N or checkpoint-N)")
 
 class StageDir:
     "One stage's part of a run directory: metrics, checkpoints, final outputs."
@@ -165,13 +269,15 @@ class StageDir:
         self.checkpoints.mkdir(parents=True, exist_ok=True); return self
 
     def checkpoint_path(self, step:int) -> Path:
-        "Folder for the checkpoint at `step`."
+        "Folder for the checkpoint at `step` (pretraining's name; Trainer stages write `checkpoint-N`)."
         return self.checkpoints/f"step_{step:08d}"
 
     def complete_checkpoints(self) -> list[Path]:
-        "Finished checkpoints, oldest first (half-written ones are ignored)."
+        "Finished checkpoints of either naming (`step_N`, a Trainer's `checkpoint-N`), oldest first (half-written ones are ignored)."
         if not self.checkpoints.exists(): return []
-        return sorted(p for p in self.checkpoints.glob("step_*") if p.is_dir() and is_complete(p))
+        cks = [p for p in self.checkpoints.glob("step_*") if p.is_dir() and is_complete(p)]
+        cks += [p for p in _trainer_checkpoints(self.checkpoints) if is_complete(p) and (p/"trainer_state.json").exists()]
+        return sorted(cks, key=checkpoint_step)
 
     def latest_checkpoint(self) -> Path|None:
         "The newest finished checkpoint, or None."

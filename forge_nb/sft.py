@@ -6,29 +6,29 @@ Docs: https://forge-nb.github.io/forge_nb/sft.html.md"""
 
 # %% ../nbs/30_sft.ipynb #cc414a3c
 from __future__ import annotations
-import hashlib, json, math, time
+import hashlib, json, time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['ROLES', 'ReadStats', 'normalize_record', 'read_sft_file', 'base_model_path', 'check_chat_template',
-           'tokenize_conversation', 'fit_length', 'mix_examples', 'pack_rows', 'target_bytes', 'heldout_loss',
-           'generate_answers', 'load_sft_data', 'trl_args', 'lora_config', 'evaluate_model', 'eval_prompts',
-           'tokens_seen', 'export_final', 'run_sft']
+__all__ = ['ROLES', 'ReadStats', 'normalize_record', 'read_sft_file', 'base_model_path', 'check_chat_template', 'fit_length',
+           'mix_examples', 'pack_rows', 'load_sft_data', 'trl_args', 'evaluate_model', 'eval_prompts', 'tokens_seen',
+           'load_base', 'check_sft_inputs', 'run_sft']
 
 # %% ../nbs/30_sft.ipynb #58fdb04b
 from .config import PipelineConfig, SFTConfig, SourceConfig, DataConfig
-from .runs import RunDir, StageDir, latest_trainer_checkpoint, trainer_checkpoint_callback, atomic_dir, atomic_write_json, read_metrics, stage_disk_full
-from .distributed import init_distributed, shutdown_distributed
+from .runs import RunDir, StageDir, trainer_checkpoint_callback, atomic_write_json, read_metrics, stage_disk_full, read_jsonl
+from .distributed import process_group, barrier
 from .data.sources import DataError, resolve_files
 from .data.mixing import plan_mix, mix_order
 from .preempt import preemption_callback
 from .model import check_vocab
+from .trl_stage import (trainer_args, lora_config, metrics_callback, tokenize_conversation, assistant_loss,
+                                sample_completions, resume_point, save_final)
 
 # %% ../nbs/30_sft.ipynb #38e84fcb
 ROLES = ("system", "user", "assistant")
@@ -87,18 +87,13 @@ def read_sft_file(path:str,                    # JSONL file, folder or glob
     try: files = resolve_files(str(path))
     except DataError as e: raise DataError(f"SFT data: {e}") from None
     if not files: raise DataError(f"SFT data: no files match {path!r}")
+    def bad(msg:str):
+        if on_bad_record != "skip": raise DataError(f"{msg} (or set sft.on_bad_record: skip)") from None
+        stats.bad[_reason(msg)] += 1
     for f in files:
-        with open(f, encoding="utf-8") as fh:
-            for ln, line in enumerate(fh, 1):
-                if not line.strip(): continue
-                where = f"{f}:{ln}"
-                try:
-                    try: rec = json.loads(line)
-                    except json.JSONDecodeError as e: raise ValueError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
-                    out.append(normalize_record(rec, where)); stats.records += 1
-                except ValueError as e:
-                    if on_bad_record != "skip": raise DataError(f"{e} (or set sft.on_bad_record: skip)") from None
-                    stats.bad[_reason(str(e))] += 1
+        for ln, rec in read_jsonl(f, "SFT data", on_bad=lambda e: bad(f"{e.where}: {e.msg}"), objects=False):
+            try: out.append(normalize_record(rec, f"{f}:{ln}")); stats.records += 1
+            except ValueError as e: bad(str(e))
     return out
 
 # %% ../nbs/30_sft.ipynb #4acac8ed
@@ -129,16 +124,6 @@ def check_chat_template(tok, where:str, assistant_only:bool=True):
                         f"or set sft.assistant_only_loss: false to train on every token")
 
 # %% ../nbs/30_sft.ipynb #421fada2
-def tokenize_conversation(tok,                     # tokenizer with a chat template
-                          messages:list[dict],     # one conversation
-                          assistant_only:bool=True,  # labels only on assistant tokens
-                         ) -> dict:                # input_ids, labels (lists of ints)
-    "Token ids of a conversation and its labels (-100 outside the assistant's turns)."
-    out = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=assistant_only)
-    ids = list(out["input_ids"])
-    if not assistant_only: return {"input_ids": ids, "labels": list(ids)}
-    return {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, out["assistant_masks"])]}
-
 def fit_length(ex:dict, max_len:int, too_long:str, stats:ReadStats) -> dict|None:
     "Apply `max_seq_len` to a tokenized example: cut or drop (counted); None when nothing trainable is left."
     if len(ex["input_ids"]) > max_len:
@@ -172,55 +157,6 @@ def pack_rows(examples:list[dict]) -> dict:
     ids = torch.tensor([t for e in examples for t in e["input_ids"]])[None]
     pos = torch.cat([torch.arange(len(e["input_ids"])) for e in examples])[None]
     return {"input_ids": ids, "position_ids": pos}
-
-# %% ../nbs/30_sft.ipynb #27ed0192
-def target_bytes(tok, ex:dict) -> int:
-    "UTF-8 bytes of the text of an example's trained tokens."
-    return max(1, len(tok.decode([t for t, l in zip(ex["input_ids"], ex["labels"]) if l != -100]).encode("utf-8")))
-
-@torch.no_grad()
-def heldout_loss(model,               # a causal LM
-                 examples:list[dict], # tokenized held-out examples (input_ids, labels)
-                 tok,                 # its tokenizer (for bytes)
-                 batch_size:int=8,
-                ) -> dict:            # loss (nats/token), bpb, tokens, bytes
-    "Mean loss and bits per byte over the held-out examples' assistant tokens."
-    was, dev = model.training, next(model.parameters()).device
-    model.eval()
-    tot, n, nbytes = 0.0, 0, 0
-    try:
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i:i + batch_size]
-            L = max(len(e["input_ids"]) for e in chunk)
-            ids = torch.full((len(chunk), L), tok.pad_token_id, dtype=torch.long)
-            lab = torch.full((len(chunk), L), -100, dtype=torch.long); att = torch.zeros((len(chunk), L), dtype=torch.long)
-            for j, e in enumerate(chunk):
-                k = len(e["input_ids"]); ids[j, :k] = torch.tensor(e["input_ids"]); lab[j, :k] = torch.tensor(e["labels"]); att[j, :k] = 1
-            logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=False).logits.float()
-            y = lab[:, 1:].to(dev)
-            tot += float(F.cross_entropy(logits[:, :-1].flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"))
-            n += int((y != -100).sum()); nbytes += sum(target_bytes(tok, e) for e in chunk)
-    finally: model.train(was)
-    return {"loss": tot / max(n, 1), "bpb": tot / math.log(2) / max(nbytes, 1), "tokens": n, "bytes": nbytes}
-
-# %% ../nbs/30_sft.ipynb #5cf9c9c0
-@torch.no_grad()
-def generate_answers(model, tok,
-                     prompts:list[str],          # user messages
-                     max_new_tokens:int=64,
-                    ) -> list[str]:             # the model's answers (special tokens removed)
-    "Greedy answers of a chat model to single-turn prompts."
-    was, dev, out = model.training, next(model.parameters()).device, []
-    model.eval()
-    try:
-        for p in prompts:
-            ids = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
-            x = torch.tensor([ids], device=dev)
-            g = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
-                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-            out.append(tok.decode(g[0, x.shape[1]:], skip_special_tokens=True).strip())
-    finally: model.train(was)
-    return out
 
 # %% ../nbs/30_sft.ipynb #fbfd7430
 def _split(convs:list, frac:float, seed:int, name:str) -> tuple[list, list]:
@@ -276,66 +212,41 @@ def trl_args(sc:SFTConfig,           # the SFT config
     from trl import SFTConfig as TRLSFTConfig
     cuda = torch.cuda.is_available()
     bf16 = sc.precision == "bf16" or (sc.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
-    kw = dict(output_dir=str(out_dir), per_device_train_batch_size=sc.micro_batch_size, gradient_accumulation_steps=sc.grad_accum,
-              learning_rate=sc.lr, lr_scheduler_type=sc.schedule, warmup_steps=sc.warmup_steps, weight_decay=sc.weight_decay,
-              num_train_epochs=sc.epochs, max_steps=sc.steps or -1, max_length=sc.max_seq_len,
+    kw = dict(num_train_epochs=sc.epochs, weight_decay=sc.weight_decay, max_length=sc.max_seq_len,
               packing=sc.packing, packing_strategy="bfd", padding_free=sc.packing, assistant_only_loss=False,
-              logging_steps=sc.log_every, logging_first_step=True, save_strategy="steps", save_steps=sc.save_every,
-              save_total_limit=None, eval_strategy="no", report_to="none", use_cpu=not cuda, bf16=bf16, fp16=False,
-              dataloader_pin_memory=False, gradient_checkpointing=False, seed=sc.seed, data_seed=sc.seed,
-              disable_tqdm=True, ddp_find_unused_parameters=False, dataset_num_proc=None)
-    kw.update(over)
-    return TRLSFTConfig(**kw)
-
-def lora_config(sc:SFTConfig):
-    "PEFT `LoraConfig` from `sft.lora` (None when LoRA is off)."
-    if not sc.lora.enabled: return None
-    from peft import LoraConfig
-    return LoraConfig(r=sc.lora.r, lora_alpha=sc.lora.alpha, lora_dropout=sc.lora.dropout,
-                      target_modules=list(sc.lora.target_modules), task_type="CAUSAL_LM")
+              logging_first_step=True, eval_strategy="no", use_cpu=not cuda, bf16=bf16, fp16=False,
+              dataloader_pin_memory=False, data_seed=sc.seed, ddp_find_unused_parameters=False, dataset_num_proc=None)
+    return trainer_args(TRLSFTConfig, out_dir, steps=sc.steps or -1, lr=sc.lr, batch_size=sc.micro_batch_size, seed=sc.seed,
+                        grad_accum=sc.grad_accum, warmup_steps=sc.warmup_steps, save_every=sc.save_every,
+                        log_every=sc.log_every, schedule=sc.schedule, **{**kw, **over})
 
 # %% ../nbs/30_sft.ipynb #d479ae9a
+def _sft_record(logs:dict) -> dict|None:
+    "The record `sft/metrics.jsonl` keeps of a trainer log (the keys pretraining writes; None: not a training step)."
+    if "loss" not in logs: return None
+    rec = {"loss": float(logs["loss"]), "lr": float(logs.get("learning_rate", 0.0)),
+           "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None, "tokens": int(float(logs.get("num_tokens", 0)))}
+    if "mean_token_accuracy" in logs: rec["token_accuracy"] = float(logs["mean_token_accuracy"])
+    return rec
+
+def _sft_line(step:int, max_steps:int, rec:dict) -> str:
+    return (f"step {step}/{max_steps} loss {rec['loss']:.4f} lr {rec['lr']:.2e}"
+            + (f" gnorm {rec['grad_norm']:.3f}" if rec["grad_norm"] is not None else "")
+            + (f" {rec['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in rec else ""))
+
 def _metrics_callback(sd:StageDir, heldout:list, tok, sc:SFTConfig, is_main:bool, log):
-    from transformers import TrainerCallback
-    class SFTMetrics(TrainerCallback):
-        "Trainer logs → `sft/metrics.jsonl`; held-out loss every `eval_every` steps (rank 0)."
-        def __init__(self): self.t, self.tokens = None, None
-        def on_train_begin(self, args, state, control, **kw):
-            self.t, self.tokens = time.perf_counter(), state.num_input_tokens_seen or 0
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not is_main or not logs or "loss" not in logs: return
-            now, tokens = time.perf_counter(), float(logs.get("num_tokens", 0))
-            rec = {"loss": float(logs["loss"]), "lr": float(logs.get("learning_rate", 0.0)),
-                   "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None, "tokens": int(tokens)}
-            if self.tokens is not None and now > self.t: rec["tokens_per_s"] = (tokens - self.tokens) / (now - self.t)
-            if "mean_token_accuracy" in logs: rec["token_accuracy"] = float(logs["mean_token_accuracy"])
-            self.t, self.tokens = now, tokens
-            sd.metrics.log(step=state.global_step, **rec)
-            log(f"step {state.global_step}/{state.max_steps} loss {rec['loss']:.4f} lr {rec['lr']:.2e}"
-                + (f" gnorm {rec['grad_norm']:.3f}" if rec["grad_norm"] is not None else "")
-                + (f" {rec['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in rec else ""))
-        def on_step_end(self, args, state, control, model=None, **kw):
-            s = state.global_step
-            if is_main and heldout and s % sc.eval_every == 0 and s != state.max_steps:   # the end: scored on sft/final
-                t0 = time.perf_counter()
-                h = heldout_loss(model, heldout[:sc.eval_examples], tok, sc.micro_batch_size)
-                sd.metrics.log(step=s, **{"val/sft/loss": h["loss"], "val/sft/bpb": h["bpb"]})
-                log(f"  val/sft/loss {h['loss']:.4f}  val/sft/bpb {h['bpb']:.4f}")
-                self.t += time.perf_counter() - t0            # evaluation time is not training throughput
-    return SFTMetrics()
+    "Trainer logs → `sft/metrics.jsonl`; held-out loss every `eval_every` steps (rank 0)."
+    def evaluate(model):
+        h = assistant_loss(model, heldout[:sc.eval_examples], tok, sc.micro_batch_size)
+        return {"val/sft/loss": h["loss"], "val/sft/bpb": h["bpb"]}
+    return metrics_callback(sd.metrics if is_main else None, log, record=_sft_record, line=_sft_line,
+                            evaluate=evaluate if heldout else None, eval_every=sc.eval_every)
 
 # %% ../nbs/30_sft.ipynb #48ee24b5
-def _dist_on() -> bool:
-    import torch.distributed as dist
-    return dist.is_available() and dist.is_initialized()
-
-def _barrier():
-    if _dist_on(): torch.distributed.barrier()
-
 def evaluate_model(model, tok, heldout:list, prompts:list[str], sc:SFTConfig) -> dict:
     "Held-out loss/bpb and greedy answers to the fixed prompts."
-    return {**heldout_loss(model, heldout[:sc.eval_examples], tok, sc.micro_batch_size),
-            "answers": generate_answers(model, tok, prompts, sc.max_new_tokens)}
+    answers = sample_completions(model, tok, prompts, max_new_tokens=sc.max_new_tokens, temperature=0, batch_size=1)
+    return {**assistant_loss(model, heldout[:sc.eval_examples], tok, sc.micro_batch_size), "answers": [a[0] for a in answers]}
 
 def eval_prompts(sc:SFTConfig, heldout_convs:list) -> tuple[list[str], list[str|None]]:
     "The fixed prompts (config, else the first held-out user turns) and their reference answers when known."
@@ -353,92 +264,114 @@ def tokens_seen(ck:Path) -> int:
     hist = json.loads((Path(ck)/"trainer_state.json").read_text()).get("log_history", [])
     return int(max((h["num_tokens"] for h in hist if "num_tokens" in h), default=0))
 
-def export_final(trainer, tok, dest:Path, merge:bool) -> Path:
-    "Write the trained model (LoRA merged) and the tokenizer with its chat template to `dest`, atomically (rank 0)."
-    model = trainer.model
-    if hasattr(model, "module"): model = model.module
-    if merge: model = model.merge_and_unload()
-    with atomic_dir(dest) as tmp:
-        model.save_pretrained(tmp); tok.save_pretrained(tmp)
-    return dest
-
-def run_sft(cfg:PipelineConfig,   # the pipeline config (its `sft` section)
-            run_dir:str|Path,     # the run directory (`pretrain/final` is read from it, `sft/` written)
-            log=print,            # progress lines (rank 0 only)
-           ) -> dict:             # summary: steps, held-out loss before/after, data counts, final model path
-    "The SFT stage: data checks, TRL `SFTTrainer` with packing, LoRA or full, resume, export, before/after evaluation."
-    owns_group = not _dist_on()
-    env = init_distributed()
-    try:
-        with stage_disk_full(RunDir(run_dir).stage("sft").checkpoints):   # a full disk: one line naming the path, no half checkpoint
-            return _sft(cfg, RunDir(run_dir), env, log if env.is_main else (lambda *a, **k: None))
-    finally:
-        if owns_group: shutdown_distributed()
-
-def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTTrainer
-    from datasets import Dataset
-    sc, sd = cfg.sft, run.stage("sft")
+# %% ../nbs/30_sft.ipynb #40ea7c8d
+def load_base(cfg:PipelineConfig, run:RunDir|None) -> tuple[Path, object]:
+    "The base model folder and its tokenizer, checked: vocabulary, pad token, chat template."
+    from transformers import AutoTokenizer
+    sc = cfg.sft
     base = base_model_path(cfg, run)
     tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True, trust_remote_code=sc.trust_remote_code)
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     check_vocab(base, len(tok), "sft.base_model" if sc.base_model else "pretrain/final")
     check_chat_template(tok, str(base), sc.assistant_only_loss)
+    return base, tok
+
+def _data(sc:SFTConfig, sd:StageDir, tok, env, log) -> dict:
+    "The run's SFT data (documents turned into examples once, by rank 0), and a line saying what was kept."
     if env.is_main: sd.mkdirs()
     if sc.doc_sources and env.is_main: load_sft_data(sc, tok, sd.root/"examples", log)   # rank 0 builds the files once
-    _barrier()
+    barrier()
     data = load_sft_data(sc, tok, sd.root/"examples", log)
     st = data["stats"]
     log(f"sft: {len(data['train'])} training examples ({sum(len(e['input_ids']) for e in data['train']):,} tokens) from "
         f"{data['mix']['sources']}, {len(data['heldout'])} held out; skipped {st['bad_total']} bad record(s) {st['bad']}, "
         f"truncated {st['truncated']}, dropped {st['dropped_too_long']} too long")
-    prompts, refs = eval_prompts(sc, data["heldout_convs"])
-    ck = latest_trainer_checkpoint(sd.checkpoints)
+    return data
+
+def _load_model(path:Path, sc:SFTConfig, env):
+    from transformers import AutoModelForCausalLM
     dev = torch.device(f"cuda:{env.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    model = AutoModelForCausalLM.from_pretrained(str(base), local_files_only=True, trust_remote_code=sc.trust_remote_code, dtype=torch.float32).to(dev)
-    before = None
-    if env.is_main:
-        if ck is None or not (sd.root/"eval_before.json").exists():
-            before = evaluate_model(model, tok, data["heldout"], prompts, sc)
-            atomic_write_json(sd.root/"eval_before.json", before)
-        else: before = json.loads((sd.root/"eval_before.json").read_text())
-        step0 = int(ck.name.split("-")[-1]) if ck else 0
-        sd.metrics.truncate_after(step0 if ck else -1)   # a fresh start (even after a kill before the first checkpoint) logs step 0 anew
-        if ck is None: sd.metrics.log(step=0, **{"val/sft/loss": before["loss"], "val/sft/bpb": before["bpb"]})
-    args = trl_args(sc, sd.checkpoints)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(data["train"]), processing_class=tok,
-                         peft_config=lora_config(sc), callbacks=[trainer_checkpoint_callback(sc.keep_last), _metrics_callback(sd, data["heldout"], tok, sc, env.is_main, log),
+    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, trust_remote_code=sc.trust_remote_code, dtype=torch.float32).to(dev)
+
+def _score_before(sd:StageDir, ck:Path|None, model, tok, data:dict, prompts:list, sc:SFTConfig) -> dict:
+    "The base model's held-out score and answers (rank 0), kept in `sft/eval_before.json` for a resumed run; a fresh run logs it as step 0."
+    p = sd.root/"eval_before.json"
+    if ck is not None and p.exists(): return json.loads(p.read_text())
+    before = evaluate_model(model, tok, data["heldout"], prompts, sc)
+    atomic_write_json(p, before)
+    if ck is None: sd.metrics.log(step=0, **{"val/sft/loss": before["loss"], "val/sft/bpb": before["bpb"]})
+    return before
+
+def _trainer(sc:SFTConfig, sd:StageDir, model, tok, data:dict, ck:Path|None, env, log):
+    "TRL's `SFTTrainer` with the stage's callbacks: atomic checkpoints, metrics, preemption."
+    from trl import SFTTrainer
+    from datasets import Dataset
+    trainer = SFTTrainer(model=model, args=trl_args(sc, sd.checkpoints), train_dataset=Dataset.from_list(data["train"]), processing_class=tok,
+                         peft_config=lora_config(sc.lora, field="sft.lora"),
+                         callbacks=[trainer_checkpoint_callback(sc.keep_last), _metrics_callback(sd, data["heldout"], tok, sc, env.is_main, log),
                                     preemption_callback(log=log, metrics=sd.metrics if env.is_main else None, name="sft")])
     if ck is not None and hasattr(trainer, "_total_train_tokens"):   # TRL counts tokens from 0 in every process: continue the count
         trainer._total_train_tokens = tokens_seen(ck)
+    return trainer
+
+# %% ../nbs/30_sft.ipynb #425c9572
+def check_sft_inputs(cfg:PipelineConfig,   # the pipeline config (its `sft` section)
+                    ) -> dict:             # `files`: records read per file; the read counts (`ReadStats`)
+    "Read and check every file the SFT stage reads from its config; the first problem raises the stage's error (file:line). No model is loaded."
+    sc = cfg.sft
+    if sc.base_model: load_base(cfg, None)
+    stats, counts = ReadStats(), {}
+    for what, path in [("sft.dataset", sc.dataset), *[(f"sft.sources ({s.name})", s.path) for s in sc.sources], ("sft.eval_dataset", sc.eval_dataset)]:
+        if path: counts[what] = len(read_sft_file(path, sc.on_bad_record, stats))
+    return {"files": counts, **stats.to_dict()}
+
+# %% ../nbs/30_sft.ipynb #48e45b1a
+def run_sft(cfg:PipelineConfig,   # the pipeline config (its `sft` section)
+            run_dir:str|Path,     # the run directory (`pretrain/final` is read from it, `sft/` written)
+            log=print,            # progress lines (rank 0 only)
+           ) -> dict:             # summary: steps, held-out loss before/after, data counts, final model path
+    "The SFT stage: data checks, TRL `SFTTrainer` with packing, LoRA or full, resume, export, before/after evaluation."
+    with process_group() as env, stage_disk_full(RunDir(run_dir).stage("sft").checkpoints):   # a full disk: one line naming the path
+        return _sft(cfg, RunDir(run_dir), env, log if env.is_main else (lambda *a, **k: None))
+
+def _sft(cfg:PipelineConfig, run:RunDir, env, log) -> dict:
+    sc, sd = cfg.sft, run.stage("sft")
+    base, tok = load_base(cfg, run)
+    data = _data(sc, sd, tok, env, log)
+    prompts, refs = eval_prompts(sc, data["heldout_convs"])
+    ck = resume_point(sd, env.is_main)
+    model = _load_model(base, sc, env)
+    before = _score_before(sd, ck, model, tok, data, prompts, sc) if env.is_main else None
+    trainer = _trainer(sc, sd, model, tok, data, ck, env, log)
     log(f"sft: {'LoRA r=' + str(sc.lora.r) if sc.lora.enabled else 'full fine-tuning'} from {base} on {trainer.args.device}"
-        f"{' bf16' if args.bf16 else ' fp32'}, {env.world_size} rank(s), packing={'bfd, padding-free' if sc.packing else 'off'}"
+        f"{' bf16' if trainer.args.bf16 else ' fp32'}, {env.world_size} rank(s), packing={'bfd, padding-free' if sc.packing else 'off'}"
         + (f"; resuming from {ck}" if ck else ""))
     t0 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=str(ck) if ck else None)
     train_s = time.perf_counter() - t0
-    summary = {}
-    if env.is_main:
-        export_final(trainer, tok, sd.final, sc.lora.enabled)
-        final = AutoModelForCausalLM.from_pretrained(str(sd.final), local_files_only=True, trust_remote_code=sc.trust_remote_code, dtype=torch.float32).to(dev)
-        after = evaluate_model(final, tok, data["heldout"], prompts, sc)
-        table = [{"prompt": p, "reference": r, "before": b, "after": a} for p, r, b, a in zip(prompts, refs, before["answers"], after["answers"])]
-        ev = {"heldout_examples": min(len(data["heldout"]), sc.eval_examples),
-              "before": {k: before[k] for k in ("loss", "bpb", "tokens", "bytes")},
-              "after": {k: after[k] for k in ("loss", "bpb", "tokens", "bytes")}, "generations": table}
-        atomic_write_json(sd.root/"eval.json", ev)
-        sd.metrics.log(step=trainer.state.global_step, **{"val/sft/loss": after["loss"], "val/sft/bpb": after["bpb"]})
-        recs = [r for r in read_metrics(sd.metrics_path) if "tokens_per_s" in r]
-        summary = dict(steps=trainer.state.global_step, resumed_from=str(ck) if ck else None, base_model=str(base),
-                       lora=sc.lora.enabled, world_size=trainer.args.world_size, train_examples=len(data["train"]),
-                       heldout_examples=len(data["heldout"]), data=st, mix=data["mix"], train_loss=out.training_loss,
-                       heldout_loss_before=before["loss"], heldout_loss_after=after["loss"],
-                       heldout_bpb_before=before["bpb"], heldout_bpb_after=after["bpb"],
-                       tokens_per_s=float(np.median([r["tokens_per_s"] for r in recs])) if recs else None,
-                       train_seconds=train_s, final=str(sd.final), eval=str(sd.root/"eval.json"))
-        atomic_write_json(sd.root/"summary.json", summary)
-        log(f"sft: held-out assistant loss {before['loss']:.4f} → {after['loss']:.4f} "
-            f"({before['bpb']:.3f} → {after['bpb']:.3f} bits/byte); model in {sd.final}")
-    _barrier()
+    save_final(trainer, tok, sd.final)
+    summary = _score_after(sd, trainer, out, base, ck, tok, data, prompts, refs, before, train_s, sc, env, log) if env.is_main else {}
+    barrier()
+    return summary
+
+def _score_after(sd, trainer, out, base, ck, tok, data, prompts, refs, before, train_s, sc, env, log) -> dict:
+    "Score `sft/final` reloaded from disk; write `sft/eval.json` (before/after, the answers side by side) and `sft/summary.json`."
+    after = evaluate_model(_load_model(sd.final, sc, env), tok, data["heldout"], prompts, sc)
+    table = [{"prompt": p, "reference": r, "before": b, "after": a} for p, r, b, a in zip(prompts, refs, before["answers"], after["answers"])]
+    ev = {"heldout_examples": min(len(data["heldout"]), sc.eval_examples),
+          "before": {k: before[k] for k in ("loss", "bpb", "tokens", "bytes")},
+          "after": {k: after[k] for k in ("loss", "bpb", "tokens", "bytes")}, "generations": table}
+    atomic_write_json(sd.root/"eval.json", ev)
+    sd.metrics.log(step=trainer.state.global_step, **{"val/sft/loss": after["loss"], "val/sft/bpb": after["bpb"]})
+    recs = [r for r in read_metrics(sd.metrics_path) if "tokens_per_s" in r]
+    summary = dict(steps=trainer.state.global_step, resumed_from=str(ck) if ck else None, base_model=str(base),
+                   lora=sc.lora.enabled, world_size=trainer.args.world_size, train_examples=len(data["train"]),
+                   heldout_examples=len(data["heldout"]), data=data["stats"], mix=data["mix"], train_loss=out.training_loss,
+                   heldout_loss_before=before["loss"], heldout_loss_after=after["loss"],
+                   heldout_bpb_before=before["bpb"], heldout_bpb_after=after["bpb"],
+                   tokens_per_s=float(np.median([r["tokens_per_s"] for r in recs])) if recs else None,
+                   train_seconds=train_s, final=str(sd.final), eval=str(sd.root/"eval.json"))
+    atomic_write_json(sd.root/"summary.json", summary)
+    log(f"sft: held-out assistant loss {before['loss']:.4f} → {after['loss']:.4f} "
+        f"({before['bpb']:.3f} → {after['bpb']:.3f} bits/byte); model in {sd.final}")
     return summary

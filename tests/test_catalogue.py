@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, seen_line
-from forge_nb.config import ModelConfig, ResourcesConfig, save_config
+from forge_nb.config import ModelConfig, ResourcesConfig
+from forge_nb.runs import save_config
 from forge_nb.docs import CATALOGUE_PAGE, CATALOGUE_SECTIONS, catalogue_cells, find_pages, page_markdown, parse_catalogue
 
 PAGE = ROOT/"nbs"/CATALOGUE_PAGE
@@ -182,6 +183,21 @@ def test_policy_check_with_a_mismatched_model_in_the_shell(bad_input, forge, tmp
     bad_input("tokenizer", "trying a policy on a model folder holding another model's tokenizer", r,
               names=["other", "its tokenizer has 400 tokens", "has embeddings for 300"])
 
+def test_stage_files_checked_before_submitting(bad_input, forge, tmp_path):
+    "`forge-nb launch` (like `forge-nb run` and the launch panel) reads each file a stage will read before anything is submitted: no job waits in a queue to find a bad line."
+    model_folder(tmp_path/"base")
+    write(tmp_path/"sft.jsonl", json.dumps({"prompt": "q", "completion": "a"}) + "\n" + json.dumps({"prompt": "only"}) + "\n")
+    r = forge("launch", _sft_config(tmp_path, tmp_path/"base", tmp_path/"sft.jsonl").name, cwd=tmp_path)
+    bad_input("sft", "an SFT row without a completion, found by `forge-nb launch` before submitting", r, names=["sft.jsonl:2", "without a `completion`"])
+    assert not (tmp_path/"runs"/"s"/"jobs.json").exists() and not (tmp_path/"runs"/"s"/"sft").exists()
+    fake_model(tmp_path/"m")
+    write(tmp_path/"p.yaml", "rules:\n  - {name: short, kind: length, max: 20}\n")
+    write(tmp_path/"prompts.jsonl", json.dumps({"prompt": "q"}) + "\n" + '{"prompt": "q2",}\n')
+    write(tmp_path/"rl.yaml", "name: r\nruns_dir: runs\nstages: [rl]\nrl: {base_model: m, policy: p.yaml, prompts: prompts.jsonl}\n")
+    r = forge("launch", "rl.yaml", cwd=tmp_path)
+    bad_input("data", "an RL prompts row that is not valid JSON, found by `forge-nb launch` before submitting", r, names=["prompts.jsonl:2", "not valid JSON"])
+    assert not (tmp_path/"runs"/"r"/"jobs.json").exists()
+
 @pytest.mark.parametrize("did,row,says", [
     ("an SFT row with a prompt and no completion", {"prompt": "hi"}, "without a `completion`"),
     ("an SFT row with no assistant turn", {"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
@@ -202,7 +218,7 @@ def test_sft_rows_in_python(bad_input, tmp_path, did, row, says):
 def pretrained_run(tmp_path_factory):
     "The tiny pipeline's data and a 2-step pretraining run with its checkpoint."
     from forge_nb.data.store import run_data_stage
-    from forge_nb.pipeline import tiny_config
+    from forge_nb.demo import tiny_config
     from forge_nb.pretrain import run_pretrain
     d = tmp_path_factory.mktemp("pre")
     cfg = tiny_config(d, steps=2, save_every=2, eval_every=2, eval_batches=1, sample_every=0)
@@ -224,7 +240,7 @@ def test_checkpoint_from_another_model(bad_input, pretrained_run):
 # ---------------------------------------------------------------- resources
 
 def test_local_resources_in_the_shell(bad_input, forge, tmp_path):
-    from forge_nb.pipeline import tiny_config
+    from forge_nb.demo import tiny_config
     save_config(tiny_config(tmp_path, steps=2), tmp_path/"t.yaml")
     r = forge("launch", "t.yaml", "--stage", "data", "--set", "resources.nodes=2", cwd=tmp_path)
     bad_input("cluster", "two nodes on the local executor", r, names=["resources.nodes", "nothing was submitted"])
@@ -251,7 +267,7 @@ def test_sbatch_refusal_is_one_line(bad_input, tmp_path, monkeypatch):
 @pytest.mark.slurm
 def test_sbatch_refusal_on_the_cluster(slurm_cluster, bad_input, forge, tmp_path):
     "What only sbatch knows, on the local SLURM cluster: one line each, exit 2, nothing registered."
-    from forge_nb.pipeline import tiny_config
+    from forge_nb.demo import tiny_config
     save_config(tiny_config(tmp_path, steps=2), tmp_path/"t.yaml")
     for did, setting, needle in [("a node feature (constraint) no node of the SLURM cluster has", "resources.constraint=nosuchfeature",
                                   "constraint=nosuchfeature"),

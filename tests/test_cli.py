@@ -1,13 +1,15 @@
 """Every shell command the README shows and every `forge-nb` subcommand, run as a user runs them: subprocesses of the
 installed console script, checking what they print and their exit status, a happy path and an error path each.
-The configs are tiny (`forge_nb.pipeline.tiny_config`: a 600-token tokenizer, 64-token sequences, a 2-layer model, a few steps)."""
+The configs are tiny (`forge_nb.demo.tiny_config`: a 600-token tokenizer, 64-token sequences, a 2-layer model, a few steps)."""
 import json, re, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
 
-from forge_nb.config import PipelineConfig, load_config, save_config, implemented_stages
+from forge_nb.config import PipelineConfig, load_config, implemented_stages
+
+from forge_nb.runs import save_config
 from forge_nb.launch import read_registry
-from forge_nb.pipeline import tiny_config
+from forge_nb.demo import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FORGE = Path(sys.executable).parent/"forge-nb"

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from forge_nb.config import override
-from forge_nb.pipeline import tiny_config
+from forge_nb.demo import tiny_config
 from forge_nb.runs import RunDir, read_metrics
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

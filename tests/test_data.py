@@ -580,7 +580,7 @@ def test_resume_refuses_a_state_saved_in_another_epoch0_order(store):
 
 @pytest.mark.slow
 def test_demo_data_stage(tmp_path):
-    from forge_nb.pipeline import demo_config
+    from forge_nb.demo import demo_config
     cfg = demo_config(runs_dir=str(tmp_path), overrides=["tokenizer.train_bytes=500000"])
     s = run_data_stage(cfg, tmp_path/"demo", log=QUIET)
     rep = tmp_path/"demo"/"data"/"mix_report.md"

@@ -5,7 +5,8 @@ import json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
 from forge_nb.config import load_config
-from forge_nb.pipeline import tiny_lifecycle, run_foreground
+from forge_nb.demo import tiny_lifecycle
+from forge_nb.pipeline import run_foreground
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["data", "pretrain", "sft", "rl"]

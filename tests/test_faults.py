@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import faults as F
-from forge_nb.config import save_config
-from forge_nb.pipeline import tiny_config
+from forge_nb.runs import save_config
+from forge_nb.demo import tiny_config
 from forge_nb.runs import RunDir
 
 SOAK = pytest.mark.soak
@@ -227,7 +227,8 @@ def test_sft_faults_soak(tmp_path, pretrained, fault_log, seed):
 
 @pytest.fixture(scope="module")
 def rl_task(tmp_path_factory):
-    from forge_nb.rl import demo_task, tiny_chat_model
+    from forge_nb.demo import demo_task
+    from forge_nb.trl_stage import tiny_chat_model
     task = demo_task(tmp_path_factory.mktemp("task"), n_chat=200, n_prompts=32, n_heldout=4)
     return task, tiny_chat_model(tmp_path_factory.mktemp("m")/"sft", task["chat"], steps=10)
 

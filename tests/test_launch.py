@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import job_probes
-from forge_nb.config import PipelineConfig, ResourcesConfig, save_config
+from forge_nb.config import PipelineConfig, ResourcesConfig
+from forge_nb.runs import save_config
 from forge_nb import launch as L
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from forge_nb.pipeline import tiny_config
+from forge_nb.demo import tiny_config
 from forge_nb.runs import RunDir, read_metrics
 
 

@@ -52,9 +52,9 @@ def test_demo_pipeline_end_to_end(tmp_path):
 
 # ------------------------------------------------------------------ kill and rerun; launch then run; the same pipeline on SLURM
 import os, re, signal, yaml
-from forge_nb.config import save_config
+from forge_nb.runs import save_config
 from forge_nb.jobs import read_registry
-from forge_nb.pipeline import tiny_config, tiny_lifecycle
+from forge_nb.demo import tiny_config, tiny_lifecycle
 from forge_nb.report import report_figures
 from forge_nb.runs import RunDir, latest_trainer_checkpoint
 from conftest import SECRETS, files_holding_secrets

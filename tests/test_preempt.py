@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from forge_nb.config import save_config
+from forge_nb.runs import save_config
 from forge_nb.runs import RunDir, read_metrics
-from forge_nb.pipeline import tiny_config
+from forge_nb.demo import tiny_config
 
 DRIVER = """
 import sys

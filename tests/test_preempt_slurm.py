@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 import job_probes
-from forge_nb.pipeline import tiny_config
-from forge_nb.config import ResourcesConfig, save_config
+from forge_nb.demo import tiny_config
+from forge_nb.config import ResourcesConfig
+from forge_nb.runs import save_config
 from forge_nb.jobs import FAILED_STATES
 from forge_nb.runs import RunDir, read_metrics
 from forge_nb import launch as L

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from forge_nb.config import PipelineConfig, DataConfig, SourceConfig, override, save_config
+from forge_nb.config import PipelineConfig, DataConfig, SourceConfig, override
+
+from forge_nb.runs import save_config
 from forge_nb.runs import RunDir, read_metrics
-from forge_nb.pipeline import tiny_config as _tiny_config
+from forge_nb.demo import tiny_config as _tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = """
@@ -125,7 +127,7 @@ def test_demo_corpus_beats_unigram(tmp_path):
     The baseline is the entropy of each source's val tokens under their own unigram distribution (in-sample, so it
     flatters the baseline), divided by the source's bytes per token; model and baseline score the same tokens (the
     whole val split: eval_batches covers it)."""
-    from forge_nb.pipeline import demo_config
+    from forge_nb.demo import demo_config
     from forge_nb.data.store import run_data_stage, TokenStore
     from forge_nb.pretrain import run_pretrain
     cfg = demo_config(runs_dir=str(tmp_path), overrides=[

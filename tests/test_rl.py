@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from forge_nb.config import PipelineConfig, ConfigError, save_config
+from forge_nb.config import PipelineConfig, ConfigError
+
+from forge_nb.runs import save_config
 from forge_nb.runs import RunDir, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,14 +45,14 @@ def const_zero(completion, prompt, row): return 0.0, "zero"
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    from forge_nb.rl import demo_task
+    from forge_nb.demo import demo_task
     return demo_task(tmp_path_factory.mktemp("task"), n_chat=300, n_prompts=32, n_heldout=8)
 
 
 @pytest.fixture(scope="module")
 def base_model(task, tmp_path_factory):
     "A tiny chat model (a few SFT steps): wiring and resume need a model, not a good one."
-    from forge_nb.rl import tiny_chat_model
+    from forge_nb.trl_stage import tiny_chat_model
     return tiny_chat_model(tmp_path_factory.mktemp("m") / "sft", task["chat"], steps=20)
 
 
@@ -191,6 +193,10 @@ def test_grpo_resume_after_sigkill(tmp_path, task, base_model):
     os.kill(p.pid, signal.SIGKILL); p.wait()
     killed_at = int(latest_trainer_checkpoint(run / "rl" / "checkpoints").name.split("-")[1])
     assert killed_at < 8 and not (run / "rl" / "final" / "COMPLETE").exists()
+    from forge_nb.runs import RunDir, checkpoint_step     # the run layout finds the Trainer's checkpoints too, by step
+    assert RunDir(run).stage("rl").latest_checkpoint() == latest_trainer_checkpoint(run / "rl" / "checkpoints")
+    steps = [checkpoint_step(c) for c in RunDir(run).stage("rl").complete_checkpoints()]
+    assert steps[-1] == killed_at and all(s % 2 == 0 for s in steps), steps
     _finish(_start(cfg, run))
     got = _rewards(run)
     assert [s for s, _ in got] == list(range(1, 9)), "resumed metrics have gaps or duplicates"

@@ -5,9 +5,11 @@ import ast, json, os, re, socket, stat, subprocess, sys, time
 from pathlib import Path
 import pytest
 
-from forge_nb.config import PipelineConfig, ResourcesConfig, save_config
+from forge_nb.config import PipelineConfig, ResourcesConfig
+
+from forge_nb.runs import save_config
 from forge_nb.jobs import read_registry, Job
-from forge_nb.pipeline import tiny_config
+from forge_nb.demo import tiny_config
 from conftest import SECRETS, files_holding_secrets
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from forge_nb.config import PipelineConfig, SourceConfig, save_config
+from forge_nb.config import PipelineConfig, SourceConfig
+
+from forge_nb.runs import save_config
 from forge_nb.runs import RunDir, read_metrics
-from forge_nb.pipeline import tiny_config
+from forge_nb.demo import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = """
@@ -69,6 +71,7 @@ def test_sft_run_lowers_heldout_loss(tmp_path, pretrained):
     run = tmp_path/"run"
     _finish(_start(sft_config(cfg, pre, steps=30, save_every=30, eval_every=15), run))
     sd = RunDir(run).stage("sft")
+    assert sd.latest_checkpoint() == sd.checkpoints/"checkpoint-30"     # the run layout finds the Trainer's `checkpoint-N`
     ev = json.loads((sd.root/"eval.json").read_text())
     print(f"held-out assistant loss {ev['before']['loss']:.3f} -> {ev['after']['loss']:.3f}, bpb {ev['before']['bpb']:.3f} -> {ev['after']['bpb']:.3f}")
     assert ev["after"]["loss"] < ev["before"]["loss"] - 0.1

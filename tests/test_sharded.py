@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from forge_nb.config import save_config
+from forge_nb.runs import save_config
 from forge_nb.runs import RunDir, read_metrics
-from forge_nb.pipeline import tiny_config
+from forge_nb.demo import tiny_config
 
 ROOT = Path(__file__).resolve().parent
 DRIVER = "import sys; sys.path.insert(0, sys.argv[1]); import sharded_probes as p; p.{fn}(*sys.argv[2:])"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import job_probes
-from forge_nb.pipeline import tiny_config
+from forge_nb.demo import tiny_config
 from forge_nb.config import PipelineConfig, ResourcesConfig
 from forge_nb import launch as L
 

@@ -287,7 +287,8 @@ def test_launch_panel_reads_partitions_and_previews_sbatch(slurm_cluster):
 @pytest.fixture(scope="module")
 def chat_task(tmp_path_factory):
     "The RL demo task's files and a tiny chat model (tokenizer with a generation-marked template + 2 SFT steps)."
-    from forge_nb.rl import demo_task, tiny_chat_model
+    from forge_nb.demo import demo_task
+    from forge_nb.trl_stage import tiny_chat_model
     d = tmp_path_factory.mktemp("chat")
     task = demo_task(d/"task", n_chat=60, n_prompts=8, n_heldout=2)
     return task, tiny_chat_model(d/"model", task["chat"], steps=2, batch_size=4)

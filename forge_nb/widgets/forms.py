@@ -439,7 +439,7 @@ class ConfigForm(W.VBox):
 
     def save(self, path:str|Path) -> Path:
         "Write the form's config to a YAML file (atomically)."
-        from forge_nb.config import save_config
+        from forge_nb.runs import save_config
         self.to_yaml(); return save_config(self._config, path)
 
     @classmethod
