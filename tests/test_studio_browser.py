@@ -139,7 +139,8 @@ def test_cancel_line_eta_and_stale_policy_table_in_jupyterlab(lab, browser, arti
         """
         import time
         from pathlib import Path
-        from forge_nb.config import PipelineConfig, save_config
+        from forge_nb.config import PipelineConfig
+        from forge_nb.runs import save_config
         from forge_nb.runs import RunDir
         from forge_nb.widgets.monitor import JobMonitor
         from forge_nb.widgets.policy_editor import PolicyEditor
