@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     docs_arguments(p)
     from forge_nb.rl import add_policy_parser   # `forge-nb policy check|validate` (RL policies, forge_nb.rl)
     add_policy_parser(sub, parents=[common])
+    from forge_nb.track import add_track_parser   # `forge-nb track sync RUN` (experiment trackers, forge_nb.track)
+    add_track_parser(sub, parents=[common])
+    from forge_nb.cluster import add_profiles_parser   # `forge-nb profiles [copy NAME]` (site profiles, forge_nb.cluster)
+    add_profiles_parser(sub, parents=[common])
     return ap
 
 # %% ../nbs/80_cli.ipynb #8b333872
@@ -242,6 +246,8 @@ def main(argv:list|None=None) -> int:
             if args.cmd == "rl" and not rc: from forge_nb.rl import cli_report; cli_report(_load(args))   # the compliance report
             return rc
         if args.cmd == "policy": from forge_nb.rl import cli_policy; return cli_policy(args)
+        if args.cmd == "track": from forge_nb.track import cli_track; return cli_track(args)
+        if args.cmd == "profiles": from forge_nb.cluster import cli_profiles; return cli_profiles(args)
         if args.cmd == "launch": return _cmd_launch(args)
         if args.cmd == "docs": return _cmd_docs(args)
         if args.cmd == "jobs": return _cmd_jobs(args)

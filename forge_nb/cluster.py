@@ -10,8 +10,9 @@ import os, re, shutil, subprocess
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['profile_dirs', 'profile_path', 'resolve_resources', 'parse_slurm_time', 'parse_gres_gpus', 'parse_scontrol',
-           'partitions_from_scontrol', 'cluster_partitions', 'validate_resources', 'ResourceError', 'check_resources']
+__all__ = ['profile_dirs', 'profile_path', 'resolve_resources', 'list_profiles', 'copy_profile', 'add_profiles_parser',
+           'cli_profiles', 'parse_slurm_time', 'parse_gres_gpus', 'parse_scontrol', 'partitions_from_scontrol',
+           'cluster_partitions', 'validate_resources', 'ResourceError', 'check_resources']
 
 # %% ../nbs/50_cluster.ipynb #da1da1e3
 from .config import ResourcesConfig, ConfigError, validate_config
@@ -22,7 +23,7 @@ def profile_dirs() -> list[Path]:
     "Folders searched for site profiles, in order."
     dirs = [Path(os.environ["FORGE_PROFILES_DIR"])] if os.environ.get("FORGE_PROFILES_DIR") else []
     import forge_nb
-    dirs += [Path.cwd()/"slurm/profiles", Path(forge_nb.__file__).resolve().parents[1]/"slurm/profiles"]
+    dirs += [Path.cwd()/"slurm/profiles", Path(forge_nb.__file__).resolve().parent/"profiles"]   # shipped in the wheel (`slurm/profiles` links there)
     return dirs
 
 def profile_path(name:str) -> Path:
@@ -53,6 +54,49 @@ def resolve_resources(res:ResourcesConfig|dict|None,   # the user's resources (N
               for k in ResourcesConfig.model_fields}
     merged["profile"] = res.profile
     return ResourcesConfig(**merged)
+
+# %% ../nbs/50_cluster.ipynb #9b624d66
+def list_profiles() -> list[tuple]:
+    "(name, file, first comment line) of each profile the launcher finds, the first folder winning for a name."
+    seen = {}
+    for d in profile_dirs():
+        for f in sorted(d.glob("*.y*ml")) if d.is_dir() else []:
+            if f.stem in seen: continue
+            first = next((l.lstrip("# ").strip() for l in f.read_text().splitlines() if l.startswith("#")), "")
+            seen[f.stem] = (f.stem, f, first)
+    return list(seen.values())
+
+def copy_profile(name:str,                      # a profile name (`forge-nb profiles` lists them)
+                 dest:str|Path="slurm/profiles", # folder to copy into (searched by the launcher from this folder)
+                ) -> Path:
+    "Copy a profile to `dest` to edit it for a site; an existing file there is never overwritten."
+    import shutil
+    src, dest = profile_path(name), Path(dest)
+    out = dest/src.name
+    if out.exists(): raise FileExistsError(f"{out} exists; not overwriting (edit it, or remove it first)")
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(src, out))
+
+def add_profiles_parser(sub, parents=()):
+    "`forge-nb profiles [copy NAME [DEST]]`."
+    h = "list the site profiles (YAML that fills resources:) the launcher finds; copy one to edit"
+    p = sub.add_parser("profiles", parents=list(parents), help=h, description=h)
+    ps = p.add_subparsers(dest="profiles_cmd", metavar="ACTION")
+    c = ps.add_parser("copy", parents=list(parents), help="copy a profile to ./slurm/profiles (or DEST) to edit it",
+                      description="copy a profile to ./slurm/profiles (or DEST) to edit it")
+    c.add_argument("name", help="profile name (see `forge-nb profiles`)")
+    c.add_argument("dest", nargs="?", default="slurm/profiles", help="folder to copy into (default: slurm/profiles)")
+
+def cli_profiles(args) -> int:
+    "Run `forge-nb profiles ...`."
+    if getattr(args, "profiles_cmd", None) == "copy":
+        out = copy_profile(args.name, args.dest)
+        print(f"wrote {out}: edit it, then set resources.profile: {out.stem}"); return 0
+    rows = list_profiles()
+    if not rows: print("no site profiles found in " + ", ".join(str(d) for d in profile_dirs())); return 0
+    w = max(len(n) for n, _, _ in rows)
+    for n, f, first in rows: print(f"{n.ljust(w)}  {f}\n{' ' * w}  {first}")
+    return 0
 
 # %% ../nbs/50_cluster.ipynb #3500274c
 def parse_slurm_time(s:str|None) -> int|None:

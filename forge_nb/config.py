@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Literal, Optional
 
 # %% auto #0
-__all__ = ['SourceKind', 'STAGES', 'StageName', 'WEIGHT_FILES', 'ForgeConfig', 'SourceConfig', 'MixStageConfig', 'DataConfig',
-           'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig', 'RLConfig',
-           'ResourcesConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig', 'ConfigError',
-           'validate_config', 'load_config', 'config_from_yaml', 'override', 'read_model_config', 'init_from_problems',
-           'config_schema', 'field_docs', 'show_fields']
+__all__ = ['SourceKind', 'TrackerName', 'STAGES', 'StageName', 'WEIGHT_FILES', 'ForgeConfig', 'SourceConfig', 'MixStageConfig',
+           'DataConfig', 'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig',
+           'RLConfig', 'ResourcesConfig', 'TrackingConfig', 'Stage', 'register_stage', 'implemented_stages',
+           'PipelineConfig', 'ConfigError', 'validate_config', 'load_config', 'config_from_yaml', 'override',
+           'read_model_config', 'init_from_problems', 'config_schema', 'field_docs', 'show_fields']
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
@@ -285,6 +285,25 @@ class ResourcesConfig(ForgeConfig):
     max_requeues: int = Field(3, ge=0, description="Requeues after preemption or time-out.")
     group_readable: bool = Field(False, description="Run directories readable by your group too (mode 0o750; default 0o700: only you). A site profile sets it where a team shares runs.")
 
+# %% ../nbs/00_config.ipynb #9726081f
+TrackerName = Literal["tensorboard", "mlflow", "wandb", "trackio"]
+
+class TrackingConfig(ForgeConfig):
+    "Experiment trackers that receive the run's parameters, metrics and reports (besides `metrics.jsonl`, always written)."
+    sinks: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"], description="Trackers to send to: `tensorboard` (event files in the run), `mlflow`, `wandb`, `trackio`.")
+    experiment: str = Field("forge_nb", min_length=1, description="MLflow experiment / W&B and trackio project the run is filed under.")
+    mlflow_uri: Optional[str] = Field(None, description="MLflow tracking URI (`http://mlflow.internal:5000`); None: a local store `<runs_dir>/mlflow.db`.")
+    wandb_url: Optional[str] = Field(None, description="W&B server URL (a self-hosted server); None: W&B offline files in the run directory (`wandb sync` uploads them).")
+    register_model: Optional[str] = Field(None, description="Register the last stage's final model folder under this name (MLflow model registry; a W&B model artifact).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v):
+        "`tracking: mlflow` or `tracking: [mlflow, wandb]` names only the sinks."
+        if isinstance(v, str): return {"sinks": [v]}
+        if isinstance(v, (list, tuple)): return {"sinks": list(v)}
+        return v
+
 # %% ../nbs/00_config.ipynb #009424ca
 @dataclass(frozen=True)
 class Stage:
@@ -339,6 +358,7 @@ class PipelineConfig(ForgeConfig):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning.")
     rl: RLConfig = Field(default_factory=RLConfig, description="RL alignment.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Where the stages run.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment trackers (MLflow, W&B, trackio, TensorBoard) that also receive the records.")
 
 # %% ../nbs/00_config.ipynb #50de7d02
 class ConfigError(ValueError):

@@ -15,10 +15,11 @@ from pathlib import Path
 __all__ = ['CATALOGUE_SECTIONS', 'CATALOGUE_PAGE', 'DOCS_ACTIONS', 'cell_directives', 'strip_directives', 'Page', 'page_href',
            'notebook_title', 'find_pages', 'prepare_notebook', 'DocsBuildError', 'mark_skipped', 'execute_notebook',
            'visible_cells', 'symbols_from_pages', 'relative_href', 'linkify_markdown', 'sidebar_html', 'page_html',
-           'rewrite_nb_links', 'render_body', 'pygments_css', 'build_site', 'readme_links', 'readme_text',
-           'render_readme', 'check_readme', 'check_sync', 'kept_output', 'fresh_kept_outputs', 'refresh_outputs',
-           'stray_outputs', 'BadInput', 'catalogue_entry', 'catalogue_cells', 'parse_catalogue', 'page_markdown',
-           'write_catalogue', 'run_catalogue_tests', 'update_catalogue', 'docs_arguments', 'run_docs', 'main']
+           'notebook_module', 'source_links', 'rewrite_nb_links', 'render_body', 'pygments_css', 'build_site',
+           'readme_links', 'readme_text', 'render_readme', 'check_readme', 'check_sync', 'kept_output',
+           'fresh_kept_outputs', 'refresh_outputs', 'stray_outputs', 'BadInput', 'catalogue_entry', 'catalogue_cells',
+           'parse_catalogue', 'page_markdown', 'write_catalogue', 'run_catalogue_tests', 'update_catalogue',
+           'docs_arguments', 'run_docs', 'main']
 
 # %% ../nbs/90_docs.ipynb #d1f10476
 _re_directive = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
@@ -335,12 +336,40 @@ def page_html(body:str, page:Page, pages:list[Page], site_title:str, css:str) ->
 <main>
 <header class="page"><h1>{html.escape(page.title)}</h1>{desc}</header>
 {body}
-<footer>Generated from <code>nbs/{html.escape(page.rel)}</code> by <code>forge_nb.docs</code>.</footer>
+<footer>{source_links(page)}</footer>
 </main>
 </div>
 </body>
 </html>
 """
+
+# %% ../nbs/90_docs.ipynb #c536a73a
+def _nbdev_settings(start:Path) -> dict:
+    "`[tool.nbdev]` of the nearest `pyproject.toml` above `start` (empty if none)."
+    import tomllib
+    for d in [start, *start.parents]:
+        if (d/"pyproject.toml").exists(): return tomllib.loads((d/"pyproject.toml").read_text()).get("tool", {}).get("nbdev", {})
+    return {}
+
+def notebook_module(src:Path, lib:str="forge_nb") -> str|None:
+    "The module a notebook exports (`#| default_exp x.y` → `forge_nb/x/y.py`), or None."
+    try: cells = json.loads(Path(src).read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError): return None
+    for c in cells:
+        m = re.search(r"^#\|\s*default_exp\s+(\S+)", "".join(c["source"]) if isinstance(c["source"], list) else c["source"], re.M)
+        if m: return f"{lib}/{m.group(1).replace('.', '/')}.py"
+    return None
+
+def source_links(page:Page) -> str:
+    "The footer of a page: its notebook and the module it exports, linked on the repository when `git_url` is set."
+    s = _nbdev_settings(Path(page.src).resolve().parent)
+    nbs, lib = s.get("nbs_path", "nbs"), s.get("lib_path", "forge_nb")
+    base = f"{s['git_url'].rstrip('/')}/blob/{s.get('branch', 'main')}/" if s.get("git_url") else None
+    link = lambda path: (f'<a href="{html.escape(base + path)}"><code>{html.escape(path)}</code></a>' if base
+                         else f"<code>{html.escape(path)}</code>")
+    mod = notebook_module(page.src, lib)
+    return (f"Source: the notebook {link(f'{nbs}/{page.rel}')}" + (f", which exports {link(mod)}" if mod else "")
+            + " (edit the notebook; the module is generated). Built by <code>forge_nb.docs</code>.")
 
 # %% ../nbs/90_docs.ipynb #465b2020
 def rewrite_nb_links(body:str, page:Page, pages:list[Page]) -> str:

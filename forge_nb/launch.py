@@ -144,7 +144,9 @@ class StageCall(_Checkpointable):
         self.max_requeues, self.wait_for, self.poll_s = max_requeues, list(wait_for or []), poll_s
 
     def function(self) -> Callable:
-        if isinstance(self.fn, str) and self.fn.startswith("stage:"): return stage_function(self.fn[6:])
+        if isinstance(self.fn, str) and self.fn.startswith("stage:"):
+            from forge_nb.track import tracked                      # the stage's records also go to the configured trackers
+            return tracked(stage_function(self.fn[6:]), self.fn[6:])
         return self.fn
 
     def __call__(self):

@@ -266,6 +266,7 @@ def run_foreground(cfg:PipelineConfig,     # the pipeline to run
                   ) -> dict:               # stage -> the summary its entry point returned (`{"skipped": True, ...}` when skipped)
     "Run the stages one after another in this process (no job): `breakpoint()` and debuggers work; finished stages are skipped."
     from forge_nb.runs import stage_function
+    from forge_nb.track import tracked
     out = out or sys.stdout
     from forge_nb.launch import check_inputs
     stages = list(stages or cfg.stages)
@@ -282,7 +283,7 @@ def run_foreground(cfg:PipelineConfig,     # the pipeline to run
                 print(_skip_line(st, key), file=out, flush=True)
                 results[st] = {"skipped": True, "key": key}; timings[st] = {"seconds": 0.0, "skipped": True}
                 continue
-            fn = stage_function(st)
+            fn = tracked(stage_function(st), st)          # its records also go to the configured trackers (05_track)
             prepare_stage(run.root, st, key, force=st in force, log=lambda m: print(m, file=out, flush=True))
             mark_stage(run.root, st, key, "running")
             print(f"[{st}] running in this process (foreground)", file=out, flush=True)
@@ -309,6 +310,8 @@ def _finish(run:RunDir, t0:float):
     from forge_nb.report import write_report
     print(f"forge_nb: finished in {time.time() - t0:.1f} s. Run directory:\n{run.tree()}", flush=True)
     print(f"forge_nb: report: {write_report(run.root).absolute()}", flush=True)
+    from forge_nb.track import finish_tracking
+    finish_tracking(run.root)                     # report.html to each tracker's parent run, which ends there
 
 def _submit_stages(cfg:PipelineConfig, todo:list, run:RunDir, force) -> list:
     "Submit the stages to run, chained; name each job in its stage's record (how a later invocation finds it finished)."

@@ -653,11 +653,11 @@ def _tensorboard(path:Path, purge_step:int|None):
 class Reporter:
     "The metrics log, TensorBoard and progress lines of a run; throughput with validation and saving left out."
     def __init__(self, sd:StageDir, pc:PretrainConfig, batch_tokens:int, env:DistEnv, log=print,
-                 start:int=0, fpt:float=0.0, peak:float|None=None):
+                 start:int=0, fpt:float=0.0, peak:float|None=None, tb:bool=True):   # tb: TensorBoard event files (`tracking.sinks`)
         self.pc, self.batch_tokens, self.log, self.W, self.fpt, self.peak = pc, batch_tokens, log, env.world_size, fpt, peak
         if env.is_main: sd.mkdirs(); sd.metrics.truncate_after(start or -1)
         self.metrics = sd.metrics if env.is_main else None   # rank 0 writes
-        self.tb = _tensorboard(sd.root/"tb", start + 1 if start else None) if env.is_main else None
+        self.tb = _tensorboard(sd.root/"tb", start + 1 if start else None) if env.is_main and tb else None
         self.t0, self.paused_s, self.tokens_since, self.tps = time.perf_counter(), 0.0, 0, []
 
     def record(self, step:int, **scalars):
@@ -786,7 +786,7 @@ def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
     batch_tokens = env.world_size * A * pc.micro_batch_size * T
     fpt, peak = flops_per_token(cfg.model, store.vocab_size, T), device_peak_flops(rt, pc)
     val, info = Validator(store, rt, pc), checkpoint_info(cfg, store.vocab_size)
-    with Reporter(sd, pc, batch_tokens, env, log, start, fpt, peak) as rep, \
+    with Reporter(sd, pc, batch_tokens, env, log, start, fpt, peak, tb="tensorboard" in cfg.tracking.sinks) as rep, \
          PreemptionGuard(log, rep.metrics, "pretrain") as guard:
         if start == 0: _introduce(cfg, store, rt, env, batch_tokens, peak, rep, log)
         while state.step < pc.steps:

@@ -168,6 +168,8 @@ def is_complete(path:str|Path) -> bool:
 # %% ../nbs/01_runs.ipynb #cbcc4630
 class MetricsLog:
     "Append-only `metrics.jsonl` writer and reader."
+    listeners:list = []   # fn(log, record) called after each append in this process (experiment trackers, `05_track`)
+
     def __init__(self, path:str|Path, stage:str|None=None):
         self.path, self.stage = Path(path), stage
 
@@ -185,6 +187,9 @@ class MetricsLog:
         except OSError as e:
             if is_disk_full(e, self.path): raise DiskFull(self.path, "appending to") from e
             raise
+        for fn in list(MetricsLog.listeners):
+            try: fn(self, rec)
+            except Exception: pass            # a tracker's trouble is its own (it warns); the record is written
         return rec
 
     def read(self, since:int=0) -> list[dict]:
