@@ -121,6 +121,10 @@ def main():
     print(f"| val bpb mean | {mx:.4f} | {my:.4f} | {my / mx:.4f} |")
     if a.json: Path(a.json).write_text(json.dumps({"seconds": seconds, "load": load, **res}, indent=1))
     if tmp: tmp.cleanup()
+    from benchlib import emit, figure                      # the result line bench/run reads (bench/benchlib.py)
+    emit("quality", [figure(f"Muon val bpb (mean, {seconds:.0f} s each)", round(my, 4), "bits/byte", "AdamW, same wall-clock budget",
+                            round(mx, 4), better="lower"),
+                     figure("Muon steps in the budget", res["muon"]["steps"], "steps", "AdamW", res["adamw"]["steps"])], quick=a.quick)
 
 
 if __name__ == "__main__":

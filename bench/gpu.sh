@@ -25,7 +25,7 @@ mkdir -p "$OUT"; rm -f "$OUT"/*.log "$OUT"/*.rc "$OUT"/table.md
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 if [ -z "$DRY" ] && [ "$NGPU" = 0 ]; then echo "bench/gpu.sh: no CUDA GPU visible (torch.cuda.device_count() = 0); use --dry-run on CPU" >&2; exit 2; fi
-if [ -n "$DRY" ]; then NPROC=2; SCALE=4; else NPROC=$NGPU; SCALE=1; fi   # a dry run on a small CPU gets 4x the limits
+if [ -n "$DRY" ]; then NPROC=2; SCALE=${GPU_BENCH_SCALE:-4}; else NPROC=$NGPU; SCALE=1; fi   # a dry run on a small CPU gets 4x the limits (GPU_BENCH_SCALE: more, on a loaded machine)
 PARTS=${GPU_BENCH_PARTS:-pretrain_eager pretrain_compile pretrain_fsdp sft grpo}
 "$PY" - <<'EOF'
 import torch, platform

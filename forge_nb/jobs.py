@@ -11,9 +11,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['TERMINAL_STATES', 'FAILED_STATES', 'REQUEUE_WAIT_S', 'SNAPSHOT_S', 'read_registry', 'register_job',
-           'update_job_record', 'requeue_pending', 'sacct_states', 'local_state', 'job_seconds', 'job_states', 'Job',
-           'prefetch_states', 'live_jobs', 'run_lock', 'find_run_dir', 'attach', 'list_jobs', 'error_message',
-           'progress']
+           'update_job_record', 'requeue_pending', 'sacct_states', 'proc_start', 'exit_records', 'ended_without_result',
+           'local_state', 'job_seconds', 'job_states', 'Job', 'prefetch_states', 'live_jobs', 'run_lock',
+           'find_run_dir', 'attach', 'list_jobs', 'error_message', 'progress']
 
 # %% ../nbs/51_jobs.ipynb #c3d9d961
 from fastcore.basics import patch
@@ -95,13 +95,20 @@ def sacct_states(job_ids:list) -> dict:
     return out
 
 # %% ../nbs/51_jobs.ipynb #5f86a743
-def _proc_alive(pid:int, must_contain:str="submitit") -> bool:
-    "Is `pid` a live (not zombie) process whose command line mentions `must_contain`?"
+def proc_start(pid:int) -> int|None:
+    "When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22): with its pid, it names one process; None if there is none."
+    try: return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError): return None
+
+def _proc_alive(pid:int, must_contain:str="submitit", start:int|None=None) -> bool:
+    """Is `pid` a live (not zombie) process whose command line mentions `must_contain`, and (given `start`, its `proc_start`
+    when it was submitted) the same process, not a later one that got its pid again?"""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"): return False
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"): return False
+        if start is not None: return int(fields[19]) == int(start)     # the very process: its command line need not be read
         return must_contain in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except (OSError, IndexError): return False
+    except (OSError, IndexError, ValueError): return False
 
 def _owner_only(p:Path) -> bool:
     "Was `p` written by this user in a folder no one else can write to (so no one else can have put it there)?"
@@ -125,13 +132,43 @@ def _read_result(folder:Path, job_id:str, task:int=0):
         except (EOFError, pickle.UnpicklingError): time.sleep(0.2)
     return None
 
+def exit_records(folder:Path, job_id:str, tasks:int=1) -> dict:
+    "{task: exit status} of a local job's tasks, as its controller wrote them when they ended (negative: killed by that signal; None: still running at the time limit)."
+    out = {}
+    for k in range(tasks):
+        try: out[k] = json.loads((Path(folder)/f"{job_id}_{k}_exit.json").read_text())["returncode"]
+        except (OSError, ValueError, KeyError): pass
+    return out
+
+def _signame(n:int) -> str:
+    try: return signal.Signals(n).name
+    except ValueError: return f"signal {n}"
+
+def ended_without_result(folder:Path, job_id:str, tasks:int=1) -> str:
+    "Why a local job ended without a result: each task's exit status or signal, else its controller's last line (`<job>_controller.log`)."
+    codes, why = exit_records(folder, job_id, tasks), []
+    for k, rc in sorted(codes.items()):
+        if rc is None: why.append(f"task {k} was still running at the time limit")
+        elif rc < 0: why.append(f"task {k} was killed by signal {-rc} ({_signame(-rc)})" + (" (the kernel's out-of-memory killer, or kill -9)" if rc == -9 else ""))
+        else: why.append(f"task {k} exited with status {rc} before writing its result")
+    if not codes:
+        log = Path(folder)/f"{job_id}_controller.log"
+        last = [l for l in log.read_text(errors="replace").splitlines() if l.strip()][-1:] if log.exists() else []
+        why.append(f"its controller ended first: {last[0][:300]}" if last else
+                   "its controller ended without recording its tasks' exit (killed by a signal, e.g. SIGKILL)")
+    return "the process ended without a result: " + "; ".join(why)
+
 def local_state(rec:dict) -> tuple[str, str]:
-    "(state, reason) of a job of the local executor, from its process and result file."
+    "(state, reason) of a job of the local executor, from its process (the very one submitted: pid and start time) and result file."
     folder, jid = Path(rec["folder"]), str(rec["job_id"])
-    alive = _proc_alive(int(jid))
+    alive = _proc_alive(int(jid), start=rec.get("proc_start"))
     if alive:
         return ("PENDING", "Dependency") if (folder/f"{jid}_waiting").exists() else ("RUNNING", "None")
     res = _read_result(folder, jid)
+    codes = exit_records(folder, jid, int(rec.get("tasks", 1))) if res is None else {}
+    for _ in range(10 if codes and all(c == 0 for c in codes.values()) else 0):   # ended cleanly: its result file is on its way
+        time.sleep(0.2)
+        if (res := _read_result(folder, jid)) is not None: break
     if res is not None and res[0] == "success": return "COMPLETED", "None"
     # a cancelled job may still leave an error result (the interrupt it got, caught by submitit): cancelled wins
     if rec.get("cancelled") or any(r["job_id"] == jid and r.get("cancelled") for r in read_registry(rec["run_dir"])):
@@ -139,7 +176,7 @@ def local_state(rec:dict) -> tuple[str, str]:
     if res is not None:
         if "DependencyNeverSatisfied" in str(res[1]): return "CANCELLED", "DependencyNeverSatisfied"
         return "FAILED", "NonZeroExitCode"
-    return "FAILED", "the process ended without a result"
+    return "FAILED", ended_without_result(folder, jid, int(rec.get("tasks", 1)))
 
 # %% ../nbs/51_jobs.ipynb #e8102376
 def job_seconds(folder:str|Path,  # the job's log folder (its record's `folder`)
@@ -330,7 +367,7 @@ def cancel(self:Job):
     update_job_record(self.run_dir, self.job_id, cancelled=True)
     self.record["cancelled"] = True
     if self.cluster == "slurm": _run(["scancel", self.job_id])
-    else: _kill_tree(int(self.job_id))
+    elif _proc_alive(int(self.job_id), start=self.record.get("proc_start")): _kill_tree(int(self.job_id))   # never a later process with its pid
 
 @patch
 def __repr__(self:Job):

@@ -6,17 +6,18 @@ Docs: https://forge-nb.github.io/forge_nb/launch.html.md"""
 
 # %% ../nbs/52_launch.ipynb #9fadec7a
 from __future__ import annotations
-import contextlib, datetime, functools, json, os, re, shlex, socket, subprocess, sys, time, traceback
+import contextlib, datetime, functools, json, os, re, shlex, socket, subprocess, sys, time, traceback, uuid
 from pathlib import Path
 from typing import Callable
 
 # %% auto #0
 __all__ = ['INPUT_CHECKS', 'DependencyNeverSatisfied', 'master_port_for', 'hide_secrets', 'reveal_secrets', 'StageCall',
-           'slurm_parameters', 'sbatch_preview', 'detached_local_executor', 'make_executor', 'sbatch_refusal', 'submit',
-           'MissingInputs', 'stage_inputs', 'missing_inputs', 'check_inputs', 'holding_run_lock', 'launch', 'launch_fn',
-           'launch_pipeline', 'profile_dirs', 'profile_path', 'resolve_resources', 'cluster_partitions',
-           'validate_resources', 'check_resources', 'ResourceError', 'TERMINAL_STATES', 'FAILED_STATES',
-           'read_registry', 'sacct_states', 'Job', 'attach', 'list_jobs', 'find_run_dir']
+           'slurm_parameters', 'sbatch_preview', 'submitit_local_controller', 'detached_local_executor',
+           'make_executor', 'sbatch_refusal', 'submit', 'MissingInputs', 'stage_inputs', 'missing_inputs',
+           'check_inputs', 'holding_run_lock', 'launch', 'launch_fn', 'launch_pipeline', 'profile_dirs', 'profile_path',
+           'resolve_resources', 'cluster_partitions', 'validate_resources', 'check_resources', 'ResourceError',
+           'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states', 'Job', 'attach', 'list_jobs',
+           'find_run_dir']
 
 # %% ../nbs/52_launch.ipynb #b03f74d0
 from .config import ResourcesConfig, PipelineConfig, STAGES, init_from_problems
@@ -25,7 +26,7 @@ from .runs import RunDir, stage_function
 from .cluster import (profile_dirs, profile_path, resolve_resources, cluster_partitions, validate_resources,
                               check_resources, ResourceError, parse_scontrol, _run)
 from .jobs import (TERMINAL_STATES, FAILED_STATES, read_registry, register_job, sacct_states,
-                           local_state, Job, find_run_dir, attach, list_jobs, run_lock)
+                           local_state, proc_start, Job, find_run_dir, attach, list_jobs, run_lock)
 
 # %% ../nbs/52_launch.ipynb #019bd018
 _all_ = ["profile_dirs", "profile_path", "resolve_resources", "cluster_partitions", "validate_resources", "check_resources",
@@ -229,18 +230,37 @@ def sbatch_preview(cfg:PipelineConfig|None=None,      # the pipeline config (for
     return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(res, f"{cfg.name}-{stage}", dependency))
 
 # %% ../nbs/52_launch.ipynb #fdb97827
+def submitit_local_controller(folder:str):
+    """submitit's local job controller (what `python -m submitit.local._local` runs) that also writes each task's exit
+    status to `<job>_<task>_exit.json` when the task ends: a job that dies without a result then says how (its exit
+    status, or the signal that killed it: `forge_nb.jobs.ended_without_result`)."""
+    from submitit.local.local import Controller
+    class RecordingController(Controller):
+        def wait(self, freq:int=24):
+            codes = super().wait(freq)
+            for k, rc in enumerate(codes): atomic_write_json(self.folder/f"{self.pid}_{k}_exit.json", {"returncode": rc, "time": time.time()})
+            return codes
+    RecordingController(Path(folder)).run()
+
+_CONTROLLER = "import sys; from forge_nb.launch import submitit_local_controller; submitit_local_controller(sys.argv[1])"
+
 def _start_detached_controller(folder, command:str, tasks_per_node:int=1, cuda_devices:str="", timeout_min:float=5.0,
                                signal_delay_s:int=30, stderr_to_stdout:bool=False, setup=()):
-    "submitit's `start_controller`, in a new session (`setsid`)."
+    """submitit's `start_controller`, in a new session (`setsid`), running `submitit_local_controller`; what the controller
+    itself prints (its own errors) goes to `<job>_controller.log`, not nowhere."""
     env = dict(os.environ)
     env.update(SUBMITIT_LOCAL_NTASKS=str(tasks_per_node), SUBMITIT_LOCAL_COMMAND=command,
                SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * timeout_min)), SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(signal_delay_s)),
                SUBMITIT_LOCAL_NODEID="0", SUBMITIT_LOCAL_JOB_NUM_NODES="1", SUBMITIT_STDERR_TO_STDOUT="1" if stderr_to_stdout else "",
                SUBMITIT_EXECUTOR="local", CUDA_VISIBLE_DEVICES=cuda_devices, SUBMITIT_LOCAL_WITH_SHELL="1" if setup else "")
-    cmd = [sys.executable, "-m", "submitit.local._local", str(folder)]
+    cmd = [sys.executable, "-c", _CONTROLLER, str(folder)]
     if setup: cmd = " && ".join(list(setup) + [shlex.join(cmd)])
-    return subprocess.Popen(cmd, shell=bool(setup), env=env, start_new_session=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    log = Path(folder)/f".controller-{uuid.uuid4().hex[:8]}.log"     # named after the job once its pid is known
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, shell=bool(setup), env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    os.replace(log, Path(folder)/f"{proc.pid}_controller.log")
+    return proc
 
 def detached_local_executor(folder:Path, max_num_timeout:int=3):
     "A submitit `LocalExecutor` whose jobs survive the process (and process group) that submitted them."
@@ -309,6 +329,7 @@ def _submit(fn:Callable|str, args:tuple, kwargs:dict, res:ResourcesConfig, run_d
                depends_on=[d.job_id for d in deps], resources=redact_secrets(res.to_dict()),
                submitted=datetime.datetime.now().isoformat(timespec="seconds"), cancelled=False,
                launched_by=f"{os.getpid()}@{socket.gethostname()}")
+    if res.cluster == "local": rec["proc_start"] = proc_start(int(sj.job_id))   # pid + start time: this process, never a later one with its pid
     register_job(run.root, rec)
     return Job(rec, sj)
 

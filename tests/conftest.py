@@ -13,7 +13,7 @@ def pytest_configure(config):
                    ("browser", "needs JupyterLab and Debian's Chromium"),
                    ("bad_input", "asserts what a user sees on bad input (the `bad_input` fixture; the docs' catalogue page)"),
                    ("soak", "long fault-injection runs (>= 50 faults); deselected unless -m names soak"),
-                   ("full_demo", "the whole `forge-nb demo` at its own settings (~10 min); deselected unless -m names full_demo")]:
+                   ("full_demo", "the whole `forge-nb demo` at its own settings (its time: bench/bench_demo.py); deselected unless -m names full_demo")]:
         config.addinivalue_line("markers", f"{m}: {doc}")
 
 # The browser the browser tests drive: Debian's `chromium` package, the one `scripts/setup.sh --system` installs.

@@ -5,7 +5,7 @@ that nothing finished was lost or left half-written and that the finished run eq
 Write-window faults are deterministic: the child process wraps one function (e.g. `os.replace`, safetensors'
 `save_file`, transformers' `TrainerState.save_to_json`) and on its n-th call kills itself with SIGKILL before the call,
 after it, or after it with the written file cut to half its size ("torn": what a crash in the middle of the write
-leaves). A hit is recorded in a file before the kill, so the count of injected faults is a count of real kills.
+leaves; the file is the call's path argument, or the file its descriptor argument is open on, e.g. `os.fsync(fd)`). A hit is recorded in a file before the kill, so the count of injected faults is a count of real kills.
 """
 import json, os, random, shutil, signal, subprocess, sys, time
 from pathlib import Path
@@ -24,6 +24,10 @@ def _die(note):
 def _file_arg(a, k):
     for v in list(a) + list(k.values()):
         if isinstance(v, (str, os.PathLike)) and os.path.isfile(v): return os.fspath(v)
+        if isinstance(v, int) and not isinstance(v, bool):             # a file descriptor (os.fsync): the file it is open on
+            try: f = os.readlink(f"/proc/self/fd/{v}")
+            except OSError: continue
+            if os.path.isfile(f): return f
 def _install(spec):
     mod, _, attr = spec["at"].partition(":")
     owner = importlib.import_module(mod)

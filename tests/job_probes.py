@@ -131,3 +131,18 @@ def paced_pretrain(cfg, run_dir: str, step_sleep_s: float, hold_after: int | Non
         return out
     P.train_step = paced
     return P.run_pretrain(cfg, run_dir)
+
+
+def die_by_signal(sig: int):
+    "Print a line, then kill this job's own process with `sig` (no result is written): what the OOM killer or a `kill -9` does."
+    import signal as _s
+    print("about to die", flush=True); time.sleep(0.2)
+    os.kill(os.getpid(), _s.Signals(sig))
+
+
+def exit_without_result(code: int = 3):
+    "Leave at once with exit status `code`, no result written (as `os._exit` in a library would)."
+    os._exit(code)
+
+
+def add(a, b): return a + b

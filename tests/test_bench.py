@@ -105,7 +105,7 @@ def test_gpu_table_from_the_parts_logs(tmp_path):
 def dry_run(tmp_path: Path, parts: list) -> dict:
     "Run bench/gpu.sh --dry-run on CPU for `parts`; check each part finished with a result line; return the parsed results."
     env = {**os.environ, "GPU_BENCH_OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": "", "GPU_BENCH_PARTS": " ".join(parts)}
-    p = subprocess.run(["bash", str(BENCH/"gpu.sh"), "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    p = subprocess.run(["bash", str(BENCH/"gpu.sh"), "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert p.returncode == 0, p.stdout + p.stderr
     res = {}
     for part in parts:

@@ -442,9 +442,27 @@ def test_trained_tokenizer_store_and_every_strategy(tmp_path, corpus):
         s = run_data_stage(cfg, tmp_path/strat, log=QUIET)
         store = TokenStore(tmp_path/strat)
         assert store.vocab_size == 512 and s["sequences"] == store.num_sequences()
-        # the plan: the configured weights (external), else the planner's weights for the store's source sizes
-        w = extra["weights"] if strat == "external" else store.manifest["mix"]["stages"][0]["weights"]
-        assert_shares_recounted(store, source_keys(store.tokenizer_path, srcs, 128), [w])
+        # the plan: the configured weights (external), else the strategy's formula computed here from the source sizes
+        mix = store.manifest["mix"]
+        sizes = np.asarray(mix["sizes"], float)
+        keys = source_keys(store.tokenizer_path, srcs, 128)
+        # the sizes are each source's training tokens: at most its documents' tokens (+ eos) counted here with transformers
+        # (fewer: the held-out documents and what curation drops, e.g. exact duplicates), and most of them
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(str(store.tokenizer_path), local_files_only=True)
+        for i, texts in enumerate(srcs.values()):
+            n = sorted(len(ids) + 1 for ids in tok(list(texts), add_special_tokens=False)["input_ids"])
+            assert sum(n) / 2 <= sizes[i] <= sum(n), (strat, i, sizes[i], sum(n))
+        if strat == "temperature":                         # share ∝ size^(1/T)
+            w = sizes ** (1 / 2.0); w = w / w.sum()
+        elif strat == "unimax":                            # equal budget per source, capped at max_epochs × size, smallest first
+            budget, left, w = float(mix["total_tokens"]), float(mix["total_tokens"]), np.zeros(3)
+            for k, i in enumerate(np.argsort(sizes * 3, kind="stable")):
+                w[i] = min(sizes[i] * 3, left / (3 - k)); left -= w[i]
+            assert abs(w.sum() - budget) < 1e-6 * budget; w = w / w.sum()
+        else: w = np.asarray(extra["weights"], float)
+        assert np.allclose(mix["stages"][0]["weights"], w / w.sum(), atol=1e-9), (strat, mix["stages"][0]["weights"], w.tolist())
+        assert_shares_recounted(store, keys, [w])
 
 def test_infeasible_plan_fails_before_writing(tmp_path, corpus, tokenizer):
     d, _ = corpus

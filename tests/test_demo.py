@@ -145,7 +145,7 @@ def test_report_renders_in_chromium(chromium, tmp_path, artifacts_dir):
 
 @pytest.mark.full_demo
 def test_full_demo_rl_raises_heldout_pass_rates(tmp_path):
-    """The README's demo at its own settings (about 10 minutes; `pytest -m full_demo`; FORGE_DEMO_RUNS=DIR reuses a finished
+    """The README's demo at its own settings (its wall time: `bench/run --only demo`; `pytest -m full_demo`; FORGE_DEMO_RUNS=DIR reuses a finished
     demo there): on held-out prompts, RL raises the all-rules pass rate by at least 20 points over the SFT model and makes
     no rule worse than one held-out sample's share, recounted from the written completions."""
     runs = Path(os.environ.get("FORGE_DEMO_RUNS") or tmp_path)

@@ -5,7 +5,8 @@ stage (data, pretrain, SFT, RL) with one line naming the path, and the checkpoin
 Trainer stages then resume from them once there is room again.
 
     pytest tests/test_faults.py                  # the quick subset: 4 write faults + 4 full disks
-    pytest tests/test_faults.py -m soak          # >= 50 faults across stages, SLURM included (about an hour at load 15)
+    pytest tests/test_faults.py -m soak          # >= 50 faults across stages, SLURM included (about an hour at load 15);
+                                                 # its last test counts them from the artifact and fails under 50
 
 Counts per stage go to test-artifacts/faults-quick.json / faults-soak.json and to the test output (-s).
 
@@ -100,8 +101,12 @@ def test_pretrain_faults_quick(tmp_path, store, fault_log):
     ref = _pretrain_ref(tmp_path, store)
     run, cfg = _pre_run(tmp_path, "run", store)
     hits = tmp_path/"hits.jsonl"
-    # the 3rd save_file is the second checkpoint's weights (rng states are the 2nd), torn in half, then killed
-    assert _write_fault("pretrain", cfg, run, "safetensors.torch:save_file", 3, "torn", hits, fault_log)
+    # the second checkpoint's weights: the 2nd shard file torch's DCP writer syncs (state/*.safetensors, written by
+    # _write_files_from_queue, then os.fsync(fd)), torn in half after the sync, then killed
+    assert _write_fault("pretrain", cfg, run, "os:fsync", 2, "torn", hits, fault_log, caller="_write_files_from_queue")
+    torn, size = F.read_hits(hits)[-1]["torn"]                # recount what was torn, from the hit the child recorded
+    assert Path(torn).parent.name == "state" and torn.endswith(".safetensors") and "/checkpoints/" in torn, torn
+    assert ".tmp-" in Path(torn).parent.parent.name and size > 1000, (torn, size)   # a hidden checkpoint's weight shard
     # the 2nd os.fsync made by runs.commit_dir (the commit of atomic_dir and of a sharded checkpoint: the marker is written, files are being synced, nothing renamed yet)
     assert _write_fault("pretrain", cfg, run, "os:fsync", 2, "before", hits, fault_log, caller="commit_dir")
     F.finish(F.start("pretrain", cfg, run))
@@ -469,3 +474,17 @@ def test_slurm_preemption_soak(slurm_cluster, tmp_path, fault_log):
     for name in ("saves", "no_grace"):
         fault_log.fault("pretrain", "slurm_preempted", run=name)
         _check_done(tmp_path/name, "pretrain", tmp_path/"ref", fault_log, via="slurm")
+
+
+@SOAK
+def test_soak_injected_at_least_50_faults(fault_log, request):
+    "The soak's promise, counted from the artifact it wrote: >= 50 injected faults (each a recorded kill, a full disk or a cluster fault), every stage hit, every disturbed run compared."
+    if request.config.getoption("-k"): pytest.skip("only a part of the soak was selected (-k): the count is of the whole soak")
+    rec = json.loads(fault_log.path.read_text())             # what the soak wrote, not the log object's tally
+    per_stage = {}
+    for f in rec["faults"]: per_stage[f["stage"]] = per_stage.get(f["stage"], 0) + 1
+    print(f"soak: {len(rec['faults'])} faults injected {per_stage}; {len(rec['compared'])} runs compared")
+    assert len(rec["faults"]) >= 50, per_stage
+    assert {"data", "pretrain", "sft", "rl"} <= set(per_stage), per_stage
+    assert len(rec["compared"]) >= 4 and all(not c.get("differ") and c.get("metrics", 0.0) == 0.0 and c.get("weights", 0.0) == 0.0
+                                             for c in rec["compared"]), rec["compared"]

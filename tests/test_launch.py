@@ -205,3 +205,53 @@ def test_local_job_outlives_the_submitting_process_group(tmp_path):
     job = L.attach("kept", "pretrain", runs_dir=tmp_path / "runs")
     assert job.job_id == job_id and job.state() == "RUNNING"
     assert job.result(timeout_s=60)["steps"] == 12
+
+
+# ---------------------------------------------------------------- local jobs that die without a result (issue 25, item 12)
+
+def test_local_job_killed_by_a_signal_says_which(tmp_path):
+    "A local job whose task dies without a result says how: the signal that killed it, or its exit status (recorded by its controller)."
+    from forge_nb.jobs import Job
+    for fn, args, expect in [(job_probes.die_by_signal, (int(signal.SIGKILL),), "task 0 was killed by signal 9 (SIGKILL)"),
+                             (job_probes.die_by_signal, (int(signal.SIGSEGV),), "task 0 was killed by signal 11 (SIGSEGV)"),   # (submitit catches SIGTERM)
+                             (job_probes.exit_without_result, (3,), "task 0 exited with status 3 before writing its result")]:
+        job = L.submit(fn, *args, run_dir=tmp_path/f"r{fn.__name__}{args[0]}")
+        with pytest.raises(RuntimeError) as e: job.result(timeout_s=120)
+        assert f"ended FAILED: {job.stage} (job {job.job_id}) is FAILED: the process ended without a result: {expect}" in str(e.value), str(e.value)
+        exit_rec = json.loads((job.folder/f"{job.job_id}_0_exit.json").read_text())   # what the controller wrote
+        assert exit_rec["returncode"] == (-args[0] if fn is job_probes.die_by_signal else 3), exit_rec
+        assert expect in Job(job.record).why()                                         # a fresh handle (another process) says the same
+
+
+def test_local_job_slow_to_start_under_load_is_not_declared_dead(tmp_path):
+    "Load simulated by stopping the job's whole process tree (SIGSTOP) from its first moment: it stays RUNNING, never FAILED, and finishes once it runs."
+    from forge_nb.jobs import Job
+    job = L.submit(job_probes.add, 2, 3, run_dir=tmp_path/"r")
+    pid = int(job.job_id)
+    os.killpg(pid, signal.SIGSTOP)                   # the controller leads its own session: its tasks are in its group
+    try:
+        seen = set()
+        for _ in range(20):                          # 5 s in which the job cannot run a single instruction
+            seen.add(Job(job.record).state()); time.sleep(0.25)
+        assert seen == {"RUNNING"}, seen
+    finally: os.killpg(pid, signal.SIGCONT)
+    assert job.result(timeout_s=120) == 5 and job.state() == "COMPLETED"
+
+
+def test_local_job_id_is_the_process_not_its_pid(tmp_path):
+    "A local job's id is a pid; once the job ended, a later process given the same pid (even another submitit job) is not the job: not RUNNING, and cancel leaves it alone."
+    from forge_nb.jobs import Job, proc_start
+    job = L.submit(job_probes.add, 2, 3, run_dir=tmp_path/"r")
+    assert job.result(timeout_s=120) == 5
+    assert job.record["proc_start"] and job.record["proc_start"] > 0
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])   # a process with 'submitit' in its command line
+    try:
+        time.sleep(0.3)
+        rec = {**job.record, "job_id": str(other.pid)}                   # the job's record, as if `other` had got the job's pid
+        assert proc_start(other.pid) != rec["proc_start"]
+        j = Job(rec)
+        assert j.state() != "RUNNING", j.why()
+        j.cancel()
+        assert other.poll() is None, "cancel killed a process that is not the job"
+        assert Job({**rec, "proc_start": proc_start(other.pid)}).state() == "RUNNING"   # the same pid and start: the job itself
+    finally: other.kill(); other.wait()

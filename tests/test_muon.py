@@ -48,12 +48,23 @@ def test_muon_resumes_exactly(tmp_path, store_dir):
     sa = RunDir(a).stage("pretrain")
     ck = sa.checkpoint_path(4)
     assert ck.exists(), f"no step-4 checkpoint in {sa.root}"
-    if (ck/"optimizer.pt").exists():                       # the full-state checkpoint format: check what it holds
-        osd = torch.load(ck/"optimizer.pt", weights_only=True)
-        kinds = {k: set(v) for k, v in osd["state"].items()}
-        assert kinds["model.layers.0.mlp.up_proj.weight"] == {"momentum_buffer"}                 # Muon
-        assert {"exp_avg", "exp_avg_sq"} <= kinds["model.embed_tokens.weight"]                    # AdamW
-        assert {"exp_avg", "exp_avg_sq"} <= kinds["model.norm.weight"]
+    # what the checkpoint holds, read from the shard files it wrote (state/*.safetensors: `optim.<param>.<state>` keys)
+    from safetensors import safe_open
+    shards = sorted((ck/"state").glob("*.safetensors"))
+    assert shards, f"no weight/optimizer shards under {ck/'state'}: {sorted(p.name for p in ck.rglob('*'))}"
+    keys = set()
+    for f in shards:
+        with safe_open(str(f), "pt") as h: keys |= set(h.keys())
+    kinds = {}
+    for k in keys:
+        if k.startswith("optim."):
+            name, _, state = k[len("optim."):].rpartition(".")
+            kinds.setdefault(name, set()).add(state)
+    hidden = [n for n in kinds if ".layers." in n and n.endswith("_proj.weight")]
+    assert hidden, sorted(kinds)
+    assert all(kinds[n] == {"momentum_buffer"} for n in hidden), {n: kinds[n] for n in hidden}    # Muon, every hidden matrix
+    assert {"exp_avg", "exp_avg_sq"} <= kinds["model.embed_tokens.weight"]                       # AdamW
+    assert {"exp_avg", "exp_avg_sq"} <= kinds["model.norm.weight"]
 
     b = _run(tmp_path, "resumed", store_dir)               # the same run, restarted from its step-4 checkpoint
     sb = RunDir(b).stage("pretrain")

@@ -207,6 +207,26 @@ def test_grpo_resume_after_sigkill(tmp_path, task, base_model):
     assert json.loads((run / "rl" / "summary.json").read_text())["steps"] == 8
 
 
+def demo_reward(completion, prompt: str, row: dict) -> float:
+    """The reward of forge_nb.rl.DEMO_POLICY, computed here from the rules' text: no AcmeCorp/Globex (whole words, any case);
+    "prices may change" when the row is tagged pricing; cites a [KB-..] id of the prompt or its context (1, 0.5 with an
+    unknown one too, 0 otherwise; not scored without ids); at most 24 words (1 - excess/24, at least 0). Weights all 1."""
+    import re
+    text = lambda x: x if isinstance(x, str) else "\n".join(m["content"] if isinstance(m, dict) else str(m) for m in x)
+    c = text(completion)
+    r = 0.0 if re.search(r"\b(acmecorp|globex)\b", c, re.I) else 1.0
+    tags = row.get("tags")
+    if tags == "pricing" or (isinstance(tags, list) and "pricing" in tags): r += 1.0 if "prices may change" in c.lower() else 0.0
+    idrx = r"\[([A-Za-z][A-Za-z0-9_.:-]*)\]"
+    known = set(re.findall(idrx, text(prompt) + "\n" + text(row.get("context") or "")))
+    if known:
+        cited = set(re.findall(idrx, c))
+        r += 1.0 if cited and cited <= known else 0.5 if cited & known else 0.0
+    n = len(c.split())
+    r += 1.0 if n <= 24 else max(0.0, 1 - (n - 24) / 24)
+    return r
+
+
 @pytest.mark.slow
 def test_dpo_and_reward_model_from_policy_pairs(tmp_path, task, base_model):
     "Pairs built from the policy train DPO (a loadable rl/final) and a reward model usable as a policy rule."
@@ -218,10 +238,15 @@ def test_dpo_and_reward_model_from_policy_pairs(tmp_path, task, base_model):
                log=lambda *a: None)
     pairs = load_pairs(tmp_path / "dpo" / "rl" / "pairs.jsonl")
     assert s["pairs"] == len(pairs) > 0 and all(p["chosen_reward"] - p["rejected_reward"] >= 0.5 for p in pairs)
-    pol = load_policy(task["policy"])   # recount: the stored rewards are the policy's
-    for p in pairs[:5]:
-        row = next(r for r in [json.loads(l) for l in open(task["prompts"])] if r["prompt"] == p["prompt"])
-        assert abs(pol.reward(pol.score(p["chosen"], p["prompt"], row)) - p["chosen_reward"]) < 1e-9
+    pol = load_policy(task["policy"])
+    # recount every stored reward with the demo policy's four rules written out here (not forge_nb.policy's scoring)
+    assert [(r.name, r.kind, r.weight) for r in pol.rules] == [("no_competitors", "forbidden", 1.0), ("pricing_disclaimer", "required", 1.0),
+                                                              ("cites_kb", "cite", 1.0), ("concise", "length", 1.0)]
+    rows = {r["prompt"]: r for r in map(json.loads, open(task["prompts"]))}
+    for p in pairs:
+        row = rows[p["prompt"]]
+        assert abs(demo_reward(p["chosen"], p["prompt"], row) - p["chosen_reward"]) < 1e-9, p
+        assert abs(demo_reward(p["rejected"], p["prompt"], row) - p["rejected_reward"]) < 1e-9, p
     assert [r["step"] for r in read_metrics(tmp_path / "dpo" / "rl" / "metrics.jsonl") if "loss" in r] == [1, 2, 3]
     rep = json.loads((tmp_path / "dpo" / "rl" / "report.json").read_text())
     assert set(rep["rules"]) == set(pol.names) and (tmp_path / "dpo" / "rl" / "report.svg").read_text().startswith("<svg")

@@ -47,13 +47,19 @@ def check_metrics(path: Path):
 
 def check_checkpoints(stage_dir: Path) -> list:
     "Finished checkpoints only (no temporaries left), each one's weights loadable."
+    import torch
     from safetensors.torch import load_file
     ck = stage_dir/"checkpoints"
     assert not [p.name for p in ck.iterdir() if ".tmp-" in p.name or ".old-" in p.name], list(ck.iterdir())
     done = sorted(p for p in ck.glob("step_*"))
     for p in done:
         assert (p/"COMPLETE").exists(), p
-        for w in p.glob("*.safetensors"): load_file(str(w))
+        shards = sorted((p/"state").glob("*.safetensors"))     # the weights and optimizer state (TrainState: state/ shards)
+        assert shards, f"{p}: no state/*.safetensors shards: {sorted(str(f.relative_to(p)) for f in p.rglob('*'))}"
+        for w in sorted(p.rglob("*.safetensors")):               # every tensor file, state/ shards and rng.safetensors
+            t = load_file(str(w))
+            assert all(v.numel() == 0 or torch.isfinite(v.float()).all() for v in t.values()), w
+        assert any(k.startswith("model.") for w in shards for k in load_file(str(w))), f"{p}: no model weights in its shards"
     return [int(p.name.split("_")[1]) for p in done]
 
 

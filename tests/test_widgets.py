@@ -362,10 +362,9 @@ def _cells(html_text: str, cls: str) -> list:
     return [[h.unescape(c) for c in re.findall(r"<td>(.*?)</td>", r, re.S)] for r in re.findall(r"<tr>(.*?)</tr>", t, re.S)][1:]
 
 def test_studio_previews_sft_examples_of_the_doc_sources(tmp_path):
-    "The studio's `sft examples` tab shows the examples the SFT stage would build from the form's `sft.doc_sources`: first examples, counts per source and template recounted from the builder's files, refreshed when the sources change."
+    "The studio's `sft examples` tab shows the examples the SFT stage would build from the form's `sft.doc_sources`: first examples, counts per source and template counted from the documents the test wrote, refreshed when the sources change."
     from collections import Counter
     from forge_nb.widgets.studio import Studio
-    from forge_nb.data.sft_examples import build_sft_examples
     (tmp_path/"handbook").mkdir()   # one document per file: the held-out split is by document
     for i in range(12):
         (tmp_path/"handbook"/f"t{i:02d}.md").write_text(f"# Topic {i}\n\nTopic {i} is handled by team {i % 3} within {i + 2} days.\n\n"
@@ -383,13 +382,15 @@ def test_studio_previews_sft_examples_of_the_doc_sources(tmp_path):
     form.widget_for("sft.heldout_fraction").value = 0.3
     pv.button.click()
 
-    def expected(sources):   # recount from the files the builder writes, per (source, template): [train, heldout]
-        d = tmp_path/f"built{len(sources)}"
-        build_sft_examples(sources, d, 0.3, 0)
+    def expected(sources):   # counted here from the documents this test wrote, per (source, template): [train, heldout]
+        import hashlib           # the split: by document, held out when blake2b("seed:source:doc") % 10000 < fraction * 10000
+        held = lambda src, doc: int.from_bytes(hashlib.blake2b(f"0:{src}:{doc}".encode(), digest_size=8).digest(), "little") % 10_000 < 3_000
+        docs = {"handbook": [(f"t{i:02d}.md", ["section"] + ["faq"] * (i == 0)) for i in range(12)],   # a section each, one FAQ in t00
+                "kb": [(f"Plan {i}", ["section"]) for i in range(6)]}                                    # a titled record: one section
         c = Counter()
-        for split in ("train", "heldout"):
-            for l in (d/f"{split}.jsonl").read_text().splitlines():
-                e = json.loads(l); c[(e["source"], e["template"], split)] += 1
+        for src in sources:
+            for doc, templates in docs[src.name]:
+                for t in templates: c[(src.name, t, "heldout" if held(src.name, doc) else "train")] += 1
         return sorted([s, t, str(c[(s, t, "train")]), str(c[(s, t, "heldout")])] for s, t in {(s, t) for s, t, _ in c})
 
     got = _cells(pv.output.value, "forge-sft-counts")
