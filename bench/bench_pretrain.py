@@ -148,7 +148,7 @@ def main():
     if optim == "muon": print(f"forge_nb Muon: Newton–Schulz in {'bf16' if ns_dtype == torch.bfloat16 else 'fp32'} ({why}); "
                               f"the plain loop: torch.optim.Muon as shipped (bf16)")
     print(f"attention: {'causal' if a.no_doc_mask else 'document-masked (position ids)'}; forge_nb compiled: {a.compile}"
-          + (f" (the {a.warmup} warm-up steps, compile included: {warm_s:.1f} s)" if a.compile else ""))
+          + (f" ({a.warmup} warm-up step(s), compiling included: {warm_s:.1f} s)" if a.compile else ""))
     print(f"model: {cfg.model.arch} depth {a.depth}, width {base.config.hidden_size}, vocab {V}, {n/1e6:.2f}M params; batch {a.batch} × {a.seq_len} tokens; "
           f"{a.windows} windows × {a.steps} steps after {a.warmup} warmup")
     label = {"forge": f"forge_nb ({optim})", "plain": f"plain PyTorch ({optim})", "plain_adamw": "plain PyTorch (AdamW)"}

@@ -138,7 +138,7 @@ def main():
     ap.add_argument("--worker", choices=["adamw", "muon"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-steps", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--data-steps", dest="budget_steps", type=int, default=600,
+    ap.add_argument("--data-steps", dest="budget_steps", type=int, default=500,
                     help="size the token store for this many steps (a run that takes more repeats data, both alike)")
     a = ap.parse_args()
     if a.worker: return worker(a)
