@@ -165,7 +165,7 @@ def main():
     print_table(f"Per step: {steps} steps each", per_step, lr, a.muon_lr)
     rs, rp = mean_bpb(per_s["muon"]) / mean_bpb(per_s["adamw"]), mean_bpb(per_step["muon"]) / mean_bpb(per_step["adamw"])
     few = min(per_s["adamw"]["steps"], per_s["muon"]["steps"]) < 50
-    win = "neither (too few steps: a loaded machine?)" if few else "neither clearly" if abs(rs - 1) < 0.01 else "Muon" if rs < 1 else "AdamW"
+    win = "neither (under 50 steps each: too few for a verdict)" if few else "neither clearly" if abs(rs - 1) < 0.01 else "Muon" if rs < 1 else "AdamW"
     print(f"\nMuon / AdamW mean val bpb: per second {rs:.4f}, per step {rp:.4f} (below 1: Muon better); "
           f"on this machine ({cap}) {win} wins per second; a Muon step took {per_step['muon']['train_s'] / per_step['adamw']['train_s']:.3f}× "
           f"an AdamW step (the per-step run's seconds)")
