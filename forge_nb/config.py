@@ -146,6 +146,9 @@ class OptimConfig(ForgeConfig):
     muon_adjust_lr: Literal["original", "match_rms_adamw"] = Field(
         "original", description="Muon's per-matrix lr scale: `original` √max(1, rows/cols) (Keller Jordan), "
         "`match_rms_adamw` 0.2·√max(rows, cols) (Moonlight: then AdamW's lr and decay carry over).")
+    muon_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Muon's Newton–Schulz matmuls: `auto` bf16 where bf16 matmul is native (GPU; a CPU where it measures "
+        "faster than fp32, once per machine), else fp32 (a CPU without native bf16 runs it about 100× slower).")
 
 class PretrainConfig(ForgeConfig):
     "Training from scratch: steps, batch, precision, parallelism, checkpoints and evaluation."

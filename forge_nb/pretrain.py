@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['lr_multiplier', 'make_scheduler', 'Optimizers', 'optimizer_groups', 'make_optimizer', 'Runtime', 'make_runtime',
+__all__ = ['NS_COEFFICIENTS', 'lr_multiplier', 'make_scheduler', 'Optimizers', 'optimizer_groups', 'make_optimizer',
+           'newton_schulz', 'Muon', 'bf16_speedup', 'ns_precision', 'Runtime', 'make_runtime', 'precision_line',
            'document_ids', 'document_block_mask', 'model_inputs', 'rng_state', 'set_rng_state', 'save_rng_states',
            'load_rng_state', 'seed_everything', 'full_model_state', 'save_weights', 'load_weights', 'plain_json',
            'sharded_state', 'set_sharded_state', 'flat_tensors', 'PendingSave', 'save_failed', 'TrainState',
@@ -97,18 +98,112 @@ def _adamw(groups:list, optim:OptimConfig) -> torch.optim.AdamW:
     fast = {"fused": True} if devices in ({"cuda"}, {"cpu"}) else {"foreach": True}
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **fast)
 
-def make_optimizer(model, optim:OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(model, optim:OptimConfig,
+                   ns_dtype:torch.dtype|None=None,   # Muon's Newton–Schulz dtype (None: `ns_precision` for the parameters' device)
+                  ) -> torch.optim.Optimizer:
     "`adamw`: AdamW, decay on ≥2-D weights only. `muon`: Muon on the hidden matrices + AdamW on the rest, as one `Optimizers`."
     if optim.name == "adamw":
         params = [p for p in model.parameters() if p.requires_grad]
         return _adamw([{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
                        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], optim)
     g = optimizer_groups(model)
-    muon = torch.optim.Muon(g["matrices"], lr=optim.muon_lr, weight_decay=optim.muon_weight_decay,
-                            momentum=optim.muon_momentum, nesterov=True, adjust_lr_fn=optim.muon_adjust_lr)
+    if ns_dtype is None: ns_dtype = ns_precision(next(iter(g["matrices"]), torch.empty(0)).device, optim.muon_precision)[0]
+    muon = Muon(g["matrices"], lr=optim.muon_lr, weight_decay=optim.muon_weight_decay, momentum=optim.muon_momentum,
+                nesterov=True, adjust_lr_fn=optim.muon_adjust_lr, ns_dtype=ns_dtype)
     adamw = _adamw([{"params": g["embed_head"], "weight_decay": optim.weight_decay},
                     {"params": g["vectors"], "weight_decay": 0.0}], optim)
     return Optimizers(adamw, muon)
+
+# %% ../nbs/21_pretrain.ipynb #7c9e237e
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)   # torch.optim.Muon's (Keller Jordan's) quintic
+
+def newton_schulz(G:torch.Tensor,                    # a 2-D update (momentum-averaged gradient)
+                  steps:int=5,                       # iterations
+                  coefficients:tuple=NS_COEFFICIENTS, # (a, b, c) of the quintic a·X + b·(XXᵀ)X + c·(XXᵀ)²X
+                  eps:float=1e-7,                    # guards the normalisation of a zero update
+                  dtype:torch.dtype=torch.bfloat16,  # the matmuls' dtype (torch.optim.Muon: always bfloat16)
+                 ) -> torch.Tensor:
+    "`G` orthogonalised (≈ UVᵀ of its SVD) by torch.optim.Muon's Newton–Schulz iteration, computed in `dtype`."
+    a, b, c = coefficients
+    X = G.to(dtype)
+    if G.size(0) > G.size(1): X = X.T
+    X = X / X.norm().clamp(min=eps)                 # spectral norm ≤ 1 (out of place: `G` may be the momentum buffer)
+    for _ in range(steps):
+        A = X @ X.T
+        X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    return X.T if G.size(0) > G.size(1) else X
+
+def _adjust_lr(lr:float, fn:str|None, shape) -> float:
+    "torch.optim.Muon's per-matrix lr scale."
+    A, B = shape[:2]
+    if fn in (None, "original"): return lr * math.sqrt(max(1, A / B))
+    return lr * (0.2 * math.sqrt(max(A, B)) if fn == "match_rms_adamw" else 1.0)
+
+class Muon(torch.optim.Muon):
+    "`torch.optim.Muon` (same update, same state, same checkpoints) with its Newton–Schulz iteration in `ns_dtype`."
+    def __init__(self, params, ns_dtype:torch.dtype=torch.bfloat16, **kwargs):
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype           # a property of the machine, not of the run: not in param_groups, not checkpointed
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for g in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(g, params, grads, bufs)
+            lr, mom = float(g["lr"]), g["momentum"]
+            for p, grad, buf in zip(params, grads, bufs):
+                buf.lerp_(grad, 1 - mom)
+                u = grad.lerp(buf, mom) if g["nesterov"] else buf
+                u = newton_schulz(u, g["ns_steps"], g["ns_coefficients"], g["eps"], self.ns_dtype)
+                p.mul_(1 - lr * g["weight_decay"])
+                p.add_(u, alpha=-_adjust_lr(lr, g["adjust_lr_fn"], p.shape))
+        return loss
+
+def _matmul_cache() -> Path:
+    import os
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home()/".cache")/"forge_nb"/"matmul_speed.json"
+
+def bf16_speedup(n:int=256,        # matrix side of the timed product
+                 reps:int=5,       # timed repetitions (median)
+                 cache:bool=True,  # read/write the per-machine cache (`$XDG_CACHE_HOME/forge_nb/matmul_speed.json`)
+                ) -> float:
+    "fp32 time ÷ bf16 time of an n×n matmul on this CPU (above 1: bf16 is faster), measured once per machine and torch version."
+    import os, platform, statistics
+    key = f"{platform.node()}|{platform.machine()}|{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}|{n}|{torch.get_num_threads()}t"
+    path, known = _matmul_cache(), {}
+    if cache:
+        try: known = json.loads(path.read_text())
+        except (OSError, ValueError): known = {}
+        if isinstance(known.get(key), (int, float)): return float(known[key])
+    def t(dtype):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a @ b                                              # warm-up (kernel selection)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter(); a @ b; times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    r = t(torch.float32) / t(torch.bfloat16)
+    if cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({**known, key: r}, indent=1)); tmp.replace(path)
+        except OSError: pass                               # a read-only home: measured again next time
+    return r
+
+def ns_precision(device:torch.device|str,   # where the parameters live
+                 choice:str="auto",         # `optim.muon_precision`: auto, fp32, bf16
+                ) -> tuple[torch.dtype, str]:
+    "(dtype, reason): Muon's Newton–Schulz dtype for `device`: bf16 where bf16 matmul is native (CUDA; a CPU measured faster in bf16), else fp32."
+    if choice == "fp32": return torch.float32, "optim.muon_precision: fp32"
+    if choice == "bf16": return torch.bfloat16, "optim.muon_precision: bf16"
+    if torch.device(device).type == "cuda": return torch.bfloat16, "CUDA: native bf16 matmul"
+    cap, r = torch.backends.cpu.get_cpu_capability(), bf16_speedup()
+    if r >= 1.2: return torch.bfloat16, f"CPU {cap}: a bf16 matmul is {r:.1f}× as fast as fp32 here (native bf16)"
+    return torch.float32, f"CPU {cap}: a bf16 matmul takes {1 / r:.1f}× an fp32 one here (no native bf16), so fp32"
 
 # %% ../nbs/21_pretrain.ipynb #ad2a7f22
 @dataclass
@@ -121,6 +216,8 @@ class Runtime:
     grad_clip: float = 1.0
     doc_mask: bool = True
     attention: str = "sdpa"             # transformers' attention implementation: sdpa, flex_attention, eager
+    ns_dtype: torch.dtype|None = None   # Muon's Newton–Schulz dtype (None: `make_optimizer` decides)
+    precision: dict|None = None         # what runs in which dtype on this machine, and why (printed and recorded by the run)
     def autocast(self):
         if self.amp_dtype is None: return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -137,7 +234,22 @@ def make_runtime(pc:PretrainConfig, env:DistEnv|None=None) -> Runtime:
     if attention == "flex_attention" and not cuda:
         raise ValueError(f"pretrain.attention: flex_attention has no backward pass on CPU (torch {torch.__version__}); "
                          f"use 'auto' (SDPA on CPU) or 'sdpa'")
-    return Runtime(device, torch.bfloat16 if bf16 else None, env.rank, env.world_size, pc.optim.grad_clip, pc.doc_mask, attention)
+    ns_dtype, ns_why = ns_precision(device, pc.optim.muon_precision)
+    amp_why = f"pretrain.precision: {pc.precision}" + (" (bf16 on GPU, fp32 on CPU)" if pc.precision == "auto" else "")
+    if bf16 and not cuda and ns_dtype == torch.float32 and pc.optim.muon_precision == "auto":
+        amp_why += f"; slow here: {ns_why.split(', so')[0]}"
+    precision = {"device": str(device), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                 "autocast": "bf16" if bf16 else "fp32", "autocast_reason": amp_why,
+                 "muon_newton_schulz": "bf16" if ns_dtype == torch.bfloat16 else "fp32", "muon_reason": ns_why}
+    return Runtime(device, torch.bfloat16 if bf16 else None, env.rank, env.world_size, pc.optim.grad_clip, pc.doc_mask, attention,
+                   ns_dtype, precision)
+
+def precision_line(rt:Runtime, optim:OptimConfig) -> str:
+    "The start-up line saying what runs in which dtype, and why."
+    p = rt.precision or {}
+    muon = f"; Muon's Newton–Schulz in {p.get('muon_newton_schulz')} ({p.get('muon_reason')})" if optim.name == "muon" else ""
+    return f"pretrain: precision: autocast {p.get('autocast')} ({p.get('autocast_reason')}){muon}"
+
 
 # %% ../nbs/21_pretrain.ipynb #4d4edaac
 def document_ids(position_ids:torch.Tensor) -> torch.Tensor:
@@ -476,7 +588,7 @@ def build_state(cfg:PipelineConfig, store, rt:Runtime, env:DistEnv|None=None):
     if pc.activation_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = prepare_model(model, pc, rt)
     model = parallelize(model, pc.parallel, env, rt.device)
-    opt = make_optimizer(model, pc.optim)
+    opt = make_optimizer(model, pc.optim, rt.ns_dtype)
     loader = store.loader(micro_batch_size=pc.micro_batch_size, rank=env.rank, world_size=env.world_size, seed=cfg.data.seed)
     return TrainState(model, opt, make_scheduler(opt, pc.optim, pc.steps), loader)
 
@@ -789,6 +901,9 @@ def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
     with Reporter(sd, pc, batch_tokens, env, log, start, fpt, peak, tb="tensorboard" in cfg.tracking.sinks) as rep, \
          PreemptionGuard(log, rep.metrics, "pretrain") as guard:
         if start == 0: _introduce(cfg, store, rt, env, batch_tokens, peak, rep, log)
+        if start < pc.steps:                       # every start that trains (a resumed run may be on another kind of machine)
+            log(precision_line(rt, pc.optim))
+            if rep.metrics is not None: rep.metrics.log(step=start, event="precision", optimizer=pc.optim.name, **(rt.precision or {}))
         while state.step < pc.steps:
             out = train_step(state, [check_batch(next(state.loader), store.vocab_size) for _ in range(A)], rt)
             step = state.step
@@ -802,7 +917,7 @@ def _pretrain(cfg:PipelineConfig, run:RunDir, env:DistEnv, log) -> dict:
                 guard.stop(step, lambda: ckpt.save(state, blocking=True, tokens=step * batch_tokens, **info), ckpt.save_s, ckpt.latest)
     ckpt.wait()                  # the last checkpoint is complete before the model is exported
     final = export_model(state, cfg, store, sd.final)
-    return _summarize(sd, state, store, start, batch_tokens, rep.tps, env, final, ckpt.latest, log)
+    return _summarize(sd, state, store, start, batch_tokens, rep.tps, env, final, ckpt.latest, log, rt.precision)
 
 def _introduce(cfg, store, rt, env, batch_tokens, peak, rep, log):
     "What a fresh run prints first: the model, the budget, the unigram baseline."
@@ -814,7 +929,7 @@ def _introduce(cfg, store, rt, env, batch_tokens, peak, rep, log):
     if rep.metrics is not None:
         rep.metrics.log(step=0, **{f"val/{s}/unigram_bpb": v for s, v in unigram_bpb(store, pc.micro_batch_size, pc.eval_batches).items()})
 
-def _summarize(sd, state, store, start, batch_tokens, tps, env, final, checkpoint, log) -> dict:
+def _summarize(sd, state, store, start, batch_tokens, tps, env, final, checkpoint, log, precision=None) -> dict:
     "The stage's summary (also `summary.json`), from what `metrics.jsonl` holds."
     recs = read_metrics(sd.metrics_path)
     last = lambda key: next((r[key] for r in reversed(recs) if key in r), None)
@@ -823,7 +938,7 @@ def _summarize(sd, state, store, start, batch_tokens, tps, env, final, checkpoin
                    unigram_bpb={s: last(f"val/{s}/unigram_bpb") for s in store.val_sources},
                    tokens=state.step * batch_tokens, tokens_per_s=float(np.median(tps)) if tps else None,
                    world_size=env.world_size, final=str(final), checkpoint=str(checkpoint),
-                   preemptions=sum(r.get("event") == "preempted" for r in recs))
+                   preemptions=sum(r.get("event") == "preempted" for r in recs), precision=precision)
     if env.is_main: atomic_write_json(sd.root/"summary.json", summary)
     log(f"pretrain: done, model in {final}")
     return summary

@@ -2,12 +2,14 @@
 
 - A muon run learns (its loss falls) and its checkpoint holds Muon's momentum for every hidden matrix and AdamW's
   moments for the embedding and the norms, keyed by parameter name.
+- The run records in which dtype Muon's Newton–Schulz ran and why (`event: precision`, `summary.json`): fp32 on a
+  CPU where bf16 matmul measures slower (the learning above is then fp32's), bf16 where it is native.
 - Exact resume: a run restarted from its step-4 checkpoint logs steps 5..8 with the losses of the uninterrupted
   run, bitwise, and writes the same final weights.
 
     pytest tests/test_muon.py     # about a minute
 """
-import shutil
+import json, shutil
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,13 @@ def test_muon_resumes_exactly(tmp_path, store_dir):
     assert sum(ref[s] for s in (6, 7, 8)) < sum(ref[s] for s in (1, 2, 3)), f"a muon run should learn: {ref}"
 
     sa = RunDir(a).stage("pretrain")
+    # the run says in which dtype Muon's Newton–Schulz ran, and why; checked against a fresh measurement of this CPU
+    prec = [r for r in read_metrics(sa.metrics_path) if r.get("event") == "precision"]
+    assert len(prec) == 1 and prec[0]["step"] == 0 and prec[0]["optimizer"] == "muon", prec
+    assert json.loads((sa.root/"summary.json").read_text())["precision"]["muon_reason"] == prec[0]["muon_reason"]
+    from forge_nb.pretrain import bf16_speedup
+    r = bf16_speedup(cache=False)
+    if not 0.8 < r < 1.5: assert prec[0]["muon_newton_schulz"] == ("bf16" if r > 1 else "fp32"), (r, prec)
     ck = sa.checkpoint_path(4)
     assert ck.exists(), f"no step-4 checkpoint in {sa.root}"
     # what the checkpoint holds, read from the shard files it wrote (state/*.safetensors: `optim.<param>.<state>` keys)
