@@ -14,7 +14,8 @@ from typing import Literal, Optional
 # %% auto #0
 __all__ = ['SourceKind', 'STAGES', 'StageName', 'SECRET_NAME', 'WEIGHT_FILES', 'ForgeConfig', 'SourceConfig', 'MixStageConfig',
            'DataConfig', 'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig',
-           'RLConfig', 'ResourcesConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig',
+           'RLConfig', 'ResourcesConfig', 'FilterConfig', 'CustomRecognizer', 'RedactConfig', 'DedupConfig',
+           'CurateInput', 'CurateConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig',
            'ConfigError', 'validate_config', 'load_config', 'config_from_yaml', 'override', 'is_secret_name',
            'secret_values', 'redact_text', 'redact_secrets', 'atomic_write_bytes', 'atomic_write_text',
            'atomic_write_json', 'save_config', 'read_model_config', 'init_from_problems', 'config_schema', 'field_docs',
@@ -287,6 +288,74 @@ class ResourcesConfig(ForgeConfig):
     max_requeues: int = Field(3, ge=0, description="Requeues after preemption or time-out.")
     group_readable: bool = Field(False, description="Run directories readable by your group too (mode 0o750; default 0o700: only you). A site profile sets it where a team shares runs.")
 
+# %% ../nbs/00_config.ipynb #c0a1e002
+class FilterConfig(ForgeConfig):
+    "Which converted documents are kept: length, language, quality and repeated boilerplate lines (`forge_nb.data.filters`)."
+    min_words: int = Field(20, ge=0, description="Drop documents with fewer words than this.")
+    max_words: int = Field(200_000, ge=1, description="Drop documents with more words than this.")
+    languages: list[str] = Field(default_factory=lambda: ["en"], description="Keep documents in these languages (ISO 639-1 codes); empty: no language filter.")
+    language_min_confidence: float = Field(0.5, ge=0, le=1, description="Least confidence of the language identifier for a document to count as its language.")
+    quality: bool = Field(True, description="Apply the quality heuristics (symbol and bullet ratios).")
+    max_symbol_ratio: float = Field(0.1, ge=0, description="Drop documents with more `#`/`…` symbols per word than this.")
+    max_bullet_ratio: float = Field(0.9, ge=0, le=1, description="Drop documents whose lines are bullets in a larger share than this.")
+    boilerplate_min_docs: int = Field(3, ge=2, description="A line repeated in at least this many documents of a domain can be boilerplate.")
+    boilerplate_min_share: float = Field(0.5, gt=0, le=1, description="... and in at least this share of the domain's documents: then it is removed from each.")
+
+class CustomRecognizer(ForgeConfig):
+    "A site-specific kind of personal data, found by a regular expression (an employee number, a case id)."
+    name: str = Field(description="Placeholder name, written as `<NAME>` in place of each match.", pattern=r"^[A-Z][A-Z0-9_]*$")
+    pattern: str = Field(description="Python regular expression of one value.", min_length=1)
+
+class RedactConfig(ForgeConfig):
+    "Personal data and secrets replaced by typed placeholders (`<EMAIL>`) before anything is written (`forge_nb.data.redact`)."
+    enabled: bool = Field(True, description="Redact personal data and secrets.")
+    types: list[str] = Field(default_factory=lambda: ["EMAIL", "PHONE", "CARD", "IBAN", "IP", "SECRET"], description="Kinds of values to redact.")
+    allow: list[str] = Field(default_factory=list, description="Values or e-mail domains never redacted (a public support address, the company's domain).")
+    custom: list[CustomRecognizer] = Field(default_factory=list, description="Extra recognizers (regular expressions) for site-specific values.")
+    ner_model: Optional[str] = Field(None, description="Folder of a named-entity model for person names (None: patterns only; nothing is downloaded).")
+
+class DedupConfig(ForgeConfig):
+    "Near-duplicate documents removed across all inputs: MinHash signatures of word n-grams, banded LSH (`forge_nb.data.dedup`)."
+    enabled: bool = Field(True, description="Remove near-duplicates (the first by id of each cluster is kept).")
+    ngram: int = Field(5, ge=1, description="Words per shingle.")
+    num_perm: int = Field(128, ge=8, description="MinHash permutations (signature length).")
+    bands: int = Field(16, ge=1, description="LSH bands.")
+    rows: int = Field(8, ge=1, description="Rows (hashes) per band: bands × rows ≤ num_perm.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity above which two documents are duplicates.")
+    seed: int = Field(1, description="Seed of the hash permutations (signatures are comparable only under one seed).")
+
+    @model_validator(mode="after")
+    def _bands_fit(self):
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands × rows ({self.bands} × {self.rows}) must be at most num_perm ({self.num_perm})")
+        return self
+
+class CurateInput(ForgeConfig):
+    "One folder (or glob) of an organization's files: its name becomes the data source (domain) name."
+    name: str = Field(description="Domain name: the curated source `<name>.jsonl` and the data source of that name.",
+                      min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    path: str = Field(description="Folder (walked recursively) or glob (`share/**/*.pdf`).", min_length=1)
+    include: list[str] = Field(default_factory=lambda: ["**/*"], description="Glob patterns (relative to the folder) of the files to read.")
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns of files to skip (`**/~$*`, `**/.git/**`).")
+    max_bytes: int = Field(50_000_000, ge=1, description="Files larger than this are skipped and counted (`too_large`).")
+
+class CurateConfig(ForgeConfig):
+    "The curation stage: files → text (Markdown) → filters → redaction → near-duplicate removal → one JSONL source per domain."
+    inputs: list[CurateInput] = Field(default_factory=list, description="Folders or globs of files, one per domain.")
+    filters: FilterConfig = Field(default_factory=FilterConfig, description="Length, language, quality and boilerplate filters.")
+    redact: RedactConfig = Field(default_factory=RedactConfig, description="Personal data and secrets redaction.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Near-duplicate removal.")
+    shards: int = Field(1, ge=1, description="Shards the files are split into (SLURM: one array task per shard).")
+    workers: int = Field(1, ge=1, description="Local worker processes converting shards at once.")
+    strict: bool = Field(False, description="Fail the stage (non-zero exit) when any file could not be converted.")
+    mail_headers: list[str] = Field(default_factory=lambda: ["From", "To", "Date", "Subject"], description="E-mail headers kept above a mail's body.")
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names): raise ValueError(f"inputs: names must be unique, got {names}")
+        return self
+
 # %% ../nbs/00_config.ipynb #009424ca
 @dataclass(frozen=True)
 class Stage:
@@ -317,6 +386,8 @@ def implemented_stages() -> list:
     "Names of the registered stages whose module exists, in pipeline order."
     return [s.name for s in STAGES.values() if s.implemented]
 
+register_stage("curate", "forge_nb.data.curate:run_curate", makes=("curate/sources",),
+               title="convert, filter, redact and deduplicate an organization's files into sources")
 register_stage("data", "forge_nb.data.store:run_data_stage", makes=("data",),
                title="mix, tokenize, pack and store the training data")
 register_stage("pretrain", "forge_nb.pretrain:run_pretrain", needs=("data",), makes=("pretrain/final",),
@@ -334,6 +405,7 @@ class PipelineConfig(ForgeConfig):
     name: str = Field("forge-run", description="Run name: the run directory is `<runs_dir>/<name>`.", pattern=r"^[A-Za-z0-9_.-]+$")
     runs_dir: str = Field("runs", description="Folder holding run directories.")
     stages: list[StageName] = Field(default_factory=lambda: ["data", "pretrain"], description="Stages to run, in order.")
+    curate: CurateConfig = Field(default_factory=CurateConfig, description="Curation: files to text sources.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data mixing.")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model architecture.")
