@@ -16,10 +16,10 @@ __all__ = ['SourceKind', 'STAGES', 'StageName', 'SECRET_NAME', 'WEIGHT_FILES', '
            'DataConfig', 'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig',
            'RLConfig', 'ResourcesConfig', 'FilterConfig', 'CustomRecognizer', 'RedactConfig', 'DedupConfig',
            'CurateInput', 'CurateConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig',
-           'ConfigError', 'validate_config', 'load_config', 'config_from_yaml', 'override', 'is_secret_name',
-           'secret_values', 'redact_text', 'redact_secrets', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_write_json', 'save_config', 'read_model_config', 'init_from_problems', 'config_schema', 'field_docs',
-           'show_fields']
+           'curated_sources', 'with_curated_sources', 'ConfigError', 'validate_config', 'load_config',
+           'config_from_yaml', 'override', 'is_secret_name', 'secret_values', 'redact_text', 'redact_secrets',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'save_config', 'read_model_config',
+           'init_from_problems', 'config_schema', 'field_docs', 'show_fields']
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
@@ -413,6 +413,16 @@ class PipelineConfig(ForgeConfig):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning.")
     rl: RLConfig = Field(default_factory=RLConfig, description="RL alignment.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Where the stages run.")
+
+# %% ../nbs/00_config.ipynb #c0a1e005
+def curated_sources(cfg:PipelineConfig, run_dir:str|Path) -> list[SourceConfig]:
+    "The sources the `curate` stage writes in `run_dir`, one per `curate.inputs` entry."
+    return [SourceConfig(name=i.name, path=str(Path(run_dir)/"curate"/"sources"/f"{i.name}.jsonl"), kind="jsonl") for i in cfg.curate.inputs]
+
+def with_curated_sources(cfg:PipelineConfig, run_dir:str|Path) -> PipelineConfig:
+    "`cfg` with the curated sources as `data.sources` when it lists none and `curate` has inputs; else `cfg` unchanged."
+    if cfg.data.sources or not cfg.curate.inputs: return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": curated_sources(cfg, run_dir)})})
 
 # %% ../nbs/00_config.ipynb #50de7d02
 class ConfigError(ValueError):

@@ -274,6 +274,7 @@ class StageProgress:
                 f = self.first.setdefault(stage, (r["step"], r["time"]))
                 line += " | " + progress(r["step"], self.totals.get(stage), r["time"], f)
             if "loss" in r or any(k.startswith("val/") for k in r): print(line, file=self.out, flush=True)
+            elif isinstance(r.get("progress"), str): print(f"[{stage}] {r['progress']}", file=self.out, flush=True)   # e.g. curate: files, bytes, ETA
         return len(recs)
 
 def _totals(cfg:PipelineConfig, stages) -> dict:
@@ -340,8 +341,12 @@ def stage_key(cfg:PipelineConfig,   # the pipeline config
     "What a stage's outputs are a function of: its config sections, the files they name, and the keys of the stages it reads."
     from forge_nb.launch import stage_inputs
     if stage == "data":                        # the data stage's own reuse key, the one its manifest records
+        from forge_nb.config import with_curated_sources
         from forge_nb.data.store import config_hash, input_fingerprint
-        return config_hash(cfg, input_fingerprint(cfg.data, cfg.tokenizer))
+        if (cur := with_curated_sources(cfg, run_dir)) is not cfg:          # it reads the curate stage's sources
+            if not all(Path(s.path).exists() for s in cur.data.sources):   # not written yet: the curate stage runs first
+                return _hash({"stage": "data", "curated": (keys or {}).get("curate") or recorded_key(run_dir, "curate")})
+        return config_hash(cur, input_fingerprint(cur.data, cur.tokenizer))
     keys = keys or {}
     secs = {s: getattr(cfg, s).to_dict() for s in stage_sections(stage) if getattr(cfg, s, None) is not None}
     ups = {}
