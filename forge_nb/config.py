@@ -338,6 +338,7 @@ class CurateInput(ForgeConfig):
     include: list[str] = Field(default_factory=lambda: ["**/*"], description="Glob patterns (relative to the folder) of the files to read.")
     exclude: list[str] = Field(default_factory=list, description="Glob patterns of files to skip (`**/~$*`, `**/.git/**`).")
     max_bytes: int = Field(50_000_000, ge=1, description="Files larger than this are skipped and counted (`too_large`).")
+    filters: Optional[FilterConfig] = Field(None, description="This input's own filters (code: `languages: []`); None: `curate.filters`.")
 
 class CurateConfig(ForgeConfig):
     "The curation stage: files → text (Markdown) → filters → redaction → near-duplicate removal → one JSONL source per domain."
@@ -365,6 +366,8 @@ class Stage:
     needs:tuple = ()       # run-dir paths it reads that an earlier stage makes
     makes:tuple = ()       # run-dir paths it writes for later stages
     title:str = ""         # one line for forms, help texts and the CLI
+    array:str = ""         # "module:function" run first as a job array on SLURM, `fn(cfg, run_dir, task)` (e.g. curate's shards)
+    array_size:str = ""    # the config field giving the array's task count (e.g. "curate.shards")
 
     @property
     def module(self) -> str: return self.entrypoint.split(":")[0]
@@ -377,9 +380,9 @@ class Stage:
 
 STAGES:dict = {}
 
-def register_stage(name:str, entrypoint:str, needs=(), makes=(), title:str="") -> Stage:
+def register_stage(name:str, entrypoint:str, needs=(), makes=(), title:str="", array:str="", array_size:str="") -> Stage:
     "Register a stage (in pipeline order); re-registering a name replaces it in place."
-    STAGES[name] = st = Stage(name, entrypoint, tuple(needs), tuple(makes), title)
+    STAGES[name] = st = Stage(name, entrypoint, tuple(needs), tuple(makes), title, array, array_size)
     return st
 
 def implemented_stages() -> list:
@@ -387,7 +390,8 @@ def implemented_stages() -> list:
     return [s.name for s in STAGES.values() if s.implemented]
 
 register_stage("curate", "forge_nb.data.curate:run_curate", makes=("curate/sources",),
-               title="convert, filter, redact and deduplicate an organization's files into sources")
+               title="convert, filter, redact and deduplicate an organization's files into sources",
+               array="forge_nb.data.curate:curate_shard_task", array_size="curate.shards")
 register_stage("data", "forge_nb.data.store:run_data_stage", makes=("data",),
                title="mix, tokenize, pack and store the training data")
 register_stage("pretrain", "forge_nb.pretrain:run_pretrain", needs=("data",), makes=("pretrain/final",),

@@ -333,6 +333,10 @@ def _hash(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, def
 def _producer(cfg:PipelineConfig, need:str) -> str|None:
     return next((s for s in STAGES if need in STAGES[s].makes), None)
 
+def _reads_curated(cfg:PipelineConfig, run_dir) -> bool:
+    from forge_nb.config import with_curated_sources
+    return with_curated_sources(cfg, run_dir) is not cfg
+
 def stage_key(cfg:PipelineConfig,   # the pipeline config
               stage:str,            # the stage
               run_dir:str|Path,     # its run directory (keys of stages made earlier are read there)
@@ -353,6 +357,8 @@ def stage_key(cfg:PipelineConfig,   # the pipeline config
     for n in stage_inputs(cfg, stage):
         p = _producer(cfg, n)
         ups[n] = keys.get(p) or recorded_key(run_dir, p) if p else None
+        if p == "data" and _reads_curated(cfg, run_dir):   # a store of curated sources: known before they are written
+            ups[n] = _hash({"curate": keys.get("curate") or recorded_key(run_dir, "curate"), "data": cfg.data.to_dict(), "tokenizer": cfg.tokenizer.to_dict()})
     return _hash({"stage": stage, "sections": secs, "files": _named_files(secs), "needs": ups})
 
 def _record_path(run_dir, stage) -> Path:

@@ -6,14 +6,14 @@ Docs: https://forge-nb.github.io/forge_nb/data/curate.html.md"""
 
 # %% ../../nbs/data/09_curate.ipynb #8a806598
 from __future__ import annotations
-import datetime, hashlib, json, os, re, time
+import datetime, hashlib, io, json, os, re, time
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['FUNNEL', 'BYTES_PER_TOKEN', 'CurateError', 'glob_regex', 'walk_input', 'shard_of', 'make_plan', 'load_plan',
-           'file_documents', 'process_shard', 'shard_dir', 'reduce_shards', 'funnel', 'curation_report',
-           'curate_shard_task', 'run_curate']
+__all__ = ['FUNNEL', 'BYTES_PER_TOKEN', 'PLANTED_PII', 'CurateError', 'glob_regex', 'walk_input', 'shard_of', 'make_plan',
+           'load_plan', 'file_documents', 'process_shard', 'shard_dir', 'reduce_shards', 'funnel', 'curation_report',
+           'curate_shard_task', 'run_curate', 'text_pdf', 'write_share']
 
 # %% ../../nbs/data/09_curate.ipynb #181f75f6
 from ..config import PipelineConfig, CurateConfig, CurateInput, atomic_write_json, atomic_write_text
@@ -135,6 +135,7 @@ def process_shard(cfg:PipelineConfig,   # the pipeline config (its `curate` sect
     "Phase 1 for one shard: convert, filter, redact and sign its files' documents; write the shard folder atomically."
     from forge_nb.data import filters, redact as redaction, dedup
     cc = cfg.curate
+    fcfg = {i.name: i.filters or cc.filters for i in cc.inputs}     # each input's filters
     stats, docs, sigs, failures, dropped = {}, [], [], [], []
     for f in plan["failures"]:                         # the walk's failures count in shard 0
         if shard == 0:
@@ -157,7 +158,7 @@ def process_shard(cfg:PipelineConfig,   # the pipeline config (its `curate` sect
             if any(d["meta"].get("encoding") not in (None, "utf-8", "utf-8-sig") for d in file_docs): _add(s, "legacy_encoding")
         for d in file_docs:
             _add(s, "docs")
-            why = filters.check_document(d["text"], cc.filters)
+            why = filters.check_document(d["text"], fcfg[d["domain"]])
             if why is not None:
                 _add(s["dropped"], why)
                 snip = redaction.redact(d["text"][:_SNIPPET], cc.redact)[0] if cc.redact.enabled else d["text"][:_SNIPPET]
@@ -218,7 +219,8 @@ def reduce_shards(cfg:PipelineConfig, run_dir:str|Path, plan:dict) -> dict:
     boiler = {}
     with atomic_dir(root/"sources") as tmp:
         for name, ds in sorted(by_domain.items()):
-            lines = filters.boilerplate_lines([d["text"] for d in ds], cc.filters) if ds else set()
+            fc = next((i.filters for i in cc.inputs if i.name == name and i.filters), cc.filters)
+            lines = filters.boilerplate_lines([d["text"] for d in ds], fc) if ds else set()
             boiler[name] = len(lines)
             for d in ds:
                 if lines: d["text"] = filters.strip_lines(d["text"], lines)
@@ -316,3 +318,88 @@ def run_curate(cfg:PipelineConfig,    # the pipeline config
     return summary
 
 def _task(args) -> dict: return curate_shard_task(*args)
+
+# %% ../../nbs/data/09_curate.ipynb #0a57ebd7
+def _pdf_escape(s:str) -> bytes:
+    return s.encode("latin-1", "replace").replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
+
+def text_pdf(text:str,                 # the text ("" for a page without a text layer, like a scan)
+             lines_per_page:int=60,
+            ) -> bytes:                # a PDF with a Helvetica text layer
+    "A minimal PDF of `text` (Latin-1), wrapped at 90 characters, `lines_per_page` lines a page."
+    import textwrap
+    lines = [w for para in text.split("\n") for w in (textwrap.wrap(para, 90) or [""])]
+    chunks = [lines[i:i + lines_per_page] for i in range(0, len(lines), lines_per_page)] or [[]]
+    objs, kids, n = {1: b"<< /Type /Catalog /Pages 2 0 R >>", 3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"}, [], 4
+    for chunk in chunks:
+        ops = (b"BT /F1 10 Tf 12 TL 50 800 Td " + b" ".join(b"(" + _pdf_escape(x) + b") '" for x in chunk) + b" ET") if any(chunk) else b""
+        objs[n] = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (n + 1)
+        objs[n + 1] = b"<< /Length %d >>\nstream\n" % len(ops) + ops + b"\nendstream"
+        kids.append(n); n += 2
+    objs[2] = b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % k for k in kids) + b"] /Count %d >>" % len(kids)
+    out, offs = b"%PDF-1.4\n", {}
+    for i in sorted(objs): offs[i] = len(out); out += b"%d 0 obj\n" % i + objs[i] + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1) + b"".join(b"%010d 00000 n \n" % offs[i] for i in sorted(objs))
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+
+# %% ../../nbs/data/09_curate.ipynb #bdbbe650
+_FORMATS = ("pdf", "docx", "html", "eml", "md")
+PLANTED_PII = {"EMAIL": "jane.doe@example.org", "PHONE": "+44 20 7946 0958", "CARD": "4111 1111 1111 1111"}
+
+def _docx_bytes(title:str, text:str) -> bytes:
+    import docx
+    d = docx.Document(); d.add_heading(title, 1)
+    for para in text.split("\n\n"):
+        if para.strip(): d.add_paragraph(para.strip())
+    b = io.BytesIO(); d.save(b); return b.getvalue()
+
+def _html(title:str, text:str) -> str:
+    import html as h
+    body = "".join(f"<p>{h.escape(p.strip())}</p>" for p in text.split("\n\n") if p.strip())
+    return (f"<html><head><title>{h.escape(title)}</title></head><body><nav><a href='/'>Intranet</a> | <a href='/hr'>HR</a> | "
+            f"<a href='/it'>IT help</a></nav><main><article><h1>{h.escape(title)}</h1>{body}</article></main>"
+            f"<footer>Internal use only. Intranet team.</footer></body></html>")
+
+def _eml(title:str, text:str, i:int) -> bytes:
+    from email.message import EmailMessage
+    m = EmailMessage(); m["From"], m["To"] = f"sender{i}@example.com", "all-staff@example.com"
+    m["Subject"], m["Date"] = title, "Mon, 07 Dec 2026 09:00:00 +0000"
+    m.set_content(text); return bytes(m)
+
+def _write_doc(p:Path, fmt:str, title:str, text:str, i:int):
+    if fmt == "pdf": p.write_bytes(text_pdf(f"{title}\n\n{text}"))
+    elif fmt == "docx": p.write_bytes(_docx_bytes(title, text))
+    elif fmt == "html": p.write_text(_html(title, text), encoding="utf-8")
+    elif fmt == "eml": p.write_bytes(_eml(title, text, i))
+    else: p.write_text(f"# {title}\n\n{text}\n", encoding="utf-8")
+
+def write_share(folder:str|Path,      # where to write the share (one sub-folder per domain)
+                documents:dict,       # domain -> [(title, text)]
+                plant:bool=True,      # add near-duplicates, personal data and broken files
+               ) -> dict:             # what was planted: {near_duplicates: [(copy, original)], pii: {type: n}, broken: {path: reason}}
+    "Write documents as a mixed folder of PDF, Word, HTML, mail and Markdown files; plant what curation should find."
+    folder = Path(folder); planted = {"near_duplicates": [], "pii": {}, "broken": {}}
+    for dom, docs in documents.items():
+        d = folder/dom; d.mkdir(parents=True, exist_ok=True)
+        for i, (title, text) in enumerate(docs):
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", title).strip("-").lower()[:40] or f"doc{i}"
+            if plant and i % 7 == 3:                              # personal data in every seventh document
+                text = text + f"\n\nQuestions to {PLANTED_PII['EMAIL']} or {PLANTED_PII['PHONE']}; card on file {PLANTED_PII['CARD']}."
+                for t in PLANTED_PII: planted["pii"][t] = planted["pii"].get(t, 0) + 1
+            fmt = _FORMATS[i % len(_FORMATS)]
+            name = f"{i:04d}-{slug}.{fmt}"
+            _write_doc(d/name, fmt, title, text, i)
+            if plant and i % 11 == 5:                             # a near-duplicate: saved again (same format), one word added
+                copy = f"{i:04d}-{slug}-v2.{fmt}"
+                _write_doc(d/copy, fmt, title, text + " Revised.", i)
+                planted["near_duplicates"].append((f"{dom}/{copy}", f"{dom}/{name}"))
+        if plant:
+            broken = {"broken-truncated.docx": (_docx_bytes("Draft", "A draft that was cut off. " * 20)[:700], "corrupt"),
+                      "scan-no-text.pdf": (text_pdf(""), "scanned"), "empty.md": (b"", "empty_file"),
+                      "archive.bin": (os.urandom(64), "unknown_type")}
+            for name, (data, why) in broken.items():
+                (d/name).write_bytes(data); planted["broken"][f"{dom}/{name}"] = why
+            (d/"legacy-cp1252.txt").write_bytes(("Caf\u00e9 menu \u2013 the \u201cspecials\u201d of the week are served at noon in the "
+                                                 "canteen on the ground floor, and the team books a table for the visitors.").encode("cp1252"))
+    return planted
