@@ -209,3 +209,39 @@ def test_legacy_encoded_text_is_kept_and_counted(tmp_path):
     assert docs["menu.txt"]["text"] == text and docs["menu.txt"]["meta"]["encoding"] == "cp1252"
     rep = json.loads((tmp_path/"enc"/"curate"/"report.json").read_text())
     assert rep["domains"]["kb"]["legacy_encoding"] == 2 and not rep["failures"]
+
+
+# ---------------------------------------------------------------- SLURM: phase 1 as a job array, 1 task vs 4
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_job_array_one_vs_four_tasks_same_bytes(slurm_cluster, tmp_path, share, standin_env, monkeypatch):
+    """On the real local cluster: `curate.shards: 4` is submitted as one job array of 4 tasks (one per shard) and the
+    stage's own job after it, which finds every shard done and only reduces; the curated bytes equal a 1-shard run's."""
+    import subprocess as sp
+    from forge_nb import launch as L
+    from forge_nb.config import ResourcesConfig
+    from forge_nb.jobs import read_registry
+    monkeypatch.setenv("PYTHONPATH", standin_env["PYTHONPATH"])      # sbatch exports it: the stand-ins load in the jobs
+    share_dir, _ = share
+    out, jobs = {}, {}
+    for name, shards in [("one", 1), ("four", 4)]:
+        cfg = PipelineConfig(name=name, runs_dir=str(tmp_path/"runs"), stages=["curate"],
+                             curate={"inputs": [{"name": "handbook", "path": str(share_dir/"handbook")}], "shards": shards,
+                                     "filters": {"min_words": 30}},
+                             resources=ResourcesConfig(cluster="slurm", partition="cpu", time_min=10))
+        jobs[name] = L.launch(cfg, "curate")
+    for name, job in jobs.items():
+        assert job.wait(timeout_s=600) == "COMPLETED", (name, job.stdout(tail=40), job.stderr(tail=40))
+        out[name] = {p.name: p.read_bytes() for p in (tmp_path/"runs"/name/"curate"/"sources").glob("*.jsonl")}
+    assert out["one"] == out["four"] and out["one"]["handbook.jsonl"]
+    reg = read_registry(tmp_path/"runs"/"four")
+    tasks = [r for r in reg if r.get("array_task") is not None]
+    assert sorted(r["array_task"] for r in tasks) == [0, 1, 2, 3]
+    array_id = {r["job_id"].split("_")[0] for r in tasks}
+    assert len(array_id) == 1                                           # one array, not four jobs
+    rows = sp.run(["sacct", "-n", "-P", "-X", "-j", array_id.pop(), "-o", "JobID,State"], capture_output=True, text=True).stdout
+    assert sum("COMPLETED" in x for x in rows.splitlines()) == 4, rows
+    main = next(r for r in reg if r.get("stage") == "curate")
+    assert any(d.startswith(tasks[0]["job_id"].split("_")[0]) for d in main["depends_on"])
+    assert "4/4 shards already done" in jobs["four"].stdout(tail=200)  # the array did phase 1; the stage job only reduced
