@@ -94,6 +94,10 @@ def test_share_to_training_through_the_cli(tmp_path, share, standin_env):
     man = json.loads((run/"data"/"manifest.json").read_text())
     assert [r["source"] for r in man["mix"]["table"]] == ["handbook"]
     assert (run/"pretrain"/"final"/"config.json").exists()
+    # the report shows the funnel, every failed file with its reason, and no planted personal value
+    page = (run/"report.html").read_text()
+    assert "curation funnel" in page and all(p.split("/", 1)[1] in page for p in planted["broken"])
+    assert not any(v in page for v in PLANTED_PII.values())
     # the same command again: every stage skipped
     r = _run(["run", str(cfgp), "--foreground"], standin_env)
     assert r.returncode == 0 and all(f"[{s}] skipped" in r.stdout for s in ("curate", "data", "pretrain")), r.stdout[-2000:]

@@ -13,7 +13,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['FUNNEL', 'BYTES_PER_TOKEN', 'PLANTED_PII', 'CurateError', 'glob_regex', 'walk_input', 'shard_of', 'make_plan',
            'load_plan', 'file_documents', 'process_shard', 'shard_dir', 'reduce_shards', 'funnel', 'curation_report',
-           'curate_shard_task', 'run_curate', 'text_pdf', 'write_share']
+           'funnel_chart', 'curate_shard_task', 'run_curate', 'text_pdf', 'write_share']
 
 # %% ../../nbs/data/09_curate.ipynb #181f75f6
 from ..config import PipelineConfig, CurateConfig, CurateInput, atomic_write_json, atomic_write_text
@@ -259,6 +259,15 @@ def curation_report(stats:dict, failures:list, dropped:list, boiler:dict|None=No
     return {"domains": doms, "failures": sorted(failures, key=lambda x: (x["domain"], x["path"])), "examples": ex}
 
 # %% ../../nbs/data/09_curate.ipynb #ec0145a9
+def funnel_chart(report:dict,   # `curate/report.json` (`curation_report`)
+                 width:int=460):
+    "The curation funnel of every domain as grouped bars: files, converted, language, quality, near-dup, kept."
+    from forge_nb.charts import bar_chart
+    doms = list(report["domains"])
+    rows = [(step, [report["domains"][d]["funnel"][step] for d in doms]) for step in FUNNEL]
+    return bar_chart(rows, doms, title="curation funnel (files, then documents)", width=width, fmt=lambda v: f"{v:,.0f}")
+
+# %% ../../nbs/data/09_curate.ipynb #3649eb9c
 def curate_shard_task(cfg:PipelineConfig, run_dir:str|Path, shard:int) -> dict:
     "Phase 1 for one shard, skipped when the shard is complete (a requeued or rerun task): what a job array task runs."
     out = shard_dir(run_dir, shard)
@@ -319,7 +328,7 @@ def run_curate(cfg:PipelineConfig,    # the pipeline config
 
 def _task(args) -> dict: return curate_shard_task(*args)
 
-# %% ../../nbs/data/09_curate.ipynb #0a57ebd7
+# %% ../../nbs/data/09_curate.ipynb #54faa27f
 def _pdf_escape(s:str) -> bytes:
     return s.encode("latin-1", "replace").replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
 
@@ -343,7 +352,7 @@ def text_pdf(text:str,                 # the text ("" for a page without a text 
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1) + b"".join(b"%010d 00000 n \n" % offs[i] for i in sorted(objs))
     return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
 
-# %% ../../nbs/data/09_curate.ipynb #bdbbe650
+# %% ../../nbs/data/09_curate.ipynb #bef9aaa5
 _FORMATS = ("pdf", "docx", "html", "eml", "md")
 PLANTED_PII = {"EMAIL": "jane.doe@example.org", "PHONE": "+44 20 7946 0958", "CARD": "4111 1111 1111 1111"}
 
