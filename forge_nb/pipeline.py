@@ -11,9 +11,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['DEMO_POLICY', 'DEMO_SIZES', 'prepare_demo_corpus', 'kb_vocabulary', 'known_words', 'short_answer', 'open_book',
-           'prepare_demo_task', 'demo_config', 'StageFailed', 'tiny_config', 'tiny_lifecycle', 'StageProgress',
-           'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'stage_record', 'recorded_key', 'is_current',
-           'mark_stage', 'prepare_stage', 'check_stages', 'plan_stages', 'run_foreground', 'run_pipeline']
+           'prepare_demo_task', 'demo_config', 'StageFailed', 'tiny_config', 'tiny_lifecycle', 'with_demo_curation',
+           'StageProgress', 'follow_jobs', 'bpb_table', 'stage_sections', 'stage_key', 'stage_record', 'recorded_key',
+           'is_current', 'mark_stage', 'prepare_stage', 'check_stages', 'plan_stages', 'run_foreground', 'run_pipeline']
 
 # %% ../nbs/70_pipeline.ipynb #c390eb6b
 from .config import PipelineConfig, DataConfig, SourceConfig, STAGES, override
@@ -239,6 +239,29 @@ def tiny_lifecycle(folder:str|Path,   # run folder (`runs_dir`); the reference t
                           "batch_size": 4, "num_generations": 2, "beta": 0.0, "max_completion_length": 12, "save_every": 2,
                           "report_samples": 1, "lr": 1e-5, **(rl or {})})})
 
+# %% ../nbs/70_pipeline.ipynb #c0a1e302
+def with_demo_curation(cfg:PipelineConfig,   # a demo config (`demo_config`, either size)
+                       n_docs:int=60,        # reference topics written as files
+                      ) -> PipelineConfig:   # the same pipeline, starting from the share
+    "The demo starting from raw files: a share written from the reference topics, curated first, mixed in as `handbook`."
+    import shutil, tempfile
+    import pydoc_data.topics as topics
+    from forge_nb.config import CurateConfig
+    from forge_nb.data.curate import write_share
+    share = (Path(cfg.runs_dir)/"demo-share").absolute()
+    if not (share/"handbook").exists():                                    # written once, then reused
+        share.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-share-", dir=share.parent))
+        write_share(tmp, {"handbook": [(k, v) for k, v in sorted(topics.topics.items()) if len(v.split()) > 80][:n_docs]})
+        if not (share/"handbook").exists(): os.replace(tmp, share)
+        else: shutil.rmtree(tmp, ignore_errors=True)
+    out = (Path(cfg.runs_dir)/cfg.name).absolute()/"curate"/"sources"/"handbook.jsonl"
+    w = cfg.data.weights
+    data = DataConfig(**{**cfg.data.to_dict(), "sources": [*cfg.data.to_dict()["sources"], {"name": "handbook", "path": str(out), "kind": "jsonl"}],
+                         "weights": [x * 0.9 for x in w] + [0.1] if w else None})
+    cur = CurateConfig(inputs=[{"name": "handbook", "path": str(share/"handbook")}], filters={"min_words": 30})
+    return cfg.model_copy(update={"stages": ["curate", *[s for s in cfg.stages if s != "curate"]], "data": data, "curate": cur})
+
 # %% ../nbs/70_pipeline.ipynb #9de8f178
 def _fmt_record(r:dict) -> str:
     keys = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"]
@@ -333,9 +356,13 @@ def _hash(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, def
 def _producer(cfg:PipelineConfig, need:str) -> str|None:
     return next((s for s in STAGES if need in STAGES[s].makes), None)
 
-def _reads_curated(cfg:PipelineConfig, run_dir) -> bool:
+def _curated_paths(cfg:PipelineConfig, run_dir) -> list:
+    "The data sources that are the curate stage's output in this run (listed, or implied by an empty `data.sources`)."
     from forge_nb.config import with_curated_sources
-    return with_curated_sources(cfg, run_dir) is not cfg
+    d = (Path(run_dir)/"curate"/"sources").resolve()
+    return [s.path for s in with_curated_sources(cfg, run_dir).data.sources if Path(s.path).resolve().parent == d]
+
+def _reads_curated(cfg:PipelineConfig, run_dir) -> bool: return bool(_curated_paths(cfg, run_dir))
 
 def stage_key(cfg:PipelineConfig,   # the pipeline config
               stage:str,            # the stage
@@ -347,9 +374,9 @@ def stage_key(cfg:PipelineConfig,   # the pipeline config
     if stage == "data":                        # the data stage's own reuse key, the one its manifest records
         from forge_nb.config import with_curated_sources
         from forge_nb.data.store import config_hash, input_fingerprint
-        if (cur := with_curated_sources(cfg, run_dir)) is not cfg:          # it reads the curate stage's sources
-            if not all(Path(s.path).exists() for s in cur.data.sources):   # not written yet: the curate stage runs first
-                return _hash({"stage": "data", "curated": (keys or {}).get("curate") or recorded_key(run_dir, "curate")})
+        cur = with_curated_sources(cfg, run_dir)
+        if not all(Path(p).exists() for p in _curated_paths(cfg, run_dir)):   # not written yet: the curate stage runs first
+            return _hash({"stage": "data", "curated": (keys or {}).get("curate") or recorded_key(run_dir, "curate")})
         return config_hash(cur, input_fingerprint(cur.data, cur.tokenizer))
     keys = keys or {}
     secs = {s: getattr(cfg, s).to_dict() for s in stage_sections(stage) if getattr(cfg, s, None) is not None}

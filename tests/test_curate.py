@@ -249,3 +249,23 @@ def test_slurm_job_array_one_vs_four_tasks_same_bytes(slurm_cluster, tmp_path, s
     main = next(r for r in reg if r.get("stage") == "curate")
     assert any(d.startswith(tasks[0]["job_id"].split("_")[0]) for d in main["depends_on"])
     assert "4/4 shards already done" in jobs["four"].stdout(tail=200)  # the array did phase 1; the stage job only reduced
+
+
+# ---------------------------------------------------------------- the demo from raw files
+
+@pytest.mark.slow
+def test_tiny_demo_from_raw_files(tmp_path, standin_env):
+    "`forge-nb demo --size tiny --curate`: the share is written, curated first, mixed in; the report shows what was planted, found."
+    r = _run(["demo", "--size", "tiny", "--curate", "--foreground", "--runs-dir", str(tmp_path)], standin_env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = tmp_path/"demo-tiny"
+    man = json.loads((run/"data"/"manifest.json").read_text())
+    assert "handbook" in [x["source"] for x in man["mix"]["table"]]
+    rep = json.loads((run/"curate"/"report.json").read_text())
+    failed = {f"{f['domain']}/{f['path']}" for f in rep["failures"]}
+    assert failed == {"handbook/broken-truncated.docx", "handbook/scan-no-text.pdf", "handbook/empty.md", "handbook/archive.bin"}
+    assert rep["domains"]["handbook"]["dropped"].get("near_duplicate", 0) >= 1 and rep["domains"]["handbook"]["redactions"]
+    page = (run/"report.html").read_text()
+    assert "curation funnel" in page and not any(v in page for v in PLANTED_PII.values())
+    secs = json.loads((run/"pipeline.json").read_text())["stages"]
+    print("curate stage seconds:", secs["curate"], "of", {k: v["seconds"] for k, v in secs.items()})
