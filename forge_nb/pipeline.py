@@ -386,6 +386,9 @@ def stage_key(cfg:PipelineConfig,   # the pipeline config
         ups[n] = keys.get(p) or recorded_key(run_dir, p) if p else None
         if p == "data" and _reads_curated(cfg, run_dir):   # a store of curated sources: known before they are written
             ups[n] = _hash({"curate": keys.get("curate") or recorded_key(run_dir, "curate"), "data": cfg.data.to_dict(), "tokenizer": cfg.tokenizer.to_dict()})
+    if stage == "curate" and cfg.curate.inputs:          # the share's files (added, changed, removed) count as inputs
+        from forge_nb.data.curate import share_fingerprint
+        secs["share"] = share_fingerprint(cfg.curate)
     return _hash({"stage": stage, "sections": secs, "files": _named_files(secs), "needs": ups})
 
 def _record_path(run_dir, stage) -> Path:

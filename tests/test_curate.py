@@ -269,3 +269,27 @@ def test_tiny_demo_from_raw_files(tmp_path, standin_env):
     assert "curation funnel" in page and not any(v in page for v in PLANTED_PII.values())
     secs = json.loads((run/"pipeline.json").read_text())["stages"]
     print("curate stage seconds:", secs["curate"], "of", {k: v["seconds"] for k, v in secs.items()})
+
+
+def test_form_and_cli_offer_the_stage():
+    "The config form (generated from the schema) has the curate section; the CLI has the `curate` verb (from the registry)."
+    from forge_nb.cli import build_parser
+    from forge_nb.widgets.forms import ConfigForm
+    f = ConfigForm(PipelineConfig(curate={"inputs": [{"name": "kb", "path": "share/kb"}], "shards": 4}))
+    assert f.widget_for("curate.dedup.threshold").value == 0.8 and f.widget_for("curate.shards").value == 4
+    assert f.config.curate.inputs[0].name == "kb"
+    assert build_parser().parse_args(["curate", "c.yaml", "--foreground"]).cmd == "curate"
+
+
+def test_a_changed_share_changes_the_curate_key(tmp_path):
+    "Adding or editing a file in an input folder reruns the stage (its key covers the share's listing), nothing else does."
+    from forge_nb.pipeline import stage_key
+    share = tmp_path/"share"; share.mkdir(); (share/"a.md").write_text("# A\n\n" + GOOD)
+    cfg = PipelineConfig(name="k", runs_dir=str(tmp_path), stages=["curate", "data"], curate={"inputs": [{"name": "kb", "path": str(share)}]})
+    k0 = stage_key(cfg, "curate", tmp_path/"k")
+    assert stage_key(cfg, "curate", tmp_path/"k") == k0
+    (share/"b.md").write_text("# B\n\n" + GOOD)
+    k1 = stage_key(cfg, "curate", tmp_path/"k"); assert k1 != k0
+    os.utime(share/"b.md", ns=(1, 1)); assert stage_key(cfg, "curate", tmp_path/"k") != k1
+    # the data stage has a key before the curated sources exist (the curate stage runs first)
+    assert stage_key(cfg, "data", tmp_path/"k", {"curate": k0})

@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['FUNNEL', 'BYTES_PER_TOKEN', 'PLANTED_PII', 'CurateError', 'glob_regex', 'walk_input', 'shard_of', 'make_plan',
-           'load_plan', 'file_documents', 'process_shard', 'shard_dir', 'reduce_shards', 'funnel', 'curation_report',
-           'funnel_chart', 'curate_shard_task', 'run_curate', 'text_pdf', 'write_share']
+           'load_plan', 'share_fingerprint', 'file_documents', 'process_shard', 'shard_dir', 'reduce_shards', 'funnel',
+           'curation_report', 'funnel_chart', 'curate_shard_task', 'run_curate', 'text_pdf', 'write_share']
 
 # %% ../../nbs/data/09_curate.ipynb #181f75f6
 from ..config import PipelineConfig, CurateConfig, CurateInput, atomic_write_json, atomic_write_text
@@ -68,11 +68,11 @@ def walk_input(inp:CurateInput,   # one input: name, path, include, exclude, max
             if want and not any(w.match(rel) for w in want): continue
             if not any(r.match(rel) for r in inc) or any(r.match(rel) for r in exc): continue
             p = Path(d)/n
-            try: size = p.stat().st_size
+            try: st = p.stat(); size = st.st_size
             except OSError as e: fail(rel, "unreadable", f"{type(e).__name__}: {e.strerror or e}"); continue
             if size > inp.max_bytes: fail(rel, "too_large", f"{size:,} bytes > max_bytes {inp.max_bytes:,}"); continue
             if not os.access(p, os.R_OK): fail(rel, "unreadable", "permission denied"); continue
-            files.append({"domain": inp.name, "path": rel, "abs": str(p.absolute()), "size": size})
+            files.append({"domain": inp.name, "path": rel, "abs": str(p.absolute()), "size": size, "mtime_ns": st.st_mtime_ns})
     return sorted(files, key=lambda f: f["path"]), sorted(fails, key=lambda f: f["path"])
 
 # %% ../../nbs/data/09_curate.ipynb #8fc93e2c
@@ -97,6 +97,13 @@ def load_plan(cfg:PipelineConfig, run_dir:str|Path) -> dict:
     plan = make_plan(cfg.curate)
     atomic_write_json(p, plan)
     return plan
+
+def share_fingerprint(cc:CurateConfig) -> str:
+    "A hash of every input file's path, size and modification time (and of the walk's failures): a changed share reruns the stage."
+    try: plan = make_plan(cc)
+    except CurateError as e: return f"error: {e}"
+    rows = [(f["domain"], f["path"], f["size"], f["mtime_ns"]) for f in plan["files"]] + [(f["domain"], f["path"], f["reason"]) for f in plan["failures"]]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 # %% ../../nbs/data/09_curate.ipynb #e81975f4
 _SNIPPET = 240
