@@ -192,17 +192,30 @@ def _mail_md(head:dict, body:str, attachments:list, headers) -> str:
     lines = [f"# {subj}" if subj else "", "\n".join(f"{h}: {head[h]}" for h in headers if head.get(h) and h != "Subject"), body.strip()]
     return "\n\n".join([x for x in lines if x] + attachments)
 
+def _header_text(v) -> str:
+    "A raw header value on one line, RFC 2047 encoded words (`=?utf-8?...?=`) decoded."
+    v = " ".join(str(v).split())
+    if "=?" in v:
+        from email.header import decode_header, make_header
+        try: v = str(make_header(decode_header(v)))
+        except Exception: pass
+    return v
+
 def eml_to_markdown(data:bytes,
                     headers=("From", "To", "Date", "Subject"),   # headers kept
                    ) -> tuple[str, None]:
     "A MIME mail (`.eml`) as Markdown: subject as title, chosen headers, body, then each attachment converted."
     try:
         msg = email.message_from_bytes(data, policy=email.policy.default)
-        head = {h: str(msg[h]) for h in headers if msg[h] is not None}
+        raw = {}
+        for k, v in msg.raw_items(): raw.setdefault(k.lower(), v)           # unparsed: structured header objects cost 2x the mail
+        head = {h: _header_text(raw[h.lower()]) for h in headers if h.lower() in raw}
         part = msg.get_body(preferencelist=("plain", "html"))
         body = "" if part is None else part.get_content()
-        if part is not None and part.get_content_type() == "text/html": body = html_to_markdown(body)[0]
-        atts = [_attachment(a.get_filename() or "attachment", a.get_payload(decode=True) or b"", headers) for a in msg.iter_attachments()]
+        if part is not None and any(k.lower() == "content-type" and "text/html" in str(v).lower() for k, v in part.raw_items()):
+            body = html_to_markdown(body)[0]
+        atts = [_attachment(a.get_filename() or "attachment", a.get_payload(decode=True) or b"", headers)
+                for a in (msg.iter_attachments() if msg.is_multipart() else ())]
     except ConvertError: raise
     except Exception as e: raise ConvertError("corrupt", _one_line(e)) from None
     if not head and not body.strip() and not atts: raise ConvertError("corrupt", "no headers, body or attachments: not a mail")
