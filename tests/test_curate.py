@@ -293,3 +293,14 @@ def test_a_changed_share_changes_the_curate_key(tmp_path):
     os.utime(share/"b.md", ns=(1, 1)); assert stage_key(cfg, "curate", tmp_path/"k") != k1
     # the data stage has a key before the curated sources exist (the curate stage runs first)
     assert stage_key(cfg, "data", tmp_path/"k", {"curate": k0})
+
+
+def test_new_settings_never_resume_old_shards(tmp_path):
+    "The same run directory, run again with other settings: the old plan and shards are discarded, not reused."
+    from forge_nb.data.curate import run_curate
+    share = tmp_path/"share"; share.mkdir(); (share/"a.md").write_text("# A\n\n" + GOOD + " alpha@example.com")
+    base = {"inputs": [{"name": "kb", "path": str(share)}], "filters": {"min_words": 5}}
+    run_curate(PipelineConfig(name="r", runs_dir=str(tmp_path), curate=base), tmp_path/"r", log=lambda *a: None)
+    assert "<EMAIL>" in (tmp_path/"r"/"curate"/"sources"/"kb.jsonl").read_text()
+    run_curate(PipelineConfig(name="r", runs_dir=str(tmp_path), curate={**base, "redact": {"enabled": False}}), tmp_path/"r", log=lambda *a: None)
+    assert "alpha@example.com" in (tmp_path/"r"/"curate"/"sources"/"kb.jsonl").read_text()

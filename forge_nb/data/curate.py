@@ -91,10 +91,15 @@ def make_plan(cc:CurateConfig) -> dict:
 def _curate_dir(run_dir) -> Path: return RunDir(run_dir).stage("curate").root
 
 def load_plan(cfg:PipelineConfig, run_dir:str|Path) -> dict:
-    "`curate/plan.json`, made (atomically) by whichever task asks first."
-    p = _curate_dir(run_dir)/"plan.json"
-    if p.exists(): return json.loads(p.read_text())
-    plan = make_plan(cfg.curate)
+    """`curate/plan.json`, made (atomically) by whichever task asks first. A plan made for another `curate` config is
+    discarded with the shards made from it (a rerun with new settings never resumes from old shards)."""
+    import shutil
+    p, key = _curate_dir(run_dir)/"plan.json", hashlib.sha256(json.dumps(cfg.curate.to_dict(), sort_keys=True).encode()).hexdigest()
+    if p.exists():
+        plan = json.loads(p.read_text())
+        if plan.get("config") == key: return plan
+        shutil.rmtree(_curate_dir(run_dir)/"shards", ignore_errors=True)
+    plan = {"config": key, **make_plan(cfg.curate)}
     atomic_write_json(p, plan)
     return plan
 
