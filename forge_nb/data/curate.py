@@ -319,8 +319,12 @@ def run_curate(cfg:PipelineConfig,    # the pipeline config
         metrics.log(event="shard", shard=i, progress=line, files_done=done_f, bytes_done=done_b)
     if cc.workers > 1 and len(todo) > 1:
         import multiprocessing as mp
-        with mp.get_context("fork").Pool(min(cc.workers, len(todo))) as pool:
+        pool = mp.get_context("fork").Pool(min(cc.workers, len(todo)), initializer=_worker_init)
+        try:
             for r in pool.imap_unordered(_task, [(cfg, str(run_dir), i) for i in todo]): shard_done(r["shard"])
+            pool.close()                                     # workers exit by themselves (no SIGTERM to wait on)
+        except BaseException: pool.terminate(); raise
+        finally: pool.join()
     else:
         for i in todo: curate_shard_task(cfg, run_dir, i); shard_done(i)
     report = reduce_shards(cfg, run_dir, plan)
@@ -339,6 +343,11 @@ def run_curate(cfg:PipelineConfig,    # the pipeline config
     return summary
 
 def _task(args) -> dict: return curate_shard_task(*args)
+
+def _worker_init():
+    "A worker forked inside a job inherits the job's signal handlers (submitit ignores SIGTERM): restore the default."
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 # %% ../../nbs/data/09_curate.ipynb #54faa27f
 def _pdf_escape(s:str) -> bytes:
