@@ -125,8 +125,8 @@ def docx_to_markdown(data:bytes) -> tuple[str, None]:
 _A = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
 
 def _level(p) -> int:
-    "A paragraph's outline level, read from its XML (python-pptx's `level` adds a `pPr` element to every paragraph it reads)."
-    ppr = p._p.find(_A + "pPr")
+    "An `a:p` element's outline level (python-pptx's `level` adds a `pPr` element to every paragraph it reads)."
+    ppr = p.find(_A + "pPr")
     return int(ppr.get("lvl", "0")) if ppr is not None else 0
 
 def pptx_to_markdown(data:bytes) -> tuple[str, int]:
@@ -140,7 +140,8 @@ def pptx_to_markdown(data:bytes) -> tuple[str, int]:
         for sh in slide.shapes:
             if title is not None and sh.shape_id == title.shape_id: continue
             if sh.has_text_frame:
-                items = ["  " * _level(p) + "- " + t for p in sh.text_frame.paragraphs if (t := p.text.strip())]
+                items = ["  " * _level(p) + "- " + t for p in sh.text_frame._txBody.iterchildren(_A + "p")
+                         if (t := "".join(x.text or "" for x in p.iter(_A + "t")).strip())]
                 if items: out.append("\n".join(items))
             if getattr(sh, "has_table", False) and sh.has_table:
                 out.append(md_table([[c.text for c in row.cells] for row in sh.table.rows]))
