@@ -123,6 +123,7 @@ def docx_to_markdown(data:bytes) -> tuple[str, None]:
 
 # %% ../../nbs/data/05_convert.ipynb #a4aab7a8
 _A = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
+_P = "{http://schemas.openxmlformats.org/presentationml/2006/main}"
 
 def _level(p) -> int:
     "An `a:p` element's outline level (python-pptx's `level` adds a `pPr` element to every paragraph it reads)."
@@ -135,16 +136,19 @@ def pptx_to_markdown(data:bytes) -> tuple[str, int]:
     prs = _office(data, Presentation)
     out = []
     for i, slide in enumerate(prs.slides, 1):
-        title = slide.shapes.title
-        out.append(f"## Slide {i}" + (f": {title.text.strip()}" if title is not None and title.text.strip() else ""))
+        head, body = f"## Slide {i}", []
         for sh in slide.shapes:
-            if title is not None and sh.shape_id == title.shape_id: continue
+            ph = sh._element.find(f".//{_P}ph")
+            if ph is not None and ph.get("type") in ("title", "ctrTitle"):      # the slide's title (python-pptx's lookup costs 2x)
+                if t := sh.text_frame.text.strip(): head += f": {t}"
+                continue
             if sh.has_text_frame:
                 items = ["  " * _level(p) + "- " + t for p in sh.text_frame._txBody.iterchildren(_A + "p")
                          if (t := "".join(x.text or "" for x in p.iter(_A + "t")).strip())]
-                if items: out.append("\n".join(items))
+                if items: body.append("\n".join(items))
             if getattr(sh, "has_table", False) and sh.has_table:
-                out.append(md_table([[c.text for c in row.cells] for row in sh.table.rows]))
+                body.append(md_table([[c.text for c in row.cells] for row in sh.table.rows]))
+        out += [head, *body]
     return "\n\n".join(out), len(prs.slides)
 
 def xlsx_to_markdown(data:bytes,
