@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field, e.g. --set pretrain.steps=50 (repeatable)")
     p.add_argument("--foreground", action="store_true", help="run the stages in this process, not as jobs")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this finished stage and every stage after it")
+    p.add_argument("--curate", action="store_true",
+                   help="start from raw files: a share of PDFs, Word files, web pages and mails written from the docs, curated first")
     p.add_argument("--cluster", choices=["local", "slurm"], help="where to run (default: this machine)")
     p.add_argument("--partition", help="SLURM partition")
 
@@ -142,8 +144,11 @@ def _cmd_demo(args) -> int:
     from forge_nb.pipeline import run_pipeline
     sets = list(args.overrides) + ([f"pretrain.steps={args.steps}"] if args.steps else [])
     sets += [f"resources.{k}={getattr(args, k)}" for k in ("cluster", "partition") if getattr(args, k, None)]
-    run_pipeline(demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets, size=args.size), foreground=args.foreground,
-                 force=args.force); return 0
+    cfg = demo_config(runs_dir=args.runs_dir, name=args.name, overrides=sets, size=args.size)
+    if args.curate:
+        from forge_nb.demo import with_demo_curation
+        cfg = with_demo_curation(cfg)
+    run_pipeline(cfg, foreground=args.foreground, force=args.force); return 0
 
 def _cmd_docs(args) -> int:
     from forge_nb.docs import run_docs

@@ -6,21 +6,23 @@ Docs: https://forge-nb.github.io/forge_nb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #17f53b25
 from __future__ import annotations
-import difflib, importlib.util, json, math
+import difflib, importlib.util, json, math, re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
 # %% auto #0
-__all__ = ['SourceKind', 'TrackerName', 'STAGES', 'StageName', 'WEIGHT_FILES', 'ForgeConfig', 'SourceConfig', 'MixStageConfig',
-           'DataConfig', 'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig', 'LoraSettings', 'SFTConfig',
-           'RLConfig', 'ResourcesConfig', 'TrackingConfig', 'Stage', 'register_stage', 'implemented_stages',
-           'PipelineConfig', 'ConfigError', 'validate_config', 'load_config', 'config_from_yaml', 'override',
-           'read_model_config', 'init_from_problems', 'config_schema', 'field_docs', 'show_fields']
+__all__ = ['SourceKind', 'PII_TYPES', 'TrackerName', 'STAGES', 'StageName', 'WEIGHT_FILES', 'ForgeConfig', 'SourceConfig',
+           'MixStageConfig', 'DataConfig', 'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig',
+           'LoraSettings', 'SFTConfig', 'RLConfig', 'ResourcesConfig', 'FilterConfig', 'CustomRecognizer',
+           'RedactConfig', 'DedupConfig', 'CurateInput', 'CurateConfig', 'TrackingConfig', 'Stage', 'register_stage',
+           'implemented_stages', 'PipelineConfig', 'curated_sources', 'with_curated_sources', 'ConfigError',
+           'validate_config', 'load_config', 'config_from_yaml', 'override', 'read_model_config', 'init_from_problems',
+           'config_schema', 'field_docs', 'show_fields']
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # %% ../nbs/00_config.ipynb #e7e9092d
 class ForgeConfig(BaseModel):
@@ -288,6 +290,120 @@ class ResourcesConfig(ForgeConfig):
     max_requeues: int = Field(3, ge=0, description="Requeues after preemption or time-out.")
     group_readable: bool = Field(False, description="Run directories readable by your group too (mode 0o750; default 0o700: only you). A site profile sets it where a team shares runs.")
 
+# %% ../nbs/00_config.ipynb #c0a1e002
+class FilterConfig(ForgeConfig):
+    "Which documents to keep: length, language and quality thresholds, and boilerplate line detection."
+    min_words: int = Field(20, ge=0, description="Drop documents with fewer words than this.")
+    max_words: int = Field(200_000, gt=0, description="Drop documents with more words than this.")
+    languages: list[str] = Field(["en"], description="ISO 639-1 codes to keep (e.g. `en`, `de`); empty: no language filter.")
+    language_min_confidence: float = Field(0.5, ge=0, le=1, description="Keep a document when a kept language has at least this confidence (lingua).")
+    language_sample_chars: int = Field(1000, gt=0, description="Characters of prose the language detector reads per document.")
+    quality: bool = Field(True, description="Apply the quality rules below (prose view: Markdown syntax and code blocks removed).")
+    max_symbol_ratio: float = Field(0.15, ge=0, le=1, description="Drop when more than this share of non-space characters are not letters, digits or common punctuation.")
+    min_alpha_word_ratio: float = Field(0.7, ge=0, le=1, description="Drop when fewer than this share of words hold a letter or a digit.")
+    max_duplicate_line_share: float = Field(0.3, ge=0, le=1, description="Drop when more than this share of text lines repeat an earlier line of the document.")
+    max_ellipsis_line_share: float = Field(0.3, ge=0, le=1, description="Drop when more than this share of lines end in `...` or `…` (truncated snippets).")
+    max_mean_word_length: float = Field(15.0, gt=0, description="Drop when the mean word length exceeds this (base64, minified blobs).")
+    boilerplate_min_docs: int = Field(3, ge=2, description="A line is boilerplate when it appears in at least this many documents...")
+    boilerplate_min_share: float = Field(0.0, ge=0, le=1, description="...and in at least this share of the documents given.")
+    boilerplate_min_chars: int = Field(10, ge=1, description="Shorter lines (`Total`, `Yes`) are never boilerplate.")
+
+    @field_validator("languages")
+    @classmethod
+    def _codes(cls, v):
+        bad = [c for c in v if not re.fullmatch(r"[a-z]{2}", c)]
+        if bad: raise ValueError(f"languages: {bad} are not two-letter lowercase ISO 639-1 codes (e.g. 'en', 'de')")
+        return v
+
+PII_TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SECRET")
+
+class CustomRecognizer(ForgeConfig):
+    "A user-defined pattern: matches become `<NAME>`."
+    name: str = Field(description="Placeholder name, upper case (`NATIONAL_ID` gives `<NATIONAL_ID>`).", pattern=r"^[A-Z][A-Z0-9_]*$")
+    pattern: str = Field(description="Python regular expression; the whole match is replaced.", min_length=1)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v):
+        try: re.compile(v)
+        except re.error as e: raise ValueError(f"pattern is not a valid regular expression ({e.msg} at position {e.pos})") from None
+        return v
+
+class RedactConfig(ForgeConfig):
+    "What to redact from documents and what to leave."
+    enabled: bool = Field(True, description="Redact personal data and secrets.")
+    types: list[str] = Field(list(PII_TYPES), description=f"Built-in types to redact: any of {', '.join(PII_TYPES)}.")
+    allow: list[str] = Field([], description="Public values to keep: literal addresses or numbers, or e-mail domains (`@example.com`).")
+    custom: list[CustomRecognizer] = Field([], description="Extra recognizers `{name, pattern}` (e.g. national id numbers); matches become `<NAME>`.")
+    phone_regions: list[str] = Field(["US"], min_length=1, description="Regions (ISO 3166 alpha-2) for phone numbers written without `+country`; each adds a pass.")
+    ner_model: str|None = Field(None, description="Path of a spaCy pipeline folder (or installed package) for `<PERSON>`; None: names are kept.")
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, v):
+        bad = [t for t in v if t not in PII_TYPES]
+        if bad: raise ValueError(f"types: unknown {bad}; choose from {list(PII_TYPES)}")
+        return v
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _regions(cls, v):
+        try: from phonenumbers import SUPPORTED_REGIONS       # a config must load even where the [curate] extra is not installed
+        except ImportError: SUPPORTED_REGIONS = None
+        bad = [r for r in v if not re.fullmatch(r"[A-Za-z]{2}", r) or (SUPPORTED_REGIONS is not None and r.upper() not in SUPPORTED_REGIONS)]
+        if bad: raise ValueError(f"phone_regions: {bad} are not regions libphonenumber knows (ISO 3166 alpha-2, e.g. 'US', 'DE')")
+        return [r.upper() for r in v]
+
+class DedupConfig(ForgeConfig):
+    "Near-duplicate detection: MinHash of word n-grams, LSH bands, verification threshold."
+    enabled: bool = Field(True, description="Remove near duplicates (keep one document per cluster).")
+    ngram: int = Field(5, ge=1, description="Words per shingle (5-grams).")
+    num_perm: int = Field(120, ge=2, description="Signature length: hash functions per document (= bands × rows).")
+    bands: int = Field(20, ge=1, description="LSH bands: documents agreeing on a whole band become a candidate pair.")
+    rows: int = Field(6, ge=1, description="Signature positions per band.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Documents whose word n-gram Jaccard is at least this are near duplicates.")
+    verify_threshold: float|None = Field(None, gt=0, le=1, description="Estimated-Jaccard cut for candidate pairs; None: `threshold` minus two standard errors.")
+    seed: int = Field(1, ge=0, description="Seed of the hash functions (signatures with different seeds cannot be compared).")
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.bands * self.rows != self.num_perm:
+            raise ValueError(f"num_perm ({self.num_perm}) must equal bands × rows ({self.bands} × {self.rows} = {self.bands * self.rows})")
+        return self
+
+    def cut(self) -> float:
+        "The estimated-Jaccard cut applied to candidate pairs."
+        if self.verify_threshold is not None: return self.verify_threshold
+        t = self.threshold
+        return max(0.0, t - 2 * math.sqrt(t * (1 - t) / self.num_perm))
+
+class CurateInput(ForgeConfig):
+    "One folder (or glob) of an organization's files: its name becomes the data source (domain) name."
+    name: str = Field(description="Domain name: the curated source `<name>.jsonl` and the data source of that name.",
+                      min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    path: str = Field(description="Folder (walked recursively) or glob (`share/**/*.pdf`).", min_length=1)
+    include: list[str] = Field(default_factory=lambda: ["**/*"], description="Glob patterns (relative to the folder) of the files to read.")
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns of files to skip (`**/~$*`, `**/.git/**`).")
+    max_bytes: int = Field(50_000_000, ge=1, description="Files larger than this are skipped and counted (`too_large`).")
+    filters: Optional[FilterConfig] = Field(None, description="This input's own filters (code: `languages: []`); None: `curate.filters`.")
+
+class CurateConfig(ForgeConfig):
+    "The curation stage: files → text (Markdown) → filters → redaction → near-duplicate removal → one JSONL source per domain."
+    inputs: list[CurateInput] = Field(default_factory=list, description="Folders or globs of files, one per domain.")
+    filters: FilterConfig = Field(default_factory=FilterConfig, description="Length, language, quality and boilerplate filters.")
+    redact: RedactConfig = Field(default_factory=RedactConfig, description="Personal data and secrets redaction.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Near-duplicate removal.")
+    shards: int = Field(1, ge=1, description="Shards the files are split into (SLURM: one array task per shard).")
+    workers: int = Field(1, ge=1, description="Local worker processes converting shards at once.")
+    strict: bool = Field(False, description="Fail the stage (non-zero exit) when any file could not be converted.")
+    mail_headers: list[str] = Field(default_factory=lambda: ["From", "To", "Date", "Subject"], description="E-mail headers kept above a mail's body.")
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names): raise ValueError(f"inputs: names must be unique, got {names}")
+        return self
+
 # %% ../nbs/00_config.ipynb #9726081f
 TrackerName = Literal["tensorboard", "mlflow", "wandb", "trackio"]
 
@@ -316,6 +432,8 @@ class Stage:
     needs:tuple = ()       # run-dir paths it reads that an earlier stage makes
     makes:tuple = ()       # run-dir paths it writes for later stages
     title:str = ""         # one line for forms, help texts and the CLI
+    array:str = ""         # "module:function" run first as a job array on SLURM, `fn(cfg, run_dir, task)` (e.g. curate's shards)
+    array_size:str = ""    # the config field giving the array's task count (e.g. "curate.shards")
 
     @property
     def module(self) -> str: return self.entrypoint.split(":")[0]
@@ -328,15 +446,18 @@ class Stage:
 
 STAGES:dict = {}
 
-def register_stage(name:str, entrypoint:str, needs=(), makes=(), title:str="") -> Stage:
+def register_stage(name:str, entrypoint:str, needs=(), makes=(), title:str="", array:str="", array_size:str="") -> Stage:
     "Register a stage (in pipeline order); re-registering a name replaces it in place."
-    STAGES[name] = st = Stage(name, entrypoint, tuple(needs), tuple(makes), title)
+    STAGES[name] = st = Stage(name, entrypoint, tuple(needs), tuple(makes), title, array, array_size)
     return st
 
 def implemented_stages() -> list:
     "Names of the registered stages whose module exists, in pipeline order."
     return [s.name for s in STAGES.values() if s.implemented]
 
+register_stage("curate", "forge_nb.data.curate:run_curate", makes=("curate/sources",),
+               title="convert, filter, redact and deduplicate an organization's files into sources",
+               array="forge_nb.data.curate:curate_shard_task", array_size="curate.shards")
 register_stage("data", "forge_nb.data.store:run_data_stage", makes=("data",),
                title="mix, tokenize, pack and store the training data")
 register_stage("pretrain", "forge_nb.pretrain:run_pretrain", needs=("data",), makes=("pretrain/final",),
@@ -362,6 +483,16 @@ class PipelineConfig(ForgeConfig):
     rl: RLConfig = Field(default_factory=RLConfig, description="RL alignment.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Where the stages run.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment trackers (MLflow, W&B, trackio, TensorBoard) that also receive the records.")
+
+# %% ../nbs/00_config.ipynb #c0a1e005
+def curated_sources(cfg:PipelineConfig, run_dir:str|Path) -> list[SourceConfig]:
+    "The sources the `curate` stage writes in `run_dir`, one per `curate.inputs` entry."
+    return [SourceConfig(name=i.name, path=str(Path(run_dir)/"curate"/"sources"/f"{i.name}.jsonl"), kind="jsonl") for i in cfg.curate.inputs]
+
+def with_curated_sources(cfg:PipelineConfig, run_dir:str|Path) -> PipelineConfig:
+    "`cfg` with the curated sources as `data.sources` when it lists none and `curate` has inputs; else `cfg` unchanged."
+    if cfg.data.sources or not cfg.curate.inputs: return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": curated_sources(cfg, run_dir)})})
 
 # %% ../nbs/00_config.ipynb #50de7d02
 class ConfigError(ValueError):

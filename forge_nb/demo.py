@@ -11,7 +11,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['KB_POLICY', 'DEMO_SIZES', 'SUPPORT_POLICY', 'prepare_demo_corpus', 'kb_vocabulary', 'known_words', 'short_answer',
-           'open_book', 'prepare_demo_task', 'demo_config', 'tiny_config', 'tiny_lifecycle', 'demo_task']
+           'open_book', 'prepare_demo_task', 'demo_config', 'tiny_config', 'tiny_lifecycle', 'with_demo_curation',
+           'demo_task']
 
 # %% ../nbs/69_demo.ipynb #d87c7d77
 from .config import PipelineConfig, DataConfig, SourceConfig, override
@@ -221,6 +222,29 @@ def tiny_lifecycle(folder:str|Path,   # run folder (`runs_dir`); the reference t
         "rl": RLConfig(**{"policy": task["policy"], "prompts": task["prompts"], "heldout_prompts": task["heldout_prompts"], "steps": 2,
                           "batch_size": 4, "num_generations": 2, "beta": 0.0, "max_completion_length": 12, "save_every": 2,
                           "report_samples": 1, "lr": 1e-5, **(rl or {})})})
+
+# %% ../nbs/69_demo.ipynb #c0a1e302
+def with_demo_curation(cfg:PipelineConfig,   # a demo config (`demo_config`, either size)
+                       n_docs:int=60,        # reference topics written as files
+                      ) -> PipelineConfig:   # the same pipeline, starting from the share
+    "The demo starting from raw files: a share written from the reference topics, curated first, mixed in as `handbook`."
+    import shutil, tempfile
+    import pydoc_data.topics as topics
+    from forge_nb.config import CurateConfig
+    from forge_nb.data.curate import write_share
+    share = (Path(cfg.runs_dir)/"demo-share").absolute()
+    if not (share/"handbook").exists():                                    # written once, then reused
+        share.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-share-", dir=share.parent))
+        write_share(tmp, {"handbook": [(k, v) for k, v in sorted(topics.topics.items()) if len(v.split()) > 80][:n_docs]})
+        if not (share/"handbook").exists(): os.replace(tmp, share)
+        else: shutil.rmtree(tmp, ignore_errors=True)
+    out = (Path(cfg.runs_dir)/cfg.name).absolute()/"curate"/"sources"/"handbook.jsonl"
+    w = cfg.data.weights
+    data = DataConfig(**{**cfg.data.to_dict(), "sources": [*cfg.data.to_dict()["sources"], {"name": "handbook", "path": str(out), "kind": "jsonl"}],
+                         "weights": [x * 0.9 for x in w] + [0.1] if w else None})
+    cur = CurateConfig(inputs=[{"name": "handbook", "path": str(share/"handbook")}], filters={"min_words": 30})
+    return cfg.model_copy(update={"stages": ["curate", *[s for s in cfg.stages if s != "curate"]], "data": data, "curate": cur})
 
 # %% ../nbs/69_demo.ipynb #ae01cdb4
 _PRODUCTS = ["Basic", "Pro", "Team", "Enterprise", "Starter", "Plus", "Max", "Student", "Family", "Business"]

@@ -13,11 +13,11 @@ from typing import Callable
 # %% auto #0
 __all__ = ['INPUT_CHECKS', 'DependencyNeverSatisfied', 'master_port_for', 'hide_secrets', 'reveal_secrets', 'StageCall',
            'slurm_parameters', 'sbatch_preview', 'submitit_local_controller', 'detached_local_executor',
-           'make_executor', 'sbatch_refusal', 'submit', 'MissingInputs', 'stage_inputs', 'missing_inputs',
-           'check_inputs', 'holding_run_lock', 'launch', 'launch_fn', 'launch_pipeline', 'profile_dirs', 'profile_path',
-           'resolve_resources', 'cluster_partitions', 'validate_resources', 'check_resources', 'ResourceError',
-           'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states', 'Job', 'attach', 'list_jobs',
-           'find_run_dir']
+           'make_executor', 'sbatch_refusal', 'submit', 'submit_array', 'MissingInputs', 'stage_inputs',
+           'missing_inputs', 'check_inputs', 'array_size', 'holding_run_lock', 'launch', 'launch_fn', 'launch_pipeline',
+           'profile_dirs', 'profile_path', 'resolve_resources', 'cluster_partitions', 'validate_resources',
+           'check_resources', 'ResourceError', 'TERMINAL_STATES', 'FAILED_STATES', 'read_registry', 'sacct_states',
+           'Job', 'attach', 'list_jobs', 'find_run_dir']
 
 # %% ../nbs/52_launch.ipynb #b03f74d0
 from .config import ResourcesConfig, PipelineConfig, STAGES, init_from_problems
@@ -315,18 +315,19 @@ def _sbatch(executor, call, res:ResourcesConfig):
 
 # %% ../nbs/52_launch.ipynb #de268990
 def _submit(fn:Callable|str, args:tuple, kwargs:dict, res:ResourcesConfig, run_dir:str|Path, name:str|None,
-            stage:str|None, depends_on:list|None) -> Job:
-    "Submit an already checked request, register the job, return its `Job`."
+            stage:str|None, depends_on:list|None, after_any:tuple=()) -> Job:
+    "Submit an already checked request, register the job, return its `Job` (`after_any`: SLURM job ids it starts after, however they end)."
     run = RunDir(Path(run_dir).absolute(), res.group_readable).create()
     name = name or stage or getattr(fn, "__name__", "job")
     deps = list(depends_on or [])
     dependency = ("afterok:" + ":".join(d.job_id for d in deps)) if deps and res.cluster == "slurm" else None
+    if after_any and res.cluster == "slurm": dependency = ",".join(filter(None, [dependency, "afterany:" + ":".join(after_any)]))
     call = StageCall(fn, args, kwargs, env=res.env, max_requeues=res.max_requeues,
                      wait_for=[d.record for d in deps] if res.cluster == "local" else [])
     sj = _sbatch(make_executor(res, run.logs, f"{run.name}-{name}", dependency), call, res)
     rec = dict(job_id=str(sj.job_id), name=name, stage=stage, cluster=res.cluster, run_dir=str(run.root),
                folder=str(run.logs.absolute()), tasks=res.nodes * res.tasks_per_node,
-               depends_on=[d.job_id for d in deps], resources=redact_secrets(res.to_dict()),
+               depends_on=[d.job_id for d in deps] + list(after_any), resources=redact_secrets(res.to_dict()),
                submitted=datetime.datetime.now().isoformat(timespec="seconds"), cancelled=False,
                launched_by=f"{os.getpid()}@{socket.gethostname()}")
     if res.cluster == "local": rec["proc_start"] = proc_start(int(sj.job_id))   # pid + start time: this process, never a later one with its pid
@@ -344,6 +345,44 @@ def submit(fn:Callable|str,                      # function, or `"stage:<name>"`
            **kwargs) -> Job:
     "Check the request, submit `fn(*args, **kwargs)` as a job, register it in the run's `jobs.json`, return its `Job`."
     return _submit(fn, args, kwargs, check_resources(resources, partitions), run_dir, name, stage, depends_on)
+
+# %% ../nbs/52_launch.ipynb #c0a1e102
+def _entry(path:str) -> Callable:
+    import importlib
+    mod, fn = path.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+def submit_array(fn:Callable|str,          # the task function, or "module:function"
+                 args_list:list,            # one tuple of arguments per task
+                 res:ResourcesConfig,       # checked resources (each task gets them)
+                 run_dir:str|Path,          # run directory (registry, logs)
+                 name:str,                  # job name; task i is registered as `name[i]`
+                 depends_on:list|None=None, # `Job`s that must complete first (afterok)
+                ) -> list[Job]:             # one `Job` per task
+    "Submit `fn(*args)` for every `args` of `args_list` as one SLURM job array (locally: one job each); register each task."
+    fn = _entry(fn) if isinstance(fn, str) else fn
+    run = RunDir(Path(run_dir).absolute(), res.group_readable).create()
+    deps = list(depends_on or [])
+    dependency = ("afterok:" + ":".join(d.job_id for d in deps)) if deps and res.cluster == "slurm" else None
+    calls = [StageCall(fn, tuple(a), {}, env=res.env, max_requeues=res.max_requeues,
+                       wait_for=[d.record for d in deps] if res.cluster == "local" else []) for a in args_list]
+    ex = make_executor(res, run.logs, f"{run.name}-{name}", dependency)
+    if res.cluster == "slurm":
+        import contextlib, io
+        from submitit.core.utils import FailedJobError
+        echo = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(echo), ex.batch(): sjs = [ex.submit(c) for c in calls]
+        except FailedJobError as e: raise ResourceError([sbatch_refusal(str(e) or echo.getvalue(), res)]) from None
+    else: sjs = [ex.submit(c) for c in calls]
+    jobs = []
+    for i, sj in enumerate(sjs):
+        rec = dict(job_id=str(sj.job_id), name=f"{name}[{i}]", stage=None, cluster=res.cluster, run_dir=str(run.root),
+                   folder=str(run.logs.absolute()), tasks=res.nodes * res.tasks_per_node, depends_on=[d.job_id for d in deps],
+                   resources=redact_secrets(res.to_dict()), submitted=datetime.datetime.now().isoformat(timespec="seconds"),
+                   cancelled=False, launched_by=f"{os.getpid()}@{socket.gethostname()}", array_task=i)
+        register_job(run.root, rec); jobs.append(Job(rec, sj))
+    return jobs
 
 # %% ../nbs/52_launch.ipynb #5812260a
 class MissingInputs(ValueError):
@@ -395,10 +434,24 @@ def _check_mix(cfg:PipelineConfig, stages:list):
     except Exception: return                       # a source that cannot be read: the data job reports it, with its log
     if problem: raise DataError(f"not submitted: {problem}")
 
+def array_size(cfg:PipelineConfig, stage:str) -> int:
+    "How many array tasks `stage` fans out to (its registered `array_size` field of the config; 0: not an array stage)."
+    st = STAGES[stage]
+    if not st.array: return 0
+    v = cfg
+    for part in st.array_size.split("."): v = getattr(v, part)
+    return int(v)
+
 def _launch_checked(cfg:PipelineConfig, stage:str, res:ResourcesConfig, run_dir, depends_on) -> Job:
     run = RunDir(Path(run_dir) if run_dir else RunDir.for_config(cfg).root, res.group_readable).create()
     run.save_config(cfg)
-    job = _submit(f"stage:{stage}", (cfg, str(run.root.absolute())), {}, res, run.root, None, stage, depends_on)
+    after = ()
+    if res.cluster == "slurm" and (n := array_size(cfg, stage)) > 1:      # the fan-out as a job array, then the stage itself
+        tasks = submit_array(STAGES[stage].array, [(cfg, str(run.root.absolute()), i) for i in range(n)], res, run.root,
+                             f"{stage}-tasks", depends_on)
+        run_lock(run.root).add_jobs([t.record for t in tasks])
+        after = (tasks[0].job_id.split("_")[0],)                          # the array's id: after every task of it
+    job = _submit(f"stage:{stage}", (cfg, str(run.root.absolute())), {}, res, run.root, None, stage, depends_on, after)
     run_lock(run.root).add_jobs([job.record])          # the run stays locked while the job lives
     return job
 

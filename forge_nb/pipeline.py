@@ -67,6 +67,7 @@ class StageProgress:
                 f = self.first.setdefault(stage, (r["step"], r["time"]))
                 line += " | " + progress(r["step"], self.totals.get(stage), r["time"], f)
             if "loss" in r or any(k.startswith("val/") for k in r): print(line, file=self.out, flush=True)
+            elif isinstance(r.get("progress"), str): print(f"[{stage}] {r['progress']}", file=self.out, flush=True)   # e.g. curate: files, bytes, ETA
         return len(recs)
 
 def _totals(cfg:PipelineConfig, stages) -> dict:

@@ -141,6 +141,21 @@ def _times(run:RunDir) -> str:
     return (str(bar_chart([(s, [v]) for s, v in t.items()], ["seconds"], title="seconds per stage (when it last ran)",
                           width=420, fmt=lambda v: f"{v:.0f} s")) + _table(rows) + last)
 
+# %% ../nbs/45_report.ipynb #c0a1e202
+def _curation(run:RunDir) -> str:
+    rep = _read_json(run.root/"curate"/"report.json")
+    if not rep: return "<p class='none'>no curate stage output</p>"
+    from forge_nb.data.curate import funnel_chart
+    doms = rep["domains"]
+    rows = [{"domain": d, **v["funnel"], "MB in": round(v["bytes_in"] / 1e6, 3), "MB kept": round(v["bytes_kept"] / 1e6, 3),
+             "tokens (est.)": v["tokens_est"], "failed": ", ".join(f"{k} {n}" for k, n in v["failed"].items()),
+             "redacted": ", ".join(f"{k} {n}" for k, n in v["redactions"].items())} for d, v in doms.items()]
+    fails = [{"file": f"{f['domain']}/{f['path']}", "reason": f["reason"], "detail": f.get("detail", "")} for f in rep["failures"][:50]]
+    ex = [{"document": e["id"], "reason": e["reason"] + (f" (of {e['duplicate_of']})" if e.get("duplicate_of") else ""),
+           "opening (redacted)": e["snippet"][:160]} for e in rep["examples"][:30]]
+    return (str(funnel_chart(rep)) + _table(rows) + f"<h3>Files that failed ({len(rep['failures'])})</h3>" + _table(fails)
+            + "<h3>Examples of dropped documents</h3>" + _table(ex))
+
 # %% ../nbs/45_report.ipynb #a949da3d
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px}td,th{border:1px solid #ccc;
@@ -153,7 +168,7 @@ def write_report(run_dir:str|Path,        # a run directory the stages wrote
     "One self-contained HTML page (inline CSS and SVG, no script, nothing fetched) of what the stages wrote."
     run = RunDir(run_dir)
     rl_body, samples = _rl(run)
-    secs = [("Time per stage", "time", _times(run)), ("Data mix", "mix", _mix(run)),
+    secs = [("Time per stage", "time", _times(run)), ("Curation", "curate", _curation(run)), ("Data mix", "mix", _mix(run)),
             ("Pretraining: bits per byte against unigram", "bpb", _bpb(run)), ("SFT before and after", "sft", _sft(run)),
             ("Policy pass rates before and after RL", "rl", rl_body),
             ("Sample generations (held-out prompts)", "samples", samples or "<p class='none'>no samples</p>"),
@@ -169,6 +184,8 @@ def write_report(run_dir:str|Path,        # a run directory the stages wrote
 def report_figures(run_dir:str|Path) -> dict:
     "The figures the report shows, as numbers (what a rerun elsewhere, e.g. on SLURM, is compared by): absent stages left out."
     run, out = RunDir(run_dir), {}
+    cur = _read_json(run.root/"curate"/"report.json")
+    if cur: out["curate"] = {d: v["funnel"] for d, v in cur["domains"].items()}
     s = _read_json(run.stage("pretrain").root/"summary.json")
     if s: out["bpb"] = {d: {"model": v, "unigram": (s.get("unigram_bpb") or {}).get(d)} for d, v in (s.get("val_bpb") or {}).items()}
     ev = _read_json(run.stage("sft").root/"eval.json")

@@ -181,7 +181,7 @@ def test_mistyped_stage_or_force_is_one_line_before_anything_is_made(tiny, bad_i
     assert (r.returncode, r.stderr) == (2, "forge-nb: error: --force rl: not a stage of this pipeline (data, pretrain)\n"), show(r)
     bad_input("config", "--force with a stage the run does not have", r, names=["--force rl", "data, pretrain"])
     r = forge("run", "t.yaml", "--stage", "pertrain", "--set", "name=typo", cwd=tiny)
-    assert r.returncode == 2 and r.stderr.startswith("forge-nb: error: --stage pertrain: no such stage (the stages: data, pretrain"), show(r)
+    assert r.returncode == 2 and r.stderr.startswith("forge-nb: error: --stage pertrain: no such stage (the stages: curate, data, pretrain"), show(r)
     bad_input("config", "a misspelt stage name in --stage", r, names=["--stage pertrain", "no such stage"])
     assert not (tiny/"typo").exists() and r.stdout == ""                    # nothing made, nothing started
 

@@ -6,39 +6,16 @@ Docs: https://forge-nb.github.io/forge_nb/data/dedup.html.md"""
 
 # %% ../../nbs/data/08_dedup.ipynb #1a528842
 from __future__ import annotations
-import json, math, os, re
+import json, os, re
 from pathlib import Path
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # %% auto #0
-__all__ = ['DedupConfig', 'shingle_hashes', 'minhash_signature', 'minhash_signatures', 'jaccard_estimate', 'shingle_jaccard',
-           'save_signatures', 'load_signatures', 'near_duplicate_clusters']
+__all__ = ['shingle_hashes', 'minhash_signature', 'minhash_signatures', 'jaccard_estimate', 'shingle_jaccard', 'save_signatures',
+           'load_signatures', 'near_duplicate_clusters']
 
 # %% ../../nbs/data/08_dedup.ipynb #1efc0270
-class DedupConfig(BaseModel):
-    "Near-duplicate detection: MinHash of word n-grams, LSH bands, verification threshold."
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
-    enabled: bool = Field(True, description="Remove near duplicates (keep one document per cluster).")
-    ngram: int = Field(5, ge=1, description="Words per shingle (5-grams).")
-    num_perm: int = Field(120, ge=2, description="Signature length: hash functions per document (= bands × rows).")
-    bands: int = Field(20, ge=1, description="LSH bands: documents agreeing on a whole band become a candidate pair.")
-    rows: int = Field(6, ge=1, description="Signature positions per band.")
-    threshold: float = Field(0.8, gt=0, le=1, description="Documents whose word n-gram Jaccard is at least this are near duplicates.")
-    verify_threshold: float|None = Field(None, gt=0, le=1, description="Estimated-Jaccard cut for candidate pairs; None: `threshold` minus two standard errors.")
-    seed: int = Field(1, ge=0, description="Seed of the hash functions (signatures with different seeds cannot be compared).")
-
-    @model_validator(mode="after")
-    def _shape(self):
-        if self.bands * self.rows != self.num_perm:
-            raise ValueError(f"num_perm ({self.num_perm}) must equal bands × rows ({self.bands} × {self.rows} = {self.bands * self.rows})")
-        return self
-
-    def cut(self) -> float:
-        "The estimated-Jaccard cut applied to candidate pairs."
-        if self.verify_threshold is not None: return self.verify_threshold
-        t = self.threshold
-        return max(0.0, t - 2 * math.sqrt(t * (1 - t) / self.num_perm))
+from ..config import DedupConfig  # declared at the ground layer (00_config), beside the `curate:` section that holds it
 
 # %% ../../nbs/data/08_dedup.ipynb #87f77aa5
 _M64 = (1 << 64) - 1

@@ -8,37 +8,13 @@ Docs: https://forge-nb.github.io/forge_nb/data/filters.html.md"""
 from __future__ import annotations
 import re, unicodedata
 from functools import lru_cache
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # %% auto #0
-__all__ = ['CONTRAST_LANGUAGES', 'FilterConfig', 'prose_lines', 'quality_signals', 'language_detector', 'detect_language',
-           'check_document', 'line_key', 'boilerplate_lines', 'strip_lines']
+__all__ = ['CONTRAST_LANGUAGES', 'prose_lines', 'quality_signals', 'language_detector', 'detect_language', 'check_document',
+           'line_key', 'boilerplate_lines', 'strip_lines']
 
 # %% ../../nbs/data/06_filters.ipynb #a3592f85
-class FilterConfig(BaseModel):
-    "Which documents to keep: length, language and quality thresholds, and boilerplate line detection."
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
-    min_words: int = Field(20, ge=0, description="Drop documents with fewer words than this.")
-    max_words: int = Field(200_000, gt=0, description="Drop documents with more words than this.")
-    languages: list[str] = Field(["en"], description="ISO 639-1 codes to keep (e.g. `en`, `de`); empty: no language filter.")
-    language_min_confidence: float = Field(0.5, ge=0, le=1, description="Keep a document when a kept language has at least this confidence (lingua).")
-    language_sample_chars: int = Field(1000, gt=0, description="Characters of prose the language detector reads per document.")
-    quality: bool = Field(True, description="Apply the quality rules below (prose view: Markdown syntax and code blocks removed).")
-    max_symbol_ratio: float = Field(0.15, ge=0, le=1, description="Drop when more than this share of non-space characters are not letters, digits or common punctuation.")
-    min_alpha_word_ratio: float = Field(0.7, ge=0, le=1, description="Drop when fewer than this share of words hold a letter or a digit.")
-    max_duplicate_line_share: float = Field(0.3, ge=0, le=1, description="Drop when more than this share of text lines repeat an earlier line of the document.")
-    max_ellipsis_line_share: float = Field(0.3, ge=0, le=1, description="Drop when more than this share of lines end in `...` or `…` (truncated snippets).")
-    max_mean_word_length: float = Field(15.0, gt=0, description="Drop when the mean word length exceeds this (base64, minified blobs).")
-    boilerplate_min_docs: int = Field(3, ge=2, description="A line is boilerplate when it appears in at least this many documents...")
-    boilerplate_min_share: float = Field(0.0, ge=0, le=1, description="...and in at least this share of the documents given.")
-    boilerplate_min_chars: int = Field(10, ge=1, description="Shorter lines (`Total`, `Yes`) are never boilerplate.")
-
-    @field_validator("languages")
-    @classmethod
-    def _codes(cls, v):
-        bad = [c for c in v if not re.fullmatch(r"[a-z]{2}", c)]
-        if bad: raise ValueError(f"languages: {bad} are not two-letter lowercase ISO 639-1 codes (e.g. 'en', 'de')")
-        return v
+from ..config import FilterConfig  # declared at the ground layer (00_config), beside the `curate:` section that holds it
 
 # %% ../../nbs/data/06_filters.ipynb #ff202c7a
 _FENCE = re.compile(r"^\s*(```|~~~)")

@@ -9,53 +9,13 @@ from __future__ import annotations
 import bisect, ipaddress, math, re
 from collections import Counter
 from functools import lru_cache
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # %% auto #0
-__all__ = ['PII_TYPES', 'CustomRecognizer', 'RedactConfig', 'luhn_ok', 'iban_ok', 'find_emails', 'find_cards', 'find_ibans',
-           'find_ips', 'find_phones', 'find_secrets', 'find_persons', 'find_pii', 'redact']
+__all__ = ['luhn_ok', 'iban_ok', 'find_emails', 'find_cards', 'find_ibans', 'find_ips', 'find_phones', 'find_secrets',
+           'find_persons', 'find_pii', 'redact']
 
 # %% ../../nbs/data/07_redact.ipynb #3f548e8a
-PII_TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SECRET")
-
-class CustomRecognizer(BaseModel):
-    "A user-defined pattern: matches become `<NAME>`."
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="Placeholder name, upper case (`NATIONAL_ID` gives `<NATIONAL_ID>`).", pattern=r"^[A-Z][A-Z0-9_]*$")
-    pattern: str = Field(description="Python regular expression; the whole match is replaced.", min_length=1)
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, v):
-        try: re.compile(v)
-        except re.error as e: raise ValueError(f"pattern is not a valid regular expression ({e.msg} at position {e.pos})") from None
-        return v
-
-class RedactConfig(BaseModel):
-    "What to redact from documents and what to leave."
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
-    enabled: bool = Field(True, description="Redact personal data and secrets.")
-    types: list[str] = Field(list(PII_TYPES), description=f"Built-in types to redact: any of {', '.join(PII_TYPES)}.")
-    allow: list[str] = Field([], description="Public values to keep: literal addresses or numbers, or e-mail domains (`@example.com`).")
-    custom: list[CustomRecognizer] = Field([], description="Extra recognizers `{name, pattern}` (e.g. national id numbers); matches become `<NAME>`.")
-    phone_regions: list[str] = Field(["US"], min_length=1, description="Regions (ISO 3166 alpha-2) for phone numbers written without `+country`; each adds a pass.")
-    ner_model: str|None = Field(None, description="Path of a spaCy pipeline folder (or installed package) for `<PERSON>`; None: names are kept.")
-
-    @field_validator("types")
-    @classmethod
-    def _types(cls, v):
-        bad = [t for t in v if t not in PII_TYPES]
-        if bad: raise ValueError(f"types: unknown {bad}; choose from {list(PII_TYPES)}")
-        return v
-
-    @field_validator("phone_regions")
-    @classmethod
-    def _regions(cls, v):
-        try: from phonenumbers import SUPPORTED_REGIONS       # a config must load even where the [curate] extra is not installed
-        except ImportError: SUPPORTED_REGIONS = None
-        bad = [r for r in v if not re.fullmatch(r"[A-Za-z]{2}", r) or (SUPPORTED_REGIONS is not None and r.upper() not in SUPPORTED_REGIONS)]
-        if bad: raise ValueError(f"phone_regions: {bad} are not regions libphonenumber knows (ISO 3166 alpha-2, e.g. 'US', 'DE')")
-        return [r.upper() for r in v]
+from ..config import RedactConfig  # declared at the ground layer (00_config), beside the `curate:` section that holds it
 
 # %% ../../nbs/data/07_redact.ipynb #72cecad0
 def luhn_ok(digits:str) -> bool:

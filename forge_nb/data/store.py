@@ -18,7 +18,7 @@ __all__ = ['STORE_VERSION', 'input_fingerprint', 'resolve_total_tokens', 'config
            'TokenStore']
 
 # %% ../../nbs/data/14_store.ipynb #b2062fff
-from ..config import PipelineConfig, DataConfig, TokenizerConfig, init_from_problems
+from ..config import PipelineConfig, DataConfig, TokenizerConfig, init_from_problems, with_curated_sources
 from ..runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, is_complete
 from .sources import iter_documents, iter_batches, SourceStats, DataError, markdown_table, resolve_files, source_kind, preview_source
 from .tokenizer import (train_tokenizer, load_tokenizer, TokenizerFiles, tokenizer_fingerprint, tokenizer_sample, encode_documents, encode_batches, token_dtype,
@@ -367,6 +367,7 @@ def run_data_stage(cfg:PipelineConfig,    # the pipeline config
                    log=print,
                   ) -> dict:              # summary (JSON-able)
     "The data stage: build `<run>/data` (tokenizer, token store, manifest, mix report), or reuse it when unchanged."
+    cfg = with_curated_sources(cfg, run_dir)                      # no sources listed: the curate stage's
     from forge_nb.distributed import dist_env
     if problems := init_from_problems(cfg): raise DataError(problems[0])   # before reading anything
     run = RunDir(run_dir); out = run.stage("data").root
