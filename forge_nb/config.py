@@ -475,6 +475,7 @@ class PipelineConfig(ForgeConfig):
     name: str = Field("forge-run", description="Run name: the run directory is `<runs_dir>/<name>`.", pattern=r"^[A-Za-z0-9_.-]+$")
     runs_dir: str = Field("runs", description="Folder holding run directories.")
     stages: list[StageName] = Field(default_factory=lambda: ["data", "pretrain"], description="Stages to run, in order.")
+    curate: CurateConfig = Field(default_factory=CurateConfig, description="Curation: files to text sources.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data mixing.")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model architecture.")

@@ -12,10 +12,11 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['shingle_hashes', 'minhash_signature', 'minhash_signatures', 'jaccard_estimate', 'shingle_jaccard', 'save_signatures',
-           'load_signatures', 'near_duplicate_clusters']
+           'load_signatures', 'near_duplicate_clusters', 'DedupConfig']
 
 # %% ../../nbs/data/08_dedup.ipynb #1efc0270
 from ..config import DedupConfig  # declared at the ground layer (00_config), beside the `curate:` section that holds it
+_all_ = ["DedupConfig"]
 
 # %% ../../nbs/data/08_dedup.ipynb #87f77aa5
 _M64 = (1 << 64) - 1

@@ -11,10 +11,11 @@ from functools import lru_cache
 
 # %% auto #0
 __all__ = ['CONTRAST_LANGUAGES', 'prose_lines', 'quality_signals', 'language_detector', 'detect_language', 'check_document',
-           'line_key', 'boilerplate_lines', 'strip_lines']
+           'line_key', 'boilerplate_lines', 'strip_lines', 'FilterConfig']
 
 # %% ../../nbs/data/06_filters.ipynb #a3592f85
 from ..config import FilterConfig  # declared at the ground layer (00_config), beside the `curate:` section that holds it
+_all_ = ["FilterConfig"]
 
 # %% ../../nbs/data/06_filters.ipynb #ff202c7a
 _FENCE = re.compile(r"^\s*(```|~~~)")

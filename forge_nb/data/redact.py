@@ -12,10 +12,11 @@ from functools import lru_cache
 
 # %% auto #0
 __all__ = ['luhn_ok', 'iban_ok', 'find_emails', 'find_cards', 'find_ibans', 'find_ips', 'find_phones', 'find_secrets',
-           'find_persons', 'find_pii', 'redact']
+           'find_persons', 'find_pii', 'redact', 'RedactConfig']
 
 # %% ../../nbs/data/07_redact.ipynb #3f548e8a
 from ..config import RedactConfig  # declared at the ground layer (00_config), beside the `curate:` section that holds it
+_all_ = ["RedactConfig"]
 
 # %% ../../nbs/data/07_redact.ipynb #72cecad0
 def luhn_ok(digits:str) -> bool:
