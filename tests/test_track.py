@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from forge_nb.runs import save_config
-from forge_nb.pipeline import tiny_config
+from forge_nb.demo import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
