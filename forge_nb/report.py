@@ -10,7 +10,7 @@ import html, json, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['stage_times', 'write_report', 'report_figures']
+__all__ = ['NO_TEXT', 'shown_answer', 'stage_times', 'write_report', 'report_figures']
 
 # %% ../nbs/45_report.ipynb #c09ca501
 from .config import STAGES
@@ -34,6 +34,13 @@ def _table(rows:list, cols:list|None=None) -> str:
 def _section(title:str, sid:str, body:str) -> str: return f"<section id='{sid}'><h2>{html.escape(title)}</h2>{body}</section>"
 
 # %% ../nbs/45_report.ipynb #80e93f88
+NO_TEXT = "(no text: the model ended its answer at once)"
+
+def shown_answer(text:str|None, # a generated answer
+                ) -> str:        # what a table shows for it
+    "A generation as a table shows it: an empty one says so, instead of an empty cell that reads as a missing value."
+    return text if (text or "").strip() else NO_TEXT
+
 def _metrics_span(path:Path) -> float|None:
     "Seconds from a stage's first metrics record to its last (None with fewer than two timed records)."
     t = [r["time"] for r in read_metrics(path) if isinstance(r.get("time"), (int, float))]
@@ -84,7 +91,7 @@ def _sft(run:RunDir) -> str:
     if not ev: return "<p class='none'>no SFT evaluation (sft/eval.json)</p>"
     b, a = ev["before"], ev["after"]
     rows = [("loss", [b["loss"], a["loss"]]), ("bits/byte", [b["bpb"], a["bpb"]])]
-    gens = [{"prompt": g["prompt"], "reference": g.get("reference"), "before SFT": g["before"], "after SFT": g["after"]}
+    gens = [{"prompt": g["prompt"], "reference": g.get("reference"), "before SFT": shown_answer(g["before"]), "after SFT": shown_answer(g["after"])}
             for g in ev.get("generations", [])]
     return (f"<p>held-out assistant tokens of {ev['heldout_examples']} examples from pages SFT never saw</p>"
             + str(bar_chart(rows, ["pretrained", "after SFT"], title="held-out loss and bits per byte", width=420,
