@@ -155,12 +155,13 @@ TUTORIAL_OUTPUTS = {
     "tutorials/slurm.html": ["#SBATCH", "partition"],
     "tutorials/align_policy.html": ["no_competitors", "compliance on", "policy compliance on held-out prompts", "rules.0 (no_competitors).regex"],
     "tutorials/studio.html": ["does not exist", "needs 'data'", "COMPLETED", "bits per byte", "studio/pretrain"],
+    "tutorials/curate.html": ["curation funnel", "scan-no-text.pdf", "planted values found: []", "Receipt needed", "curate/sources/handbook.jsonl"],
 }
 
 def test_tutorials_are_pages_of_the_tutorials_section():
     "Numbered notebooks in nbs/tutorials/, first in the sidebar after the index, linked from it, exporting nothing."
     assert [p.name for p in TUTORIALS] == ["01_first_model.ipynb", "02_mix_corpora.ipynb", "03_slurm.ipynb", "04_align_policy.ipynb",
-                                            "05_studio.ipynb"]
+                                            "05_studio.ipynb", "06_curate.ipynb"]
     pages = find_pages(NBS)
     assert [p.rel for p in pages[1:1 + len(TUTORIALS)]] == [f"tutorials/{p.name}" for p in TUTORIALS]
     assert {f"tutorials/{p.href.split('/')[-1]}" for p in pages if p.section == "tutorials"} == set(TUTORIAL_OUTPUTS)
