@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         if not st.implemented: continue
         p = add(st.name, help=f"{st.title} (launches the `{st.name}` stage and waits)")
         _add_config_args(p, foreground=True)
+        if st.name == "curate":
+            p.add_argument("--strict", action="store_true", help="exit non-zero when any file could not be converted (curate.strict)")
 
     runs_dir = dict(default="runs", help="folder of run directories (default: runs)")
     p = add("jobs", help="list submitted jobs and their states")
@@ -247,6 +249,7 @@ def main(argv:list|None=None) -> int:
         if args.cmd == "demo": return _cmd_demo(args)
         if args.cmd == "run": return _cmd_run(args)
         if args.cmd in STAGES:
+            if getattr(args, "strict", False): args.overrides.append("curate.strict=true")
             rc = _cmd_run(args, stages=[args.cmd])
             if args.cmd == "rl" and not rc: from forge_nb.rl import cli_report; cli_report(_load(args))   # the compliance report
             return rc

@@ -102,7 +102,7 @@ def test_curate_verb_as_a_job_with_progress_and_strict(tmp_path, share, job_env)
     run = tmp_path/"runs"/"cur"
     assert sorted(p.name for p in (run/"curate"/"shards").iterdir()) == ["00000", "00001", "00002"]
     # strict: the same inputs fail the stage, with one line naming a failed file and the report
-    r = _run(["curate", str(cfgp), "--foreground", "--set", "curate.strict=true"], job_env)
+    r = _run(["curate", str(cfgp), "--foreground", "--strict"], job_env)
     assert r.returncode != 0
     err = r.stderr.strip().splitlines()
     assert any("curate.strict" in x and "failed" in x for x in err), r.stderr[-2000:]
