@@ -179,11 +179,6 @@ def main():
     if a.json: Path(a.json).write_text(json.dumps({"seconds": seconds, "steps": steps, "load": load, "cpu_capability": cap,
                                                    "per_second": per_s, "per_step": per_step}, indent=1))
     if tmp: tmp.cleanup()
-    from benchlib import emit, figure                      # the result line bench/run reads (bench/benchlib.py)
-    emit("quality", [figure(f"Muon val bpb (mean, {seconds:.0f} s each)", round(my, 4), "bits/byte", "AdamW, same wall-clock budget",
-                            round(mx, 4), better="lower"),
-                     figure("Muon steps in the budget", res["muon"]["steps"], "steps", "AdamW", res["adamw"]["steps"])], quick=a.quick)
-
 
 if __name__ == "__main__":
     main()

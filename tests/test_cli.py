@@ -36,6 +36,12 @@ README_COMMANDS = {   # a command the README shows -> the test that runs it (a n
     ".venv/bin/forge-nb docs build": "test_docs.py::test_full_site_in_browser",
     "forge-nb docs readme": "test_cli.py::test_docs_commands",
     "forge-nb docs outputs": "test_cli.py::test_docs_commands",
+    "bash scripts/test.sh --heavy": ".ci/run",                           # `.ci/run --heavy`, the scheduled heavier target
+    "forge-nb curate my.yaml": "test_curate.py::test_curate_verb_as_a_job_with_progress_and_strict",
+    "forge-nb demo --curate": "test_curate.py::test_tiny_demo_from_raw_files",
+    "forge-nb profiles": "test_wheel.py::test_wheel_ships_the_profiles",
+    "forge-nb profiles copy NAME": "test_wheel.py::test_wheel_ships_the_profiles",
+    "forge-nb track sync RUN": "test_track.py::test_killed_tracker_loses_nothing",
 }
 
 def readme_commands(text:str) -> set:
