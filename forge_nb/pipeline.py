@@ -126,6 +126,14 @@ def _hash(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, def
 def _producer(cfg:PipelineConfig, need:str) -> str|None:
     return next((s for s in STAGES if need in STAGES[s].makes), None)
 
+def _curated_paths(cfg:PipelineConfig, run_dir) -> list:
+    "The data sources that are the curate stage's output in this run (listed, or implied by an empty `data.sources`)."
+    from forge_nb.config import with_curated_sources
+    d = (Path(run_dir)/"curate"/"sources").resolve()
+    return [s.path for s in with_curated_sources(cfg, run_dir).data.sources if Path(s.path).resolve().parent == d]
+
+def _reads_curated(cfg:PipelineConfig, run_dir) -> bool: return bool(_curated_paths(cfg, run_dir))
+
 def stage_key(cfg:PipelineConfig,   # the pipeline config
               stage:str,            # the stage
               run_dir:str|Path,     # its run directory (keys of stages made earlier are read there)
@@ -134,14 +142,23 @@ def stage_key(cfg:PipelineConfig,   # the pipeline config
     "What a stage's outputs are a function of: its config sections, the files they name, and the keys of the stages it reads."
     from forge_nb.launch import stage_inputs
     if stage == "data":                        # the data stage's own reuse key, the one its manifest records
+        from forge_nb.config import with_curated_sources
         from forge_nb.data.store import config_hash, input_fingerprint
-        return config_hash(cfg, input_fingerprint(cfg.data, cfg.tokenizer))
+        cur = with_curated_sources(cfg, run_dir)
+        if not all(Path(p).exists() for p in _curated_paths(cfg, run_dir)):   # not written yet: the curate stage runs first
+            return _hash({"stage": "data", "curated": (keys or {}).get("curate") or recorded_key(run_dir, "curate")})
+        return config_hash(cur, input_fingerprint(cur.data, cur.tokenizer))
     keys = keys or {}
     secs = {s: getattr(cfg, s).to_dict() for s in stage_sections(stage) if getattr(cfg, s, None) is not None}
     ups = {}
     for n in stage_inputs(cfg, stage):
         p = _producer(cfg, n)
         ups[n] = keys.get(p) or recorded_key(run_dir, p) if p else None
+        if p == "data" and _reads_curated(cfg, run_dir):   # a store of curated sources: known before they are written
+            ups[n] = _hash({"curate": keys.get("curate") or recorded_key(run_dir, "curate"), "data": cfg.data.to_dict(), "tokenizer": cfg.tokenizer.to_dict()})
+    if stage == "curate" and cfg.curate.inputs:          # the share's files (added, changed, removed) count as inputs
+        from forge_nb.data.curate import share_fingerprint
+        secs["share"] = share_fingerprint(cfg.curate)
     return _hash({"stage": stage, "sections": secs, "files": _named_files(secs), "needs": ups})
 
 # %% ../nbs/70_pipeline.ipynb #4cc6069f

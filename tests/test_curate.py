@@ -78,7 +78,10 @@ def test_share_to_training_through_the_cli(tmp_path, share, job_env):
         if f.is_file():
             b = f.read_bytes()
             assert not any(v.encode() in b for v in PLANTED_PII.values()), f
-    assert sum(d["text"].count("<EMAIL>") for d in docs) >= 1
+    # ...and each planted kind replaced where it stood: counted in the shards' documents, before boilerplate removal (the
+    # same redacted contact line in many documents is boilerplate, so the curated sources may have dropped it)
+    shard_docs = "".join(p.read_text() for p in (run/"curate"/"shards").glob("*/docs.jsonl"))
+    assert all(shard_docs.count(f"<{kind}>") >= 1 for kind in PLANTED_PII), shard_docs[:2000]
     # the data stage mixed the curated source; pretraining ran
     man = json.loads((run/"data"/"manifest.json").read_text())
     assert [r["source"] for r in man["mix"]["table"]] == ["handbook"]
