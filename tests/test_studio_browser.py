@@ -40,6 +40,7 @@ def test_studio_tabs_follow_the_form_and_messages_stay_current(lab, browser, art
     kernel = lambda: out.read_text() if out.exists() else ""
 
     # 1 + 3: two sources added on the config tab, the second with a path that is not there
+    tab("data")                                   # the form's section tabs open on the first section (curate)
     add = studio.locator(".forge-form button.jupyter-button:has-text('Add source')")
     for i, (name, path) in enumerate([("news", "news28.jsonl"), ("code", "nope28.jsonl")]):
         add.click()
