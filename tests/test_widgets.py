@@ -247,11 +247,16 @@ def test_launch_panel_all_stages_chains_them_on_slurm(slurm_cluster, tmp_path):
     in order, each held by `afterok` on the job before it, as the scheduler reports it (scontrol and squeue, not our
     objects). The jobs get a begin time 10 minutes ahead, so all are still pending (dependencies unfulfilled) when
     read; they are cancelled at the end, nothing runs."""
-    from forge_nb.config import STAGES
+    from forge_nb.config import STAGES, RLConfig
+    from forge_nb.demo import demo_task
     stages = [n for n, st in STAGES.items() if st.implemented]
     assert len(stages) >= 2, stages
     cfg = PipelineConfig(name="chain", runs_dir=str(tmp_path/"runs"), stages=stages,
                          resources=ResourcesConfig(cluster="slurm", partition="cpu", time_min=5, sbatch_extra={"begin": "now+600"}))
+    panel = LaunchPanel(cfg, stage="all")      # the default RL method (GRPO) without its policy and prompts: refused before submitting
+    assert panel.launch_button.disabled and "rl.policy: required for method 'grpo'" in panel.problems, panel.problems
+    task = demo_task(tmp_path/"task", n_chat=8, n_prompts=4, n_heldout=2)
+    cfg = cfg.model_copy(update={"rl": RLConfig(policy=str(task["policy"]), prompts=str(task["prompts"]))})
     panel = LaunchPanel(cfg, stage="all")
     assert "chained" in panel.preview.value and not panel.launch_button.disabled, panel.problems
     panel.launch_button.click()
@@ -269,9 +274,10 @@ def test_launch_panel_all_stages_chains_them_on_slurm(slurm_cluster, tmp_path):
         subprocess.run(["scancel"] + ids, check=False)
 
 @pytest.mark.slurm
-def test_launch_panel_reads_partitions_and_previews_sbatch(slurm_cluster):
+def test_launch_panel_reads_partitions_and_previews_sbatch(slurm_cluster, tmp_path):
     from forge_nb.launch import cluster_partitions
-    panel = LaunchPanel(PipelineConfig(resources=ResourcesConfig(cluster="slurm")))
+    (tmp_path/"forge-run"/"data").mkdir(parents=True)     # what the pretrain stage (the panel's default) reads
+    panel = LaunchPanel(PipelineConfig(runs_dir=str(tmp_path), resources=ResourcesConfig(cluster="slurm")))
     names = [p["name"] for p in cluster_partitions()]
     assert [v for _, v in panel.partition.options][1:] == names
     panel.partition.value = "gpu"

@@ -203,7 +203,16 @@ def input_problems(self:LaunchPanel) -> list[str]:
     except Exception as e: miss = [f"the stage inputs cannot be checked: {e}"]
     if self.stage.value != "all":   # one stage: say how to get what it needs
         miss = [m + (": launch the stage that makes it first, or choose “all stages (chained)”" if " needs " in m else "") for m in miss]
+    if not out: miss += self.content_problems(stages)
     return list(dict.fromkeys(out + miss))
+
+@patch
+def content_problems(self:LaunchPanel, stages:list) -> list[str]:
+    "What each stage's own input check (`forge_nb.launch.check_inputs`: a bad line, a field its method needs) would refuse at submission."
+    try: L.check_inputs(self._cfg, stages)
+    except ConfigError as e: return [f"{l}: {m}" + (f" ({w})" if w else "") for l, m, w in e.errors]
+    except Exception as e: return [str(e)]
+    return []
 
 # %% ../../nbs/widgets/62_launch_panel.ipynb #fe2a096c
 @patch
