@@ -155,12 +155,12 @@ class DocsBuildError(RuntimeError):
 _DOC_DIRS = {"export", "exports", "exporti", "exec_doc"}
 
 def _needed_for_docs(c) -> bool:
-    "Does nbdev run this cell when it only renders show_doc (exports, imports, show_doc calls, our set-up cell)?"
+    "Does nbdev run this cell when it only renders show_doc (exports, cells of only imports and show_doc calls, our set-up cell)?"
     d = cell_directives(c.source)
     if d.keys() & _DOC_DIRS or "forge_docs_idx" not in c.metadata: return True
     try: tree = ast.parse(strip_directives(c.source))
     except SyntaxError: return False
-    return any(isinstance(t, (ast.Import, ast.ImportFrom)) or
+    return all(isinstance(t, (ast.Import, ast.ImportFrom)) or     # an import beside other code: that code may need cells not run
                isinstance(t, ast.Expr) and isinstance(t.value, ast.Call) and getattr(t.value.func, "id", None) == "show_doc"
                for t in tree.body)
 

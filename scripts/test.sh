@@ -5,7 +5,8 @@
 #   bash scripts/test.sh --heavy    the opt-in tests, none of which the line above runs (CI's scheduled heavy target,
 #                                   `.ci/run --heavy`; hours on 2 cores, the soak alone about one): the `#| slow` notebook cells (41_rl's
 #                                   GRPO demo), the SFT and GRPO parts of `bench/gpu.sh --dry-run`, the fault soak (>= 50
-#                                   faults, SLURM faults included: `-m soak`) and the full demo (`-m full_demo`)
+#                                   faults, SLURM faults included: `-m soak`), the full demo (`-m full_demo`) and the
+#                                   tests marked `heavy` (`-m heavy`: the executed full docs site, 800 pretraining steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 heavy=0
@@ -22,6 +23,7 @@ if [ $heavy -eq 1 ]; then
   step env FORGE_TEST_GPU_DRY_ALL=1 GPU_BENCH_SCALE=12 pytest tests/test_bench.py -ra -k test_gpu_sh_dry_run_sft_and_grpo_parts "$@"
   step pytest tests/test_faults.py -ra -m soak --durations=15 "$@"
   step pytest tests/test_demo.py -ra -m full_demo "$@"
+  step pytest tests -ra -m heavy --durations=15 "$@"
   exit $rc
 fi
 echo "[test] notebook tests (nbdev-test)"

@@ -1,7 +1,8 @@
 """Shared pytest set-up. Markers: `slow` (minutes of CPU), `slurm` (needs the local cluster: `slurm/dev-cluster up`),
 `browser` (JupyterLab + Chromium), `bad_input` (given automatically to every test that takes the `bad_input` fixture,
 below: the tests the bad-input catalogue is made from), `soak` (long fault-injection runs: deselected unless `-m` names
-it, e.g. `pytest tests/test_faults.py -m soak`), `full_demo` (the whole demo at its own settings: `-m full_demo`).
+it, e.g. `pytest tests/test_faults.py -m soak`), `full_demo` (the whole demo at its own settings: `-m full_demo`), `heavy`
+(minutes each, run by `scripts/test.sh --heavy`, not on every commit: `-m heavy`).
 Outside CI a missing cluster or browser skips its tests; in CI (`CI` set, as CI services do) it fails them: CI must run every test."""
 import dataclasses, json, os, re, shlex, shutil, subprocess, pytest
 from pathlib import Path
@@ -13,7 +14,8 @@ def pytest_configure(config):
                    ("browser", "needs JupyterLab and Debian's Chromium"),
                    ("bad_input", "asserts what a user sees on bad input (the `bad_input` fixture; the docs' catalogue page)"),
                    ("soak", "long fault-injection runs (>= 50 faults); deselected unless -m names soak"),
-                   ("full_demo", "the whole `forge-nb demo` at its own settings (its time: bench/bench_demo.py); deselected unless -m names full_demo")]:
+                   ("full_demo", "the whole `forge-nb demo` at its own settings (its time: bench/bench_demo.py); deselected unless -m names full_demo"),
+                   ("heavy", "minutes each (the executed full docs site, 800 pretraining steps): scripts/test.sh --heavy; deselected unless -m names heavy")]:
         config.addinivalue_line("markers", f"{m}: {doc}")
 
 # The browser the browser tests drive: Debian's `chromium` package, the one `scripts/setup.sh --system` installs.
@@ -96,10 +98,10 @@ CATALOGUE_OUT = os.environ.get("FORGE_CATALOGUE_OUT")     # set by `forge-nb doc
 _FOLLOW_UP = re.compile(r"^forge-nb: (stage '[^']+' failed \(|run it again with --debug)")
 
 def pytest_collection_modifyitems(config, items):
-    "Mark the bad-input tests; soak and full_demo tests run only when asked for by name (`-m soak`, `-m full_demo`): the default suite and CI leave them out."
+    "Mark the bad-input tests; soak, full_demo and heavy tests run only when asked for by name (`-m soak`, `-m full_demo`, `-m heavy`): the default suite and CI's per-commit run leave them out."
     for item in items:
         if "bad_input" in getattr(item, "fixturenames", ()): item.add_marker(pytest.mark.bad_input)
-    for opt_in in ("soak", "full_demo"):
+    for opt_in in ("soak", "full_demo", "heavy"):
         if opt_in in (config.getoption("-m") or ""): continue
         keep = [i for i in items if i.get_closest_marker(opt_in) is None]
         if len(keep) < len(items):

@@ -2,7 +2,8 @@
 renderer and the sync checks.
 
 Browser tests need Debian's `/usr/bin/chromium` (`scripts/setup.sh --system` installs it) and the Playwright Python
-package; they never run `playwright install`. Without them they skip, and in CI fail (the `chromium` fixture, conftest.py). The full-site test executes every notebook (about a minute on 2 cores): marked `slow`."""
+package; they never run `playwright install`. Without them they skip, and in CI fail (the `chromium` fixture, conftest.py). The full-site tests execute every notebook (about six minutes on 2 cores, on top of nbdev-test's own run of them):
+marked `heavy`, run by `scripts/test.sh --heavy`; on every commit the stable subset is built, executed and opened."""
 import json, os, re, shutil, subprocess, time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -124,7 +125,7 @@ def full_site(tmp_path_factory):
     site = build_site(NBS, tmp_path_factory.mktemp("full")/"_site", execute=True, timeout=600)
     return site, expected, time.monotonic() - t
 
-@pytest.mark.slow
+@pytest.mark.heavy         # minutes: every notebook executed again (nbdev-test runs them on every commit); `scripts/test.sh --heavy`
 @pytest.mark.browser
 def test_full_site_in_browser(browser, tmp_path, artifacts_dir, full_site):
     "Every notebook in nbs/ executed and rendered; every page opens without errors, CDN requests or broken links."
@@ -214,7 +215,7 @@ def check_tutorial_pages(site: Path, cluster: bool):
     else:
         assert "No SLURM cluster answers on this machine" in slurm and "not run:" in slurm
 
-@pytest.mark.slow
+@pytest.mark.heavy         # the executed full site, shared with test_full_site_in_browser
 def test_tutorial_pages_show_their_outputs(full_site):
     "The full site (built once for this module) has every tutorial page with its outputs; in CI, the SLURM one with real jobs."
     check_tutorial_pages(full_site[0], cluster=in_ci() or slurm_up())

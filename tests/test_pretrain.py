@@ -119,7 +119,7 @@ def test_two_ranks_match_one_process(tmp_path, store_dir, parallel):
     assert max(abs(x - y) for (_, x), (_, y) in zip(a[8:], b[8:])) < 1e-4 * a[8][1], list(zip(a[8:], b[8:]))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy         # about six minutes on 2 cores: `scripts/test.sh --heavy` (test_muon checks on every commit that a model learns)
 def test_demo_corpus_beats_unigram(tmp_path):
     """A tiny Llama trained for ~3 minutes (800 steps of 4,096 tokens) on the demo corpus (Python's stdlib: module source, the reference manual,
     docstrings) reaches a validation bits-per-byte clearly below the unigram baseline of every source.
