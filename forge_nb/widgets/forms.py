@@ -169,9 +169,9 @@ class _ModelForm:
         self.fields, rows, nested = {}, [], []
         for name, finfo in cls.model_fields.items():
             v, p = _value_of(value, name, finfo), path + (name,)
-            kind, _, extra = field_kind(finfo.annotation)
+            kind, optional, extra = field_kind(finfo.annotation)
             if kind == "model":
-                f = _NestedField(name, finfo, extra, v, p, on_change, depth + 1); nested.append(f)
+                f = _NestedField(name, finfo, extra, v, p, on_change, depth + 1, optional=optional); nested.append(f)
             elif kind == "model_list":
                 f = _ModelListField(name, finfo, extra, v, p, on_change, depth + 1); rows.append(f.widget)
             else:
@@ -225,25 +225,40 @@ class _ModelForm:
 
 # %% ../../nbs/widgets/60_forms.ipynb #ffe0405c
 class _NestedField:
-    "A nested config (e.g. `pretrain.optim`): a sub-form built when first opened; its title says when it holds errors."
-    def __init__(self, name, finfo, cls, value, path, on_change, depth, lazy:bool=True):
+    """A nested config (e.g. `pretrain.optim`): a sub-form built when first opened; its title says when it holds errors.
+    An optional one (`curate.inputs[i].filters`: None inherits `curate.filters`) gets a check box: unticked, the field
+    is None and its sub-form hidden; ticked, the sub-form's values."""
+    def __init__(self, name, finfo, cls, value, path, on_change, depth, lazy:bool=True, optional:bool=False):
         self.name, self.finfo, self.cls, self.path, self.bad = name, finfo, cls, path, False
         self.value, self.on_change, self.depth, self.form = value, on_change, depth, None
         self.widget, self.note = W.VBox(), W.HTML()     # `note`: a line above the sub-form (the model's size)
         self.widget.add_class(_css(path))
+        self.use = None
+        if optional:
+            self.use = W.Checkbox(value=value is not None, description=f"set {name} here (unticked: None)", indent=False)
+            self.use.add_class(_css(path + ("set",)))
+            self.use.observe(self._toggled, "value")
+            self.widget.children = [self.use]
         if not lazy: self.build()
+    def _toggled(self, change):
+        self._show(); self.on_change()
+    def _show(self):
+        if self.form is not None: self.form.widget.layout.display = None if self.use is None or self.use.value else "none"
     def build(self) -> _ModelForm:
         "The sub-form, built now if it was not yet (a closed tab or accordion costs nothing until opened)."
         if self.form is None:
             self.form = _ModelForm(self.cls, self.value, self.path, self.on_change, self.depth)
-            self.widget.children = [self.note, self.form.widget]
+            self.widget.children = [self.note] + ([self.use] if self.use is not None else []) + [self.form.widget]
+            self._show()
         return self.form
     def title(self) -> str: return self.name + (" ✗" if self.bad else "")
     def collect(self, errors):
+        if self.use is not None and not self.use.value: return None
         if self.form: return self.form.collect(errors)
         v = self.value
         return v.to_dict() if isinstance(v, BaseModel) else dict(v or {})
     def set(self, v):
+        if self.use is not None: self.use.value = v is not None
         if self.form: self.form.set(v)
         else: self.value = v
     def show(self, rest, msg): self.build().show(rest, msg)
