@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['NS_COEFFICIENTS', 'lr_multiplier', 'make_scheduler', 'Optimizers', 'optimizer_groups', 'make_optimizer',
+__all__ = ['NS_COEFFICIENTS', 'lr_multiplier', 'make_scheduler', 'CombinedOptimizer', 'optimizer_groups', 'make_optimizer',
            'newton_schulz', 'Muon', 'bf16_speedup', 'ns_precision', 'Runtime', 'make_runtime', 'precision_line',
            'document_ids', 'document_block_mask', 'model_inputs', 'rng_state', 'set_rng_state', 'save_rng_states',
            'load_rng_state', 'seed_everything', 'full_model_state', 'save_weights', 'load_weights', 'plain_json',
            'sharded_state', 'set_sharded_state', 'flat_tensors', 'PendingSave', 'save_failed', 'TrainState',
            'grad_sync', 'lm_loss_sum', 'train_step', 'check_batch', 'step_loss', 'prepare_model', 'build_state',
            'parallelize', 'eval_share', 'evaluate', 'unigram_bpb', 'sample_texts', 'memory_gb', 'device_peak_flops',
-           'due', 'Checkpointer', 'Validator', 'Reporter', 'export_model', 'open_store', 'run_pretrain',
+           'step_is_due', 'Checkpointer', 'Validator', 'Reporter', 'export_model', 'open_store', 'run_pretrain',
            'checkpoint_info', 'check_resume']
 
 # %% ../nbs/21_pretrain.ipynb #0da20b59
@@ -54,7 +54,7 @@ def make_scheduler(optimizer, optim:OptimConfig, total_steps:int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_multiplier, optim=optim, total_steps=total_steps))
 
 # %% ../nbs/21_pretrain.ipynb #33d5c4bf
-class Optimizers(torch.optim.Optimizer):
+class CombinedOptimizer(torch.optim.Optimizer):
     "Optimizers over disjoint parameters acting as one: one `step`, one `param_groups` list, one `state`, one `state_dict`."
     def __init__(self, *optimizers:torch.optim.Optimizer):
         self.optimizers, self._sizes = list(optimizers), [len(o.param_groups) for o in optimizers]
@@ -79,7 +79,7 @@ class Optimizers(torch.optim.Optimizer):
         super().load_state_dict(state_dict)   # replaces param_groups and state with new objects: hand them to the parts
         self._share()
 
-    def __repr__(self): return f"Optimizers({', '.join(type(o).__name__ for o in self.optimizers)})"
+    def __repr__(self): return f"CombinedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
 
 def optimizer_groups(model) -> dict:
     "The trainable parameters by role: `matrices` (2-D hidden weights), `embed_head` (embedding, output head), `vectors` (norms, biases)."
@@ -101,7 +101,7 @@ def _adamw(groups:list, optim:OptimConfig) -> torch.optim.AdamW:
 def make_optimizer(model, optim:OptimConfig,
                    ns_dtype:torch.dtype|None=None,   # Muon's Newton–Schulz dtype (None: `ns_precision` for the parameters' device)
                   ) -> torch.optim.Optimizer:
-    "`adamw`: AdamW, decay on ≥2-D weights only. `muon`: Muon on the hidden matrices + AdamW on the rest, as one `Optimizers`."
+    "`adamw`: AdamW, decay on ≥2-D weights only. `muon`: Muon on the hidden matrices + AdamW on the rest, as one `CombinedOptimizer`."
     if optim.name == "adamw":
         params = [p for p in model.parameters() if p.requires_grad]
         return _adamw([{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
@@ -112,7 +112,7 @@ def make_optimizer(model, optim:OptimConfig,
                 nesterov=True, adjust_lr_fn=optim.muon_adjust_lr, ns_dtype=ns_dtype)
     adamw = _adamw([{"params": g["embed_head"], "weight_decay": optim.weight_decay},
                     {"params": g["vectors"], "weight_decay": 0.0}], optim)
-    return Optimizers(adamw, muon)
+    return CombinedOptimizer(adamw, muon)
 
 # %% ../nbs/21_pretrain.ipynb #7c9e237e
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)   # torch.optim.Muon's (Keller Jordan's) quintic
@@ -690,7 +690,7 @@ def device_peak_flops(rt:Runtime, pc:PretrainConfig) -> float|None:
     return None
 
 # %% ../nbs/21_pretrain.ipynb #1dec86c0
-def due(step:int, every:int, last:int) -> bool:
+def step_is_due(step:int, every:int, last:int) -> bool:
     "Is `step` one of every `every` steps, or the last one? (`every` 0: only the last)"
     return step == last or (every > 0 and step % every == 0)
 
@@ -715,7 +715,7 @@ class Checkpointer:
         self.log(f"pretrain: resuming from {ck} (step {state.step})")
         return state.step
 
-    def due(self, step:int) -> bool: return due(step, self.every, self.last)
+    def due(self, step:int) -> bool: return step_is_due(step, self.every, self.last)
 
     def save(self, state:TrainState, blocking:bool=False, **info) -> Path:
         "Start writing `state` as `step_<step>` (unless saved already); the previous save is finished first."
@@ -748,7 +748,7 @@ class Validator:
 
     def validate(self, model, step:int) -> dict:
         "`val/<source>/loss` and `val/<source>/bpb` when `step` is an evaluation step, else `{}`."
-        if not due(step, self.pc.eval_every, self.pc.steps): return {}
+        if not step_is_due(step, self.pc.eval_every, self.pc.steps): return {}
         return evaluate(model, self.store, self.rt, self.pc.micro_batch_size, self.pc.eval_batches)
 
     def samples(self, model, step:int) -> dict:
@@ -782,7 +782,7 @@ class Reporter:
     def train_step(self, step:int, out:dict):
         "Count the step's tokens; every `log_every` steps (and the last) record loss, lr, grad norm, throughput, memory."
         self.tokens_since += self.batch_tokens
-        if not due(step, self.pc.log_every, self.pc.steps): return
+        if not step_is_due(step, self.pc.log_every, self.pc.steps): return
         loss, gn = step_loss(out), _scalar(out["grad_norm"])
         dt = max(time.perf_counter() - self.t0 - self.paused_s, 1e-9)
         s = dict(loss=loss, lr=out["lr"], grad_norm=gn, tokens=step * self.batch_tokens,

@@ -472,7 +472,7 @@ def _to_batch(ids:np.ndarray, pos:np.ndarray, used:np.ndarray) -> dict:
     return {"input_ids": x, "labels": torch.from_numpy(np.where(mask, ids.astype(np.int64), -100).astype(np.int64)),
             "position_ids": torch.from_numpy(pos.astype(np.int64)), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
 
-class _Rows:
+class _ShardRows:
     "Memory-mapped shards read as one [N, T] array (rows gathered across shard boundaries)."
     def __init__(self, folder:Path, shards:list, val:bool=False):
         f = lambda k, s: folder/(f"{k}.npy" if val else f"{k}_{s['name']}.npy")
@@ -515,7 +515,7 @@ def stage_shuffled_order(base:np.ndarray,  # rows of the stream, stage after sta
 # %% ../../nbs/data/14_store.ipynb #f6dffc08
 class TokenLoader:
     "Infinite, exactly resumable iterator of this rank's micro-batches (dicts of torch tensors)."
-    def __init__(self, rows:_Rows, base:np.ndarray, micro_batch_size:int=8, rank:int=0, world_size:int=1,
+    def __init__(self, rows:_ShardRows, base:np.ndarray, micro_batch_size:int=8, rank:int=0, world_size:int=1,
                  seed:int=0, start_step:int=0, stages=None,
                  segments:list|None=None,  # (stage index, rows) per curriculum stage in `base`; None: one stage
                  shuffle:bool=True,        # shuffle epoch 0 within each stage; False: the store's order
@@ -591,7 +591,7 @@ class TokenLoader:
 # %% ../../nbs/data/14_store.ipynb #dd8c36d8
 class ValLoader:
     "Finite iterable over one source's validation sequences, in order (the last batch may be short)."
-    def __init__(self, rows:_Rows, micro_batch_size:int=8):
+    def __init__(self, rows:_ShardRows, micro_batch_size:int=8):
         self.rows, self.B = rows, micro_batch_size
     def __len__(self): return -(-len(self.rows) // self.B)
     def __iter__(self):
@@ -626,8 +626,8 @@ class TokenStore:
         "The store's tokenizer (Hugging Face, offline)."
         return load_tokenizer(self.tokenizer_path)
 
-    def _rows(self) -> _Rows:
-        if self._train is None: self._train = _Rows(self.path/"train", self.manifest["train"]["shards"])
+    def _rows(self) -> _ShardRows:
+        if self._train is None: self._train = _ShardRows(self.path/"train", self.manifest["train"]["shards"])
         return self._train
 
     def _base(self, stages) -> tuple[np.ndarray, list]:
@@ -666,7 +666,7 @@ class TokenStore:
         "Batches of one source's held-out documents, for per-domain loss and bits per byte."
         if source not in self.manifest["val"]:
             raise DataError(f"val_loader: no validation data for {source!r}; sources with validation data: {self.val_sources}")
-        if source not in self._val: self._val[source] = _Rows(self.path/"val"/source, [{"name": "val"}], val=True)
+        if source not in self._val: self._val[source] = _ShardRows(self.path/"val"/source, [{"name": "val"}], val=True)
         return ValLoader(self._val[source], micro_batch_size)
 
     def mix_report(self) -> str:
