@@ -55,7 +55,8 @@ def test_impossible_policy_stops_before_training(tmp_path, task, base_model):
     with pytest.raises(ConfigError) as e:
         run_rl(_cfg(tmp_path, "x", base_model=str(base_model), policy=str(pol), prompts=task["prompts"]), run, log=lambda *a: None)
     took = time.perf_counter() - t0
-    print(f"\nimpossible policy refused in {took:.1f} s (model load + 16 prompts x 4 samples + scoring)")
+    print(f"\nimpossible policy refused in {took:.1f} s (model load + 16 prompts x 4 samples + scoring; bench/bench_signal.py "
+          "measures it against training anyway)")
     assert isinstance(e.value, NoLearningSignal)
     msg = str(e.value)
     for needle in ("rl.signal_check: no learning signal: 0 of 16 prompt groups", "never met: affidavit (64 completions)",
@@ -79,7 +80,6 @@ def test_impossible_policy_stops_before_training(tmp_path, task, base_model):
     assert report_error(e.value, err=err) == 2
     out = err.getvalue().strip().splitlines()
     assert len(out) == 1 and out[0].startswith("forge-nb: error: rl.signal_check: no learning signal"), out
-    assert took < 60, f"the refusal took {took:.0f} s"
 
 
 @pytest.mark.slow
