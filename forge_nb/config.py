@@ -260,6 +260,15 @@ class RLConfig(ForgeConfig):
     report_samples: int = Field(2, ge=1, description="Completions per held-out prompt in the compliance report.")
     seed: int = Field(0, description="Seed for sampling and initialisation.")
     trust_remote_code: bool = Field(False, description="Let `base_model` run Python code shipped in its folder (`auto_map`). Off: only built-in model classes load.")
+    signal_check: bool = Field(True, description="GRPO: before training, sample the start model on a slice of the prompts and stop when its rewards never differ within a group (nothing to learn); see forge_nb.rl_signal.")
+    signal_check_prompts: int = Field(16, ge=1, description="Training prompts the signal check samples (`num_generations` completions each, at `temperature`).")
+    signal_min_spread: float = Field(0.1, ge=0, le=1, description="Stop when fewer than this share of the check's prompt groups have any reward spread (always when none has).")
+    eval_every: int = Field(25, ge=0, description="GRPO: held-out chat loss (`heldout_chat`) every this many steps, and at step 0 (0: never); the reward-hacking warning reads it.")
+    warn_zero_std: float = Field(0.95, ge=0, le=1, description="Warn when TRL's `frac_reward_zero_std` is at least this ...")
+    warn_zero_std_steps: int = Field(5, ge=1, description="... for this many logged steps in a row.")
+    warn_length_fraction: float = Field(0.5, ge=0, le=1, description="Warn when the mean completion length falls below this fraction of its start (0: never).")
+    warn_diversity_fraction: float = Field(0.5, ge=0, le=1, description="Warn when the groups' distinct-2 (share of distinct word pairs) falls below this fraction of its start (0: never).")
+    warn_heldout_rise: float = Field(0.05, ge=0, description="Warn (reward hacking) when the reward rises while the held-out chat loss rises by more than this fraction of its start.")
 
     @model_validator(mode="after")
     def _group(self):

@@ -23,6 +23,7 @@ from .policy import (Policy, load_policy, load_prompts, load_pairs, check_prompt
                              summarize, text_of)
 from .charts import bar_chart
 from .preempt import preemption_callback
+from .rl_signal import run_signal_check, signal_callback, observe_completions, SignalWatch, warnings_of
 from .model import check_vocab
 from .trl_stage import (trainer_args, lora_config, metrics_callback, as_messages, sample_completions, tokenize_conversation,
                                 assistant_loss, resume_point, save_final)
@@ -165,12 +166,17 @@ def _train(tr, sd, log, steps:int, keep:int=2):
     tr.train(resume_from_checkpoint=str(ck) if ck else None)
     return tr
 
-def train_grpo(rc:RLConfig, base:Path, policy:Policy, prompts:list, sd, log=print, trainer_cls=None):
-    "GRPO on TRL's GRPOTrainer, one reward per rule; returns the trainer after training (checkpoints in `sd.checkpoints`)."
-    import torch
-    from trl import GRPOTrainer, GRPOConfig
+def train_grpo(rc:RLConfig, base:Path, policy:Policy, prompts:list, sd, log=print, trainer_cls=None, chat:list|None=None):
+    "GRPO on TRL's GRPOTrainer, one reward per rule; returns the trainer after training (checkpoints in `sd.checkpoints`). First the learning-signal check (`forge_nb.rl_signal`); `chat`: held-out chat rows scored every `rl.eval_every` steps."
     model, tok = load_chat_model(base, trust_remote_code=rc.trust_remote_code)
     pol = policy.bind(tok)
+    main = dist_env().is_main
+    if rc.signal_check and sd.latest_checkpoint() is None:   # the start model only: a resumed run has started learning
+        run_signal_check(model, tok, pol, prompts, rc, sd if main else None, log)   # raises NoLearningSignal before any step (and before TRL loads)
+    import torch
+    from trl import GRPOTrainer, GRPOConfig
+    ev = (lambda m: {"heldout_chat_loss": chat_loss(m, tok, chat)}) if chat and rc.eval_every else None
+    sig = signal_callback(SignalWatch.from_config(rc), sd.metrics if main else None, log, rc.num_generations, ev, rc.eval_every)
     extra = dict(num_generations=rc.num_generations, max_completion_length=rc.max_completion_length, temperature=rc.temperature,
                  beta=rc.beta, reward_weights=pol.weights, log_completions=False)
     if rc.loss_type: extra["loss_type"] = rc.loss_type
@@ -180,8 +186,9 @@ def train_grpo(rc:RLConfig, base:Path, policy:Policy, prompts:list, sd, log=prin
         except ImportError: raise ConfigError([("rl.use_vllm", "vLLM is not installed (pip install 'trl[vllm]')", None)]) from None
         extra.update(use_vllm=True, vllm_mode="colocate")
     args = train_args(rc, GRPOConfig, sd.checkpoints, **extra)
-    tr = (trainer_cls or GRPOTrainer)(model=model, reward_funcs=reward_functions(pol), args=args, train_dataset=_prompt_dataset(prompts),
-                                      processing_class=tok, peft_config=lora_config(rc.lora, field="rl.lora"), callbacks=[metrics_callback(sd.metrics, log)])
+    tr = (trainer_cls or GRPOTrainer)(model=model, reward_funcs=observe_completions(reward_functions(pol), sig.completions), args=args,
+                                      train_dataset=_prompt_dataset(prompts), processing_class=tok, peft_config=lora_config(rc.lora, field="rl.lora"),
+                                      callbacks=[sig, metrics_callback(sd.metrics, log)])   # sig first: it adds distinct-2 to the logs the metrics callback writes
     _train(tr, sd, log, rc.steps, rc.keep_last)
     return tr
 
@@ -282,6 +289,9 @@ def format_report(rep:dict) -> str:
     lines.append(f"  {'mean reward':<22} {rep['reward']['before']:7.3f} {rep['reward']['after']:7.3f}")
     hl = rep.get("heldout_chat_loss") or {}
     if hl.get("before") is not None: lines.append(f"  {'held-out chat loss':<22} {hl['before']:7.3f} {hl['after']:7.3f}")
+    sig = rep.get("signal") or {}
+    if sig.get("check"): lines.append(f"  signal check before training: {sig['check']['groups_with_spread']}/{sig['check']['prompts']} prompt groups with reward spread")
+    lines += [f"  warning at step {w['step']}: {w['message']}" for w in sig.get("warnings", [])]
     return "\n".join(lines)
 
 # %% ../nbs/41_rl.ipynb #19d59a5c
@@ -310,6 +320,14 @@ def _chat_row(r:dict, where:str) -> dict:
     if not any(m["role"] == "assistant" for m in ms): raise ConfigError([("messages", "no assistant turn (nothing to score)", where)])
     return r
 
+def _signal(sd) -> dict:
+    "The learning-signal check's headline figures and the warnings given during training (for the report)."
+    p = sd.root/"signal_check.json"
+    chk = json.loads(p.read_text()) if p.exists() else None
+    keep = ("prompts", "num_generations", "groups_with_spread", "spread_share", "pass_rate", "ok", "seconds")
+    return {"check": {k: chk[k] for k in keep if k in chk} if chk else None,
+            "warnings": [{k: w.get(k) for k in ("step", "kind", "message")} for w in warnings_of(read_metrics(sd.metrics_path))]}
+
 def _inputs(cfg:PipelineConfig, run:RunDir) -> dict:
     "Resolve and validate the stage's inputs (no model is loaded)."
     rc = cfg.rl
@@ -334,7 +352,7 @@ def _rl(cfg:PipelineConfig, run_dir, log) -> dict:
     t0 = time.time()
     summary = {"method": rc.method, "base_model": str(inp["base"]), "world_size": env.world_size}
     if rc.method == "grpo":
-        tr = train_grpo(rc, inp["base"], inp["policy"], inp["prompts"], sd, log)
+        tr = train_grpo(rc, inp["base"], inp["policy"], inp["prompts"], sd, log, chat=inp["chat"])
     else:
         pairs = inp["pairs"]
         if pairs is None:
@@ -363,6 +381,7 @@ def _rl(cfg:PipelineConfig, run_dir, log) -> dict:
                                 trust_remote_code=rc.trust_remote_code)
         for w in ("before", "after"):     # every held-out completion and its scores, one JSON line each
             atomic_write_text(sd.root/f"heldout_{w}.jsonl", "".join(json.dumps(r) + "\n" for r in rep[w].pop("records")))
+        if rc.method == "grpo": rep["signal"] = _signal(sd)
         atomic_write_json(sd.root/"report.json", rep); atomic_write_text(sd.root/"report.svg", report_svg(rep))
         log(format_report(rep))
         summary["report"] = {"pass_rate": rep["pass_rate"], "reward": rep["reward"],

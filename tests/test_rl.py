@@ -126,7 +126,8 @@ def test_per_rule_rewards_reach_trl_logs(tmp_path, task, base_model, monkeypatch
     prompts.write_text("".join(json.dumps({"prompt": f"question {i}", "tags": ["t"] if i % 2 else []}) + "\n" for i in range(16)))
     from forge_nb.rl import run_rl
     cfg = _cfg(tmp_path, "w", base_model=str(base_model), policy=str(pol), prompts=str(prompts), steps=3, lr=1e-4,
-               batch_size=8, num_generations=4, max_completion_length=16, beta=0.04)   # beta > 0: TRL logs the KL
+               batch_size=8, num_generations=4, max_completion_length=16, beta=0.04,   # beta > 0: TRL logs the KL
+               signal_check=False)   # the check would call the rules too (tests/test_rl_signal.py tests it); CALLS counts training only
     s = run_rl(cfg, tmp_path / "w", log=lambda *a: None)
     recs = [r for r in read_metrics(tmp_path / "w" / "rl" / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in recs] == [1, 2, 3]

@@ -10,7 +10,7 @@ import html, threading
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PLOTS', 'metric_series', 'event_marks', 'tidy_log', 'job_error', 'dependency_failure', 'JobMonitor']
+__all__ = ['PLOTS', 'metric_series', 'event_marks', 'warning_notes', 'tidy_log', 'job_error', 'dependency_failure', 'JobMonitor']
 
 # %% ../../nbs/widgets/63_monitor.ipynb #0324fbd8
 import ipywidgets as W
@@ -54,6 +54,12 @@ def event_marks(records:list,   # metrics.jsonl records
         name = "preempted, checkpoint saved" if r.get("checkpoint") else "preempted, no checkpoint"
         out.setdefault(f"{label} {name}" if label else name, []).append(r["step"])
     return out
+
+# %% ../../nbs/widgets/63_monitor.ipynb #5a1c0e02
+def warning_notes(records:list,   # metrics.jsonl records
+                 ) -> list[str]:  # one line per warning, in order
+    "The warnings a stage recorded (`event: warning`), as the card shows them: `step N: message`."
+    return [f"step {r.get('step')}: {r.get('message') or r.get('kind')}" for r in records if r.get("event") == "warning"]
 
 # %% ../../nbs/widgets/63_monitor.ipynb #9c5db4eb
 import re
@@ -114,6 +120,7 @@ class _JobCard:
         self.log = W.HTML(layout=W.Layout(max_height="14em", overflow="auto", flex_flow="column-reverse"))
         self.log.add_class("forge-log-box")
         self.reason_box = W.HTML()
+        self.warn_box = W.HTML()                           # the stage's warnings (`event: warning` records)
         self.total = None                                  # the stage's total steps, from the run's config (read once found)
         self.bar = W.IntProgress(value=0, min=0, max=1, description=str(job.stage), bar_style="info",
                                  layout=W.Layout(width="60%"))
@@ -122,7 +129,7 @@ class _JobCard:
         self.cancel_button = W.Button(description="Cancel", icon="stop", button_style="danger", layout=W.Layout(width="auto"))
         self.cancel_button.on_click(lambda b: on_cancel(self))
         self.widget = W.VBox([W.HBox([self.title, self.cancel_button]), self.state_box, W.HBox([self.bar, self.bar_label]),
-                              self.reason_box, self.log],
+                              self.reason_box, self.warn_box, self.log],
                              layout=W.Layout(border="1px solid #ddd", padding="4px", margin="2px", width="100%"))
         self.widget.add_class("forge-job-card")
 
@@ -163,6 +170,8 @@ class _JobCard:
         if self.reason and st0 == "PENDING": self.reason = self.reason.replace("cancelled because", "will never start because", 1)
         reason = (f"<div class='forge-job-reason' style='color:#6d4c41'>{html.escape(self.reason)}</div>" if self.reason else "")
         if reason != self.reason_box.value: self.reason_box.value = reason
+        warn = "".join(f"<div class='forge-job-warning' style='color:#e65100'>warning, {html.escape(w)}</div>" for w in warning_notes(self.records))
+        if warn != self.warn_box.value: self.warn_box.value = warn
         empty = "(no log: the job never started)" if self.reason else "(no log yet)"
         value = ("<pre class='forge-log-tail' style='font-size:10px;background:#f7f7f7;margin:0;padding:3px'>"
                  f"{html.escape(chr(10).join(logs) or empty)}</pre>")
