@@ -37,14 +37,19 @@ def mtimes(run: Path) -> dict:
 
 _WORD = re.compile(r"[A-Za-z]{4,}")
 
-def demo_rules(completion: str, row: dict) -> dict:
-    """The demo policy's three rules, written out here (not with forge_nb.policy): a `Source:` line in the part of the
-    knowledge base the given page is in (and no other part), at most 20 words, every 4+-letter word in the knowledge base's list."""
-    cited = set(re.findall(r"Source: (reference|docstrings)/\S+", completion))
+def demo_rules(completion: str, row: dict, pages: set) -> dict:
+    """The demo policy's three rules, written out here (not with forge_nb.policy): a `Source:` line citing the exact page
+    the prompt gives and no other (a page of the index), at most 20 words, every 4+-letter word in the knowledge base's list."""
+    cited = set(re.findall(r"Source: ((?:reference|docstrings)/\S+)", completion))
     words = [w.lower() for w in _WORD.findall(completion.split("Source:")[0])]
     vocab = set(Path(row["vocabulary"]).read_text().split())
-    return {"cites_source": cited == {row["source"].split("/")[0]}, "concise": len(completion.split()) <= 20,
+    return {"cites_source": cited == {row["source"]} and row["source"] in pages, "concise": len(completion.split()) <= 20,
             "known_words": bool(words) and all(w in vocab for w in words)}
+
+
+def kb_page_ids(cfg) -> set:
+    "The page ids of the demo's index (kb-pages.jsonl beside the policy), read here as plain JSON lines."
+    return {json.loads(l)["id"] for l in (Path(cfg.rl.policy).parent/"kb-pages.jsonl").read_text().splitlines() if l.strip()}
 
 
 def recount(run: Path) -> dict:
@@ -52,10 +57,10 @@ def recount(run: Path) -> dict:
     from forge_nb.config import load_config
     cfg = load_config(run/"config.yaml")
     rows = [json.loads(l) for l in Path(cfg.rl.heldout_prompts).read_text().splitlines() if l.strip()]
-    out = {}
+    pages, out = kb_page_ids(cfg), {}
     for w in ("before", "after"):
         recs = [json.loads(l) for l in (run/"rl"/f"heldout_{w}.jsonl").read_text().splitlines()]
-        ok = [demo_rules(r["completion"], rows[r["row"]]) for r in recs]
+        ok = [demo_rules(r["completion"], rows[r["row"]], pages) for r in recs]
         out[w] = {n: sum(o[n] for o in ok) / len(ok) for n in ("cites_source", "concise", "known_words")}
         out[w]["all rules"], out[w]["n"] = sum(all(o.values()) for o in ok) / len(ok), len(ok)
     return out
