@@ -53,7 +53,7 @@ name: knowledge-base answers
 rules:
   - name: cites_source
     kind: cite
-    id_pattern: 'Source: ((?:reference|docstrings)/\\S+)'
+    id_pattern: 'Source:[ \\t]*(\\S*)'      # every Source: line is a citation: a malformed one (`Source: docstrings/ x`) cites a page that does not exist
     documents: kb-pages.jsonl
     must_match: prompt
     description: "End with 'Source: <page>', the exact page the prompt gives, a page of the knowledge base (kb-pages.jsonl): no made-up or other page."

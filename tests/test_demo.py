@@ -40,7 +40,7 @@ _WORD = re.compile(r"[A-Za-z]{4,}")
 def demo_rules(completion: str, row: dict, pages: set) -> dict:
     """The demo policy's three rules, written out here (not with forge_nb.policy): a `Source:` line citing the exact page
     the prompt gives and no other (a page of the index), at most 20 words, every 4+-letter word in the knowledge base's list."""
-    cited = set(re.findall(r"Source: ((?:reference|docstrings)/\S+)", completion))
+    cited = set(re.findall(r"Source:[ \t]*(\S*)", completion))
     words = [w.lower() for w in _WORD.findall(completion.split("Source:")[0])]
     vocab = set(Path(row["vocabulary"]).read_text().split())
     return {"cites_source": cited == {row["source"]} and row["source"] in pages, "concise": len(completion.split()) <= 20,
