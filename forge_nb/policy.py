@@ -311,6 +311,7 @@ class CiteRule(RuleBase):
     text_field: str = Field("text", description="JSONL field of a document's text (`documents`), read by `min_grounding`.")
     must_match: Literal["prompt", "index"] = Field("prompt", description="`prompt`: a cited id must be one the prompt or `context_column` gives; `index`: any id of `documents`.")
     min_grounding: Optional[float] = Field(None, gt=0, le=1, description="Share of the answer's content words (3+ letters, function words and citations aside) that must occur in the cited document; below it the score is scaled by grounding / min_grounding (needs `documents`).")
+    no_citation_score: float = Field(0.0, ge=0, lt=1, description="Score of an answer that cites nothing (e.g. 0.25: no source is better than a made-up or wrong one, which score 0); below `pass_at`, so it never passes.")
     _index: Optional[DocumentIndex] = PrivateAttr(None)
 
     @field_validator("id_pattern")
@@ -353,10 +354,11 @@ class CiteRule(RuleBase):
             if good and not bad: return 1.0, "cites " + ", ".join(good)
             if good: return 0.5, f"cites {', '.join(good)} but also unknown {', '.join(bad)}"
             if bad: return 0.0, f"cites only unknown {', '.join(bad)} (sources: {srcs})"
-            return 0.0, f"cites no source (sources: {srcs})"
+            return self.no_citation_score, f"cites no source (sources: {srcs})"
         bad = [f"cited {c!r} does not exist in {idx.name}" for c in a["missing"]] + [f"cited {c!r} is not the id given ({srcs})" for c in a["other"]]
         if not good:
-            return 0.0, "; ".join(bad) if bad else ("cites no source" + (f" (given: {srcs})" if srcs else f" of {idx.name}"))
+            if bad: return 0.0, "; ".join(bad)
+            return self.no_citation_score, "cites no source" + (f" (given: {srcs})" if srcs else f" of {idx.name}")
         s, why = (1.0, "cites " + ", ".join(good)) if not bad else (0.5, f"cites {', '.join(good)} but " + "; ".join(bad))
         if self.min_grounding is not None:
             g, out = grounding(_rx(self.id_pattern).sub(" ", text_of(completion)), frozenset().union(*(idx.words(c) for c in good)))
