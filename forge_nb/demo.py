@@ -10,9 +10,9 @@ import ast, functools, json, os, random, re, sysconfig
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['KB_POLICY', 'DEMO_SIZES', 'SUPPORT_POLICY', 'prepare_demo_corpus', 'kb_vocabulary', 'known_words', 'short_answer',
-           'open_book', 'prepare_demo_task', 'demo_config', 'tiny_config', 'tiny_lifecycle', 'with_demo_curation',
-           'demo_task']
+__all__ = ['KB_POLICY', 'DEMO_SIZES', 'SUPPORT_POLICY', 'prepare_demo_corpus', 'kb_vocabulary', 'known_words', 'kb_pages',
+           'write_kb_pages', 'short_answer', 'open_book', 'prepare_demo_task', 'demo_config', 'tiny_config',
+           'tiny_lifecycle', 'with_demo_curation', 'demo_task']
 
 # %% ../nbs/69_demo.ipynb #d87c7d77
 from .config import PipelineConfig, DataConfig, SourceConfig, override
@@ -53,8 +53,10 @@ name: knowledge-base answers
 rules:
   - name: cites_source
     kind: cite
-    id_pattern: 'Source: (reference|docstrings)/\\S+'
-    description: "End with 'Source: reference/<topic>' or 'Source: docstrings/<module.name>', in the part of the knowledge base the given page is in."
+    id_pattern: 'Source:[ \\t]*(\\S*)'      # every Source: line is a citation: a malformed one (`Source: docstrings/ x`) cites a page that does not exist
+    documents: kb-pages.jsonl
+    must_match: prompt
+    description: "End with 'Source: <page>', the exact page the prompt gives, a page of the knowledge base (kb-pages.jsonl): no made-up or other page."
   - name: concise
     kind: length
     unit: words
@@ -94,6 +96,22 @@ def known_words(completion:str,   # the model's answer
     return share, ("every word is in the knowledge base" if not out else
                    f"{share:.0%} of its words are in the knowledge base (not: {', '.join(dict.fromkeys(out[:5]))})")
 
+# %% ../nbs/69_demo.ipynb #6284000b
+def kb_pages(sources:list,   # `SourceConfig`s of the knowledge base
+            ) -> dict:       # page id -> text
+    "The knowledge base's pages by the id the demo cites, `<source>/<label>` as the SFT builder names them (a label used twice: its texts joined)."
+    from forge_nb.data.sft_examples import iter_source_documents
+    pages = {}
+    for s in sources:
+        for text, _, label, _ in iter_source_documents(s):
+            i = f"{s.name}/{label}"
+            pages[i] = pages[i] + "\n\n" + text if i in pages else text
+    return pages
+
+def write_kb_pages(pages:dict, path:str|Path) -> Path:
+    "The page index the demo policy's `cites_source` resolves cited pages in: one `{id, text}` JSON line a page."
+    return atomic_write_text(path, "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in pages.items()))
+
 # %% ../nbs/69_demo.ipynb #e7b9040b
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -127,20 +145,23 @@ def prepare_demo_task(folder:str|Path,        # where to write the examples, pro
                       max_per_source:int=4000,# examples per source (first documents first)
                       n_prompts:int=256,      # RL training prompts (from the training documents)
                       n_heldout:int=64,       # held-out RL prompts (from documents SFT never saw)
-                     ) -> dict:               # paths: train, heldout (SFT chat), prompts, heldout_prompts, policy, vocabulary
-    "The demo's open-book SFT examples (by the SFT builder, from the knowledge base), RL prompts from them, a three-rule policy and its word list."
-    from forge_nb.data.sft_examples import build_sft_examples, iter_source_documents
+                     ) -> dict:               # paths: train, heldout (SFT chat), prompts, heldout_prompts, policy, vocabulary, pages
+    "The demo's open-book SFT examples (by the SFT builder, from the knowledge base), RL prompts from them, a three-rule policy, its word list and page index."
+    from forge_nb.data.sft_examples import build_sft_examples
     folder = Path(folder).absolute(); raw, ex = folder/"sft-builder", folder/"kb-task"
     paths = {"train": ex/"sft-train.jsonl", "heldout": ex/"sft-heldout.jsonl", "prompts": ex/"rl-prompts.jsonl",
-             "heldout_prompts": ex/"rl-heldout.jsonl", "policy": ex/"policy.yaml", "vocabulary": ex/"kb-words.txt"}
+             "heldout_prompts": ex/"rl-heldout.jsonl", "policy": ex/"policy.yaml", "vocabulary": ex/"kb-words.txt",
+             "pages": ex/"kb-pages.jsonl"}
     if not (paths["train"].exists() and paths["heldout"].exists()):      # the SFT files (rewriting them would rerun SFT)
         build_sft_examples(sources, raw, heldout_fraction=0.1, seed=0, max_per_source=max_per_source, max_answer_chars=passage_chars)
         for split in ("train", "heldout"):
             es = [open_book(r, answer_words) for _, r in read_jsonl(raw/f"{split}.jsonl", "SFT examples")]
             atomic_write_text(paths[split], "".join(json.dumps(e) + "\n" for e in es))
-    if not all(paths[k].exists() for k in ("prompts", "heldout_prompts", "policy", "vocabulary")):   # the RL files
+    if not all(paths[k].exists() for k in ("prompts", "heldout_prompts", "policy", "vocabulary", "pages")):   # the RL files
         tr, ho = ([r for _, r in read_jsonl(paths[k], "SFT examples")] for k in ("train", "heldout"))
-        docs = [t for s in sources for t, *_ in iter_source_documents(s)] + [e["context"] for e in tr + ho]   # passages: a word cut at 120 chars too
+        pages = kb_pages(sources)
+        write_kb_pages(pages, paths["pages"])     # the index `cites_source` resolves cited pages in
+        docs = list(pages.values()) + [e["context"] for e in tr + ho]   # passages: a word cut at 120 chars too
         atomic_write_text(paths["vocabulary"], "\n".join(kb_vocabulary(docs)) + "\n")
         rows = lambda es: "".join(json.dumps({"prompt": e["messages"][0]["content"], "context": e["context"], "source": e["source"],
                                               "vocabulary": str(paths["vocabulary"])}) + "\n" for e in es)

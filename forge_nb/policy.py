@@ -11,16 +11,17 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 # %% auto #0
-__all__ = ['Rule', 'RULE_KINDS', 'EXAMPLE_POLICY', 'text_of', 'When', 'RuleBase', 'ForbiddenRule', 'RequiredRule', 'FormatRule',
-           'LengthRule', 'CiteRule', 'resolve_function', 'PythonRule', 'check_reward_model_folder', 'RewardModelRule',
-           'reward_model_text', 'PolicyConfig', 'Policy', 'policy_from_yaml', 'load_policy', 'load_prompts',
-           'load_pairs', 'check_prompts', 'score_rows', 'summarize', 'score_table', 'reward_functions']
+__all__ = ['STOPWORDS', 'Rule', 'RULE_KINDS', 'EXAMPLE_POLICY', 'text_of', 'When', 'RuleBase', 'ForbiddenRule', 'RequiredRule',
+           'FormatRule', 'LengthRule', 'content_words', 'DocumentIndex', 'load_documents', 'grounding', 'CiteRule',
+           'resolve_function', 'PythonRule', 'check_reward_model_folder', 'RewardModelRule', 'reward_model_text',
+           'PolicyConfig', 'Policy', 'policy_from_yaml', 'load_policy', 'load_prompts', 'load_pairs', 'check_prompts',
+           'score_rows', 'summarize', 'score_table', 'reward_functions']
 
 # %% ../nbs/40_policy.ipynb #2577aed9
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from .config import ForgeConfig, ConfigError, _human, _yaml_lines, _locate
-from .runs import read_jsonl
+from .runs import read_jsonl, JSONLError
 
 # %% ../nbs/40_policy.ipynb #19d32e12
 def _check_regex(p:str) -> str:
@@ -227,12 +228,91 @@ def _load_tokenizer(path:str):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)   # a policy never runs a folder's code
 
+# %% ../nbs/40_policy.ipynb #2e0cb43a
+_CONTENT_WORD = re.compile(r"[^\W\d_]{3,}")
+STOPWORDS = frozenset("""the and for are but not you all any can had her was one our out has his how its may new now see
+two who did get him let say she too use that with have this will your from they been were what when which their there would
+about into than them then these some could other more also only such each just like over most must should does very where
+after before because being both between during through while why those here under again once same own off until above below
+nor yes yet shall might upon onto per via""".split())
+
+def content_words(text:str,   # any text
+                 ) -> list:    # its content words, lower case, in order (repeats kept)
+    "The content words of a text: runs of 3+ letters (any alphabet), case-folded, common English function words left out."
+    return [w for w in (m.casefold() for m in _CONTENT_WORD.findall(text)) if w not in STOPWORDS]
+
+class DocumentIndex:
+    "Documents by id: their text, and their content words (computed once, on demand)."
+    def __init__(self, docs:dict, source:str="<documents>"): self.docs, self.source, self._words = docs, source, {}
+    def __contains__(self, i) -> bool: return i in self.docs
+    def __len__(self) -> int: return len(self.docs)
+    def __repr__(self) -> str: return f"DocumentIndex({self.source}: {len(self)} documents)"
+    @property
+    def name(self) -> str: return Path(self.source).name
+    def text(self, i:str) -> str: return self.docs[i]
+    def words(self, i:str) -> frozenset:
+        "The content words of document `i`."
+        if i not in self._words: self._words[i] = frozenset(content_words(self.docs[i]))
+        return self._words[i]
+
+def _doc_files(p:Path) -> list:
+    "A documents path's files: itself, or a folder's `*.jsonl`, `*.txt` and `*.md` files (hidden ones aside), sorted."
+    if p.is_file(): return [p]
+    return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".jsonl", ".txt", ".md")
+                  and not any(s.startswith(".") for s in f.relative_to(p).parts))
+
+@functools.lru_cache(maxsize=8)
+def _read_documents(path:str, signature:tuple, id_field:str, text_field:str) -> DocumentIndex:
+    p, docs, where = Path(path), {}, {}
+    for f in _doc_files(p):
+        if f != p and f.suffix != ".jsonl":          # a text file in a folder: its path is its id
+            i = f.relative_to(p).with_suffix("").as_posix()
+            if i in docs: raise ConfigError([("(documents)", f"document id {i!r} is already at {where[i]}", str(f))], str(f))
+            docs[i], where[i] = f.read_text(encoding="utf-8", errors="replace"), str(f); continue
+        for ln, r in read_jsonl(f, "documents"):
+            i = r.get(id_field)
+            if isinstance(i, bool) or not isinstance(i, (str, int)) or str(i).strip() == "":
+                raise JSONLError(f, ln, f"no document id: each line needs `{id_field}` (a string; the rule's `id_field`)")
+            i, t = str(i), r.get(text_field, "")
+            if i in docs: raise JSONLError(f, ln, f"document id {i!r} is already at {where[i]}")
+            if not isinstance(t, str): raise JSONLError(f, ln, f"`{text_field}` must be text, got {type(t).__name__} (the rule's `text_field`)")
+            docs[i], where[i] = t, f"{f}:{ln}"
+    if not docs: raise ConfigError([("(documents)", "no documents: expected JSONL lines with an id, or .txt/.md files", path)], path)
+    return DocumentIndex(docs, path)
+
+def load_documents(path:str|Path,        # a JSONL file, or a folder of JSONL / .txt / .md files
+                   id_field:str="id",    # JSONL field of a document's id
+                   text_field:str="text",# JSONL field of its text
+                  ) -> DocumentIndex:
+    "A document index: read once per version of its files; a bad line is an error naming file and line."
+    p = Path(path)
+    if not p.exists(): raise FileNotFoundError(f"documents {str(path)!r} do not exist")
+    sig = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in _doc_files(p))
+    return _read_documents(str(p), sig, id_field, text_field)
+
+def grounding(answer:str,              # the answer (its citation removed)
+              document:str|frozenset,  # the cited document's text, or its content words
+             ) -> tuple:               # (share of the answer's content words found in the document, the words not found)
+    "How much of an answer's content is the document's: the share of its content words (repeats counted) that occur in it; no content words: 0."
+    words = content_words(answer)
+    if not words: return 0.0, []
+    doc = document if isinstance(document, (set, frozenset)) else frozenset(content_words(document))
+    out = [w for w in words if w not in doc]
+    return 1 - len(out) / len(words), out
+
 # %% ../nbs/40_policy.ipynb #21f6df9f
 class CiteRule(RuleBase):
-    "The completion must cite a source id present in the prompt or its context column."
+    "The completion must cite a source id: one the prompt (or its context column) gives, that exists in a document index when one is named; optionally grounded in it."
     kind: Literal["cite"] = "cite"
     id_pattern: str = Field(r"\[([A-Za-z][A-Za-z0-9_.:-]*)\]", description="Regex whose first group is a source id (in prompt and answer).")
     context_column: Optional[str] = Field(None, description="Row column holding the sources (text or list), besides the prompt.")
+    documents: Optional[str] = Field(None, description="Document index cited ids must exist in: a JSONL file (`id_field`, `text_field`) or a folder of JSONL/.txt/.md files (a text file's id: its path without suffix); relative to the policy file's folder.")
+    id_field: str = Field("id", description="JSONL field of a document's id (`documents`).")
+    text_field: str = Field("text", description="JSONL field of a document's text (`documents`), read by `min_grounding`.")
+    must_match: Literal["prompt", "index"] = Field("prompt", description="`prompt`: a cited id must be one the prompt or `context_column` gives; `index`: any id of `documents`.")
+    min_grounding: Optional[float] = Field(None, gt=0, le=1, description="Share of the answer's content words (3+ letters, function words and citations aside) that must occur in the cited document; below it the score is scaled by grounding / min_grounding (needs `documents`).")
+    no_citation_score: float = Field(0.0, ge=0, lt=1, description="Score of an answer that cites nothing (e.g. 0.25: no source is better than a made-up or wrong one, which score 0); below `pass_at`, so it never passes.")
+    _index: Optional[DocumentIndex] = PrivateAttr(None)
 
     @field_validator("id_pattern")
     @classmethod
@@ -240,18 +320,53 @@ class CiteRule(RuleBase):
         _check_regex(v)
         if re.compile(v).groups < 1: raise ValueError(f"id_pattern {v!r} needs a group around the id, e.g. \\[(DOC-\\d+)\\]")
         return v
+    @model_validator(mode="after")
+    def _needs_documents(self):
+        if self.documents is None and self.must_match == "index": raise ValueError("must_match: `index` needs `documents` (the index ids are resolved in)")
+        if self.documents is None and self.min_grounding is not None: raise ValueError("min_grounding: needs `documents` (the texts answers are grounded in)")
+        return self
+
+    def index(self) -> DocumentIndex|None:
+        "The document index (`documents`), read once; None without one."
+        if self.documents is None: return None
+        if self._index is None or self._index.source != str(Path(self.documents)):
+            self._index = load_documents(self.documents, self.id_field, self.text_field)
+        return self._index
+
+    def audit(self, completion, prompt="", row:dict|None=None) -> dict:
+        """The ids the prompt gives and the completion cites, sorted: `missing` (not in the index), `other` (not one given,
+        with `must_match: prompt`), `ok`; `fabricated`: cited ids that are not real (with an index: `missing`; without: `other`)."""
+        rx, row, idx = _rx(self.id_pattern), row or {}, self.index()
+        src = text_of(prompt) + ("\n" + text_of(row.get(self.context_column)) if self.context_column else "")
+        given = list(dict.fromkeys(m.group(1) for m in rx.finditer(src)))
+        cited = list(dict.fromkeys(m.group(1) for m in rx.finditer(text_of(completion))))
+        missing = [c for c in cited if idx is not None and c not in idx]
+        other = [c for c in cited if c not in missing and self.must_match == "prompt" and c not in given]
+        return {"given": given, "cited": cited, "ok": [c for c in cited if c not in missing and c not in other],
+                "missing": missing, "other": other, "fabricated": missing if idx is not None else other}
 
     def check(self, completion, prompt, row):
-        rx = _rx(self.id_pattern)
-        src = prompt + ("\n" + text_of(row.get(self.context_column)) if self.context_column else "")
-        known = {m.group(1) for m in rx.finditer(src)}
-        if not known: return None
-        cited = list(dict.fromkeys(m.group(1) for m in rx.finditer(completion)))
-        good, bad = [c for c in cited if c in known], [c for c in cited if c not in known]
-        if good and not bad: return 1.0, "cites " + ", ".join(good)
-        if good: return 0.5, f"cites {', '.join(good)} but also unknown {', '.join(bad)}"
-        if bad: return 0.0, f"cites only unknown {', '.join(bad)} (sources: {', '.join(sorted(known))})"
-        return 0.0, f"cites no source (sources: {', '.join(sorted(known))})"
+        a, idx = self.audit(completion, prompt, row), self.index()
+        if self.must_match == "prompt" and not a["given"]: return None
+        good, srcs = a["ok"], ", ".join(sorted(a["given"]))
+        if idx is None:        # ids checked against the prompt's only
+            bad = a["other"]
+            if good and not bad: return 1.0, "cites " + ", ".join(good)
+            if good: return 0.5, f"cites {', '.join(good)} but also unknown {', '.join(bad)}"
+            if bad: return 0.0, f"cites only unknown {', '.join(bad)} (sources: {srcs})"
+            return self.no_citation_score, f"cites no source (sources: {srcs})"
+        bad = [f"cited {c!r} does not exist in {idx.name}" for c in a["missing"]] + [f"cited {c!r} is not the id given ({srcs})" for c in a["other"]]
+        if not good:
+            if bad: return 0.0, "; ".join(bad)
+            return self.no_citation_score, "cites no source" + (f" (given: {srcs})" if srcs else f" of {idx.name}")
+        s, why = (1.0, "cites " + ", ".join(good)) if not bad else (0.5, f"cites {', '.join(good)} but " + "; ".join(bad))
+        if self.min_grounding is not None:
+            g, out = grounding(_rx(self.id_pattern).sub(" ", text_of(completion)), frozenset().union(*(idx.words(c) for c in good)))
+            if g >= self.min_grounding: why += f"; grounding {g:.2f}"
+            else:
+                s *= g / self.min_grounding
+                why += f"; grounding {g:.2f} < {self.min_grounding:g}" + (f" (not in the cited document: {', '.join(dict.fromkeys(out[:5]))})" if out else "")
+        return s, why
 
 # %% ../nbs/40_policy.ipynb #71d73958
 def resolve_function(path:str):
@@ -431,6 +546,17 @@ def _policy_errors(e:ValidationError, data, source, lines) -> list:
         errs.append((".".join(str(p) for p in _rule_label(loc, data)), msg, where))
     return errs
 
+def _check_documents(r:CiteRule, i:int, pol:Policy, base_dir) -> list:
+    "Errors of a cite rule's `documents` (a path that does not exist, a bad line), read from the policy's folder when relative."
+    p = Path(r.documents)
+    if not p.is_absolute() and not p.exists() and base_dir is not None and (Path(base_dir)/p).exists(): r.documents = str(Path(base_dir)/p)
+    field = f"rules.{i} ({r.name}).documents"
+    try: r.index()
+    except FileNotFoundError:
+        return [(field, f"{r.documents!r} does not exist: give a JSONL file or a folder of documents (relative paths: from the policy's folder)", pol.where(i, "documents"))]
+    except ConfigError as e: return [(field, e.errors[0][1], e.errors[0][2])]
+    return []
+
 def policy_from_yaml(text:str,                  # the policy's YAML
                      source:str="<policy>",     # file name for errors
                      base_dir:str|Path|None=None, # folder relative reward-model paths may be in
@@ -454,6 +580,7 @@ def policy_from_yaml(text:str,                  # the policy's YAML
             if not p.exists() and base_dir is not None and (Path(base_dir)/p).exists(): r.path = str(Path(base_dir)/p)
             try: check_reward_model_folder(r.path)
             except ValueError as e: errs.append((f"rules.{i} ({r.name}).path", str(e), pol.where(i, "path")))
+        if isinstance(r, CiteRule) and r.documents: errs += _check_documents(r, i, pol, base_dir)
     if errs: raise ConfigError(errs, source)
     return pol
 

@@ -6,15 +6,15 @@ Docs: https://forge-nb.github.io/forge_nb/report.html.md"""
 
 # %% ../nbs/45_report.ipynb #b340b1d7
 from __future__ import annotations
-import html, json, time
+import html, json, math, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['NO_TEXT', 'shown_answer', 'stage_times', 'write_report', 'report_figures']
+__all__ = ['NO_TEXT', 'wilson', 'rate_ci', 'shown_answer', 'stage_times', 'citation_rates', 'write_report', 'report_figures']
 
 # %% ../nbs/45_report.ipynb #c09ca501
 from .config import STAGES
-from .runs import RunDir, atomic_write_text, read_metrics
+from .runs import RunDir, atomic_write_text, read_metrics, read_jsonl
 from .charts import bar_chart, line_chart
 
 # %% ../nbs/45_report.ipynb #47659bdf
@@ -32,6 +32,26 @@ def _table(rows:list, cols:list|None=None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 def _section(title:str, sid:str, body:str) -> str: return f"<section id='{sid}'><h2>{html.escape(title)}</h2>{body}</section>"
+
+# %% ../nbs/45_report.ipynb #4ff1800f
+def wilson(k:int,          # successes
+           n:int,          # trials
+           z:float=1.96,   # normal quantile: 1.96 for a 95% interval
+          ) -> tuple:      # (low, high); (None, None) when n is 0
+    "The Wilson score interval of the proportion k/n."
+    if n <= 0: return None, None
+    p, z2 = k / n, z * z
+    mid = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+def rate_ci(k:int,   # successes
+            n:int,   # trials
+           ) -> str: # `12.5% [4.3–31.0%] (3/24)`; `n/a` when n is 0
+    "A rate as the report shows it: the share, its 95% Wilson interval, and the counts."
+    if not n: return "n/a"
+    lo, hi = wilson(k, n)
+    return f"{k / n:.1%} [{lo * 100:.1f}–{hi:.1%}] ({k}/{n})"
 
 # %% ../nbs/45_report.ipynb #80e93f88
 NO_TEXT = "(no text: the model ended its answer at once)"
@@ -110,11 +130,13 @@ def _rl(run:RunDir) -> tuple[str, str]:
     rows = [(n, [v["before"]["pass_rate"], v["after"]["pass_rate"]]) for n, v in rep["rules"].items()]
     rows.append(("all rules", [rep["pass_rate"]["before"], rep["pass_rate"]["after"]]))
     chart = bar_chart(rows, ["SFT model", "after RL"], title="policy pass rate on held-out prompts", width=420)
-    pct = lambda v: "n/a" if v is None else f"{v:.1%}"
-    tab = [{"rule": n, "before RL": pct(b), "after RL": pct(a)} for n, (b, a) in rows]
+    tot = rep["prompts"] * rep["samples_per_prompt"]          # answers per model; a rule's own n: those it applies to
+    ns = {**{n: (v["before"].get("n", tot), v["after"].get("n", tot)) for n, v in rep["rules"].items()}, "all rules": (tot, tot)}
+    pct = lambda v, n: "n/a" if v is None else rate_ci(round(v * n), n)
+    tab = [{"rule": n, "before RL": pct(b, ns[n][0]), "after RL": pct(a, ns[n][1])} for n, (b, a) in rows]
     tab.append({"rule": "mean reward", "before RL": f"{rep['reward']['before']:.3f}", "after RL": f"{rep['reward']['after']:.3f}"})
     body = (f"<p>policy <b>{html.escape(str(rep['policy']))}</b>, {rep['prompts']} held-out prompts × "
-            f"{rep['samples_per_prompt']} samples</p>" + str(chart) + _table(tab))
+            f"{rep['samples_per_prompt']} samples; each pass rate with its 95% Wilson interval and counts</p>" + str(chart) + _table(tab))
     samples = [{"model": who, "prompt": s["prompt"], "completion": s["completion"], "reward": s["reward"],
                 "passed": _passed(s.get("passed"))}
                for who in ("before", "after") for s in rep[who].get("samples", [])]
@@ -163,6 +185,88 @@ def _curation(run:RunDir) -> str:
     return (str(funnel_chart(rep)) + _table(rows) + f"<h3>Files that failed ({len(rep['failures'])})</h3>" + _table(fails)
             + "<h3>Examples of dropped documents</h3>" + _table(ex))
 
+# %% ../nbs/45_report.ipynb #0198512c
+_CITE_KINDS = ("fabricated", "other", "none", "exact")
+
+def citation_rates(policy,         # a `Policy`
+                   rows:list,      # the prompt rows the records' `row` indexes
+                   records:list,   # held-out records: `row`, `completion` (as the RL stage writes them)
+                  ) -> dict:       # per cite rule: counts n, fabricated, other, none, exact
+    """Per `cite` rule, over the answers it applies to: how many cite an id that does not exist (`fabricated`: not in its
+    index; without one, not given), an existing id other than the one given (`other`, with an index), nothing (`none`),
+    and only accepted ids (`exact`: with `must_match: prompt`, the ids given)."""
+    from forge_nb.policy import CiteRule, text_of
+    out = {}
+    for rule in policy.rules:
+        if not isinstance(rule, CiteRule): continue
+        c, has_index = dict.fromkeys(("n",) + _CITE_KINDS, 0), rule.index() is not None
+        for rec in records:
+            row = rows[rec["row"]]
+            if not rule.applies(text_of(row["prompt"]), row): continue
+            a = rule.audit(rec["completion"], row["prompt"], row)
+            if rule.must_match == "prompt" and not a["given"]: continue      # nothing given: the rule does not apply
+            c["n"] += 1
+            c["fabricated"] += bool(a["fabricated"])
+            c["other"] += has_index and bool(a["other"])
+            c["none"] += not a["cited"]
+            c["exact"] += bool(a["ok"]) and not a["missing"] and not a["other"]
+        out[rule.name] = c
+    return out
+
+def _heldout(run:RunDir) -> dict|None:
+    "The RL stage's scored held-out completions with their prompt rows and policy; None without them, {error} when unreadable."
+    sd = run.stage("rl").root
+    if not (run.config_path.exists() and all((sd/f"heldout_{w}.jsonl").exists() for w in ("before", "after"))): return None
+    try:
+        from forge_nb.policy import load_policy, load_prompts
+        cfg = run.load_config()
+        out = {"policy": load_policy(cfg.rl.policy), "rows": load_prompts(cfg.rl.heldout_prompts)}
+        for w in ("before", "after"): out[w] = [r for _, r in read_jsonl(sd/f"heldout_{w}.jsonl", "held-out completions")]
+    except Exception as e: return {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+def _citations(h:dict|None) -> str:
+    if h is None: return "<p class='none'>no held-out completions (rl/heldout_before.jsonl, rl/heldout_after.jsonl)</p>"
+    if "error" in h: return f"<p class='none'>could not recount the held-out completions: {html.escape(h['error'])}</p>"
+    rates = {w: citation_rates(h["policy"], h["rows"], h[w]) for w in ("before", "after")}
+    if not rates["before"]: return "<p class='none'>the policy has no cite rule</p>"
+    body = ""
+    for name, b in rates["before"].items():
+        a, rule = rates["after"][name], next(r for r in h["policy"].rules if r.name == name)
+        idx = rule.index()
+        labels = {"fabricated": f"fabricated: cites an id not in {idx.name}" if idx else "fabricated: cites an id the prompt does not give",
+                  "other": "cites an existing id other than the one given", "none": "cites no id",
+                  "exact": "cites exactly the id given" if rule.must_match == "prompt" else f"cites only ids of {idx.name}"}
+        kinds = [k for k in _CITE_KINDS if k != "other" or (idx and rule.must_match == "prompt")]
+        share = lambda c, k: c[k] / c["n"] if c["n"] else None
+        chart = bar_chart([(k, [share(b, k), share(a, k)]) for k in ("fabricated", "exact")], ["SFT model", "after RL"],
+                          title=f"{name}: share of held-out answers", width=420)
+        body += (f"<h3>{html.escape(name)}</h3>" + str(chart)
+                 + _table([{"citations": labels[k], "before RL": rate_ci(b[k], b["n"]), "after RL": rate_ci(a[k], a["n"])} for k in kinds]))
+    return body
+
+def _clip(s:str, n:int=220) -> str: return s if len(s) <= n else s[:n - 1] + "…"
+
+def _rule_samples(h:dict|None, per:int=2) -> str:
+    "Per rule, up to `per` passing and failing held-out answers of each model side by side, with the rule's score and reason."
+    if h is None or "error" in h: return _citations(h)
+    from forge_nb.policy import text_of
+    body = ""
+    for r in h["policy"].rules:
+        tab = []
+        for w, who in (("before", "SFT model"), ("after", "after RL")):
+            sc = [(rec, rec["scores"].get(r.name)) for rec in h[w]]
+            ok = [x for x in sc if x[1] is not None and x[1][0] >= r.pass_at][:per]
+            bad = [x for x in sc if x[1] is not None and x[1][0] < r.pass_at][:per]
+            def cell(xs, j):
+                if j >= len(xs): return ""
+                rec, (s, why) = xs[j]
+                q = text_of(h["rows"][rec["row"]]["prompt"]).strip().splitlines()[0]
+                return f"Q: {_clip(q, 80)}\nA: {_clip(shown_answer(rec['completion']))}\n→ {s:.2f}: {why}"
+            tab += [{"model": who, "passes": cell(ok, j), "fails": cell(bad, j)} for j in range(max(len(ok), len(bad)))]
+        body += f"<h3>{html.escape(r.name)} <small>({r.kind})</small></h3>" + _table(tab, ["model", "passes", "fails"])
+    return body
+
 # %% ../nbs/45_report.ipynb #a949da3d
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px}td,th{border:1px solid #ccc;
@@ -175,9 +279,12 @@ def write_report(run_dir:str|Path,        # a run directory the stages wrote
     "One self-contained HTML page (inline CSS and SVG, no script, nothing fetched) of what the stages wrote."
     run = RunDir(run_dir)
     rl_body, samples = _rl(run)
+    held = _heldout(run)
     secs = [("Time per stage", "time", _times(run)), ("Curation", "curate", _curation(run)), ("Data mix", "mix", _mix(run)),
             ("Pretraining: bits per byte against unigram", "bpb", _bpb(run)), ("SFT before and after", "sft", _sft(run)),
             ("Policy pass rates before and after RL", "rl", rl_body),
+            ("Citations before and after RL (held-out prompts)", "citations", _citations(held)),
+            ("Passing and failing answers per rule", "rule-samples", _rule_samples(held)),
             ("Sample generations (held-out prompts)", "samples", samples or "<p class='none'>no samples</p>"),
             ("Where every artifact is", "artifacts", _artifacts(run))]
     nav = "".join(f"<a href='#{sid}'>{html.escape(t)}</a>" for t, sid, _ in secs)
@@ -202,4 +309,11 @@ def report_figures(run_dir:str|Path) -> dict:
         out["rl"] = {n: {w: v[w]["pass_rate"] for w in ("before", "after")} for n, v in rep["rules"].items()}
         out["rl"]["all rules"] = dict(rep["pass_rate"])
         out["rl"]["mean reward"] = dict(rep["reward"])
+    h = _heldout(run)
+    if h and "error" not in h:    # per cite rule: fabricated and exact citations, recounted from the held-out completions
+        rates = {w: citation_rates(h["policy"], h["rows"], h[w]) for w in ("before", "after")}
+        share = lambda c, k: c[k] / c["n"] if c["n"] else None
+        cit = {n: {w: {**rates[w][n], "fabricated_rate": share(rates[w][n], "fabricated"), "exact_rate": share(rates[w][n], "exact")}
+                   for w in ("before", "after")} for n in rates["before"]}
+        if cit: out["citations"] = cit
     return out
