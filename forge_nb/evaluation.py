@@ -11,10 +11,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SPLITS', 'doc_id', 'is_heldout', 'split_dir', 'split_documents', 'read_split', 'knowledge_sources', 'split_run',
-           'find_spans', 'span_pool', 'build_items', 'read_questions', 'write_jsonl', 'passages', 'retrieve',
-           'recall_at_k', 'with_passages', 'task_config', 'write_task', 'lm_eval_scores', 'document_bpb', 'null_model',
-           'centered', 'eval_dir', 'build_benchmark']
+__all__ = ['SPLITS', 'OWN_STAGES', 'doc_id', 'is_heldout', 'split_dir', 'split_documents', 'read_split', 'knowledge_sources',
+           'split_run', 'find_spans', 'span_pool', 'build_items', 'read_questions', 'write_jsonl', 'passages',
+           'retrieve', 'recall_at_k', 'with_passages', 'task_config', 'write_task', 'lm_eval_scores', 'document_bpb',
+           'null_model', 'centered', 'eval_dir', 'build_benchmark', 'candidates', 'stage_cost', 'candidate_cost',
+           'evaluate_run', 'decision_table', 'format_table']
 
 # %% ../nbs/44_eval.ipynb #cc24f95c
 from .config import PipelineConfig, SourceConfig, with_curated_sources
@@ -246,10 +247,10 @@ def lm_eval_scores(model:str|Path,       # a Hugging Face model folder
                    limit:int|None=None,  # score only the first `limit` items of each task (a quick look)
                   ) -> dict:             # task -> {metric: value, "n": items, "<metric>_stderr" for accuracies}
     "Score a local model on local tasks with lm-evaluation-harness (`hf`, float32, CPU; no download, no default task index)."
-    import logging
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    from lm_eval.utils import setup_logging
+    setup_logging("ERROR")     # not a warning per truncated context (the left end of a long question is cut to fit the model)
     paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path)
     tm = TaskManager(include_path=[str(p) for p in paths], include_defaults=False)
     res = simple_evaluate(model="hf", model_args=f"pretrained={model},dtype=float32", tasks=list(tasks), task_manager=tm,
@@ -361,3 +362,103 @@ def build_benchmark(cfg:PipelineConfig,     # the run's config (its `eval` secti
     log(f"[eval] {len(items)} questions from {len(held)} held-out documents {summary['kinds']}; "
         f"retrieval recall@{ev.top_k} {summary['retrieval']['recall_at_k']:.3f}; {summary['seconds']} s")
     return summary
+
+# %% ../nbs/44_eval.ipynb #a9a3696f
+OWN_STAGES = ("pretrain", "sft", "rl")
+
+def candidates(cfg:PipelineConfig, run_dir:str|Path) -> dict:
+    "Candidate name -> model folder: `eval.candidates`, then the run's own final models that exist."
+    out = {}
+    for f in cfg.eval.candidates:
+        if not (Path(f)/"config.json").is_file(): raise ValueError(f"eval.candidates: {f} is not a Hugging Face model folder (no config.json)")
+        name = Path(f).name
+        while name in out or name in OWN_STAGES or name == "null": name += "_"
+        out[name] = Path(f)
+    for st in OWN_STAGES:
+        if (Path(run_dir)/st/"final"/"config.json").is_file(): out[st] = Path(run_dir)/st/"final"
+    return out
+
+def stage_cost(run_dir:str|Path, stage:str) -> dict:
+    "Training tokens and seconds a stage recorded in its `summary.json` (None where it recorded none)."
+    f = Path(run_dir)/stage/"summary.json"
+    s = json.loads(f.read_text()) if f.is_file() else {}
+    secs = s.get("train_seconds", s.get("train_s"))
+    toks, tps = s.get("tokens"), s.get("tokens_per_s")
+    if secs is None and toks and tps: secs = toks / tps
+    if toks is None and secs and tps: toks = int(secs * tps)
+    return {"tokens": toks, "seconds": secs}
+
+def candidate_cost(run_dir:str|Path, name:str) -> dict:
+    "Training cost of a candidate: the run's stages up to it (SFT's includes pretraining's); external models: none recorded."
+    if name not in OWN_STAGES: return {"tokens": None, "seconds": None}
+    tot = {"tokens": 0, "seconds": 0.0}
+    for st in OWN_STAGES[:OWN_STAGES.index(name) + 1]:
+        c = stage_cost(run_dir, st)
+        for k in tot: tot[k] = None if tot[k] is None or c[k] is None else tot[k] + c[k]
+    return tot
+
+# %% ../nbs/44_eval.ipynb #0966de90
+def evaluate_run(cfg:PipelineConfig,   # the run's config (`eval`)
+                 run_dir:str|Path,     # the run directory
+                 tokenizer=None,       # the tokenizer questions are matched under (None: the run's, else the first candidate's)
+                 limit:int|None=None,  # score only this many items per task (a quick look)
+                 log=print,
+                ) -> list[dict]:       # the decision table's rows
+    "Build the benchmark when missing, score the null model and every candidate through lm-eval, return the decision table."
+    ev, out = cfg.eval, eval_dir(run_dir)
+    cands = candidates(cfg, run_dir)
+    if not cands: raise ValueError("eval.candidates: no model to compare (name local model folders, or run the pretrain stage first)")
+    first = next(iter(cands.values()))
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+        own = Path(run_dir)/"data"/"tokenizer"
+        tokenizer = AutoTokenizer.from_pretrained(own if (own/"tokenizer.json").is_file() else first)
+    if not (out/"benchmark.json").is_file(): build_benchmark(cfg, run_dir, tokenizer, log=log)
+    bench = json.loads((out/"benchmark.json").read_text())
+    if not (out/"null"/"config.json").is_file(): null_model(first, out/"null", ev.seed)
+    tasks, paths = bench["tasks"] + list(ev.tasks), [out/"tasks", *ev.task_paths]
+    for name, folder in {"null": out/"null", **cands}.items():
+        t0 = time.time()
+        sc = lm_eval_scores(folder, tasks, paths, ev.batch_size, limit)
+        atomic_write_json(out/"results"/f"{name}.json", {"model": str(folder), "scores": sc, "seconds": round(time.time() - t0, 1), "limit": limit})
+        log(f"[eval] {name}: accuracy {sc['forge_mc']['acc']:.3f} ({sc['forge_mc']['n']} questions), {time.time() - t0:.0f} s")
+    return decision_table(run_dir)
+
+# %% ../nbs/44_eval.ipynb #3cca75fb
+def decision_table(run_dir:str|Path) -> list[dict]:
+    "One row per candidate and setting (closed book, with retrieval): accuracy, centered accuracy, cloze, bpb per domain, cost."
+    out = eval_dir(run_dir)
+    bench = json.loads((out/"benchmark.json").read_text())
+    chance, res = bench["chance"], {}
+    for f in sorted((out/"results").glob("*.json")): res[f.stem] = json.loads(f.read_text())
+    null = res.get("null", {}).get("scores", {}).get("forge_mc", {}).get("acc")
+    rows = []
+    for name, r in res.items():
+        sc, cost = r["scores"], candidate_cost(run_dir, name)
+        for rag in (False, True):
+            mc, cl = sc.get("forge_mc_rag" if rag else "forge_mc"), sc.get("forge_cloze_rag" if rag else "forge_cloze")
+            if mc is None or (name == "null" and rag): continue
+            row = {"candidate": name, "retrieval": f"BM25 top {bench['retrieval']['k']}" if rag else "none",
+                   "accuracy": mc["acc"], "stderr": mc["acc_stderr"], "n": mc["n"], "centered": centered(mc["acc"], chance),
+                   "null_accuracy": null, "cloze": cl["acc"] if cl else None}
+            row |= {f"bpb_{t.removeprefix('forge_bpb_')}": v["bits_per_byte"] for t, v in sc.items() if t.startswith("forge_bpb_")}
+            row |= {f"user_{t.removeprefix('forge_user_')}": v["acc"] for t, v in sc.items() if t.startswith("forge_user_")}
+            row |= {t: next(iter(v.values())) for t, v in sc.items() if not t.startswith("forge_")}
+            row |= {"train_tokens": cost["tokens"], "train_seconds": cost["seconds"],
+                    "prompt_tokens_added": bench["retrieval"]["prompt_tokens_added"] if rag else 0.0}
+            rows.append(row)
+    return rows
+
+def _cell(v) -> str:
+    if v is None: return "–"
+    if isinstance(v, float): return f"{v:.3f}" if abs(v) < 100 else f"{v:,.0f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+def format_table(rows:list[dict]) -> str:
+    "The decision table as aligned plain text."
+    if not rows: return "(no results)"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [cols] + [[_cell(r.get(c)) for c in cols] for r in rows]
+    w = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    line = lambda row: "  ".join(s.ljust(w[i]) if i < 2 else s.rjust(w[i]) for i, s in enumerate(row))
+    return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
