@@ -15,7 +15,7 @@ __all__ = ['SPLITS', 'OWN_STAGES', 'doc_id', 'is_heldout', 'split_dir', 'split_d
            'split_run', 'find_spans', 'span_pool', 'build_items', 'read_questions', 'write_jsonl', 'passages',
            'retrieve', 'recall_at_k', 'with_passages', 'task_config', 'write_task', 'lm_eval_scores', 'document_bpb',
            'null_model', 'centered', 'eval_dir', 'build_benchmark', 'candidates', 'stage_cost', 'candidate_cost',
-           'evaluate_run', 'decision_table', 'format_table']
+           'evaluate_run', 'decision_table', 'format_table', 'add_eval_parser', 'by_hand', 'cli_eval']
 
 # %% ../nbs/44_eval.ipynb #cc24f95c
 from .config import PipelineConfig, SourceConfig, with_curated_sources
@@ -462,3 +462,38 @@ def format_table(rows:list[dict]) -> str:
     w = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     line = lambda row: "  ".join(s.ljust(w[i]) if i < 2 else s.rjust(w[i]) for i, s in enumerate(row))
     return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
+
+# %% ../nbs/44_eval.ipynb #dcb35e37
+def add_eval_parser(sub, parents=()):
+    "`forge-nb eval CONFIG`."
+    h = "compare candidates (eval.candidates and the run's own models) on questions from held-out documents, with and without retrieval"
+    p = sub.add_parser("eval", parents=list(parents), help=h, description=h)
+    p.add_argument("config", help="the pipeline config YAML (its `eval` section; the run directory is runs_dir/name)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set eval.top_k=3 (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="score only this many questions per task (a quick look)")
+    p.add_argument("--rebuild", action="store_true", help="build the questions again (the split is kept) and score every candidate afresh")
+
+def by_hand(run_dir:str|Path, model:str|Path, task:str="forge_mc") -> str:
+    "The `lm_eval` command that re-runs one of the table's numbers."
+    return (f"lm_eval --model hf --model_args pretrained={Path(model).resolve()},dtype=float32 --device cpu --bootstrap_iters 0 "
+            f"--include_path {(eval_dir(run_dir)/'tasks').resolve()} --tasks {task}")
+
+def cli_eval(args) -> int:
+    "Run `forge-nb eval CONFIG`."
+    import shutil
+    from forge_nb.config import load_config, override
+    cfg = load_config(args.config)
+    if args.overrides: cfg = override(cfg, *args.overrides)
+    run_dir = Path(cfg.runs_dir)/cfg.name
+    if args.rebuild:
+        for p in ("benchmark.json", "results", "tasks", "benchmark"):
+            q = eval_dir(run_dir)/p
+            if q.is_dir(): shutil.rmtree(q)
+            elif q.exists(): q.unlink()
+    rows = evaluate_run(cfg, run_dir, limit=args.limit)
+    print(format_table(rows))
+    best = max((r for r in rows if r["candidate"] != "null"), key=lambda r: r["accuracy"])
+    print(f"\nre-run a number by hand ({best['candidate']}, closed book):\n  {by_hand(run_dir, candidates(cfg, run_dir)[best['candidate']])}"
+          + (f" --limit {args.limit}" if args.limit else ""))
+    return 0
