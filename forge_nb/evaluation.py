@@ -474,9 +474,9 @@ def add_eval_parser(sub, parents=()):
     p.add_argument("--limit", type=int, default=None, help="score only this many questions per task (a quick look)")
     p.add_argument("--rebuild", action="store_true", help="build the questions again (the split is kept) and score every candidate afresh")
 
-def by_hand(run_dir:str|Path, model:str|Path, task:str="forge_mc") -> str:
+def by_hand(run_dir:str|Path, model:str|Path, task:str="forge_mc", batch_size:int=8) -> str:
     "The `lm_eval` command that re-runs one of the table's numbers."
-    return (f"lm_eval --model hf --model_args pretrained={Path(model).resolve()},dtype=float32 --device cpu --bootstrap_iters 0 "
+    return (f"lm_eval --model hf --model_args pretrained={Path(model).resolve()},dtype=float32 --device cpu --batch_size {batch_size} "
             f"--include_path {(eval_dir(run_dir)/'tasks').resolve()} --tasks {task}")
 
 def cli_eval(args) -> int:
@@ -494,6 +494,6 @@ def cli_eval(args) -> int:
     rows = evaluate_run(cfg, run_dir, limit=args.limit)
     print(format_table(rows))
     best = max((r for r in rows if r["candidate"] != "null"), key=lambda r: r["accuracy"])
-    print(f"\nre-run a number by hand ({best['candidate']}, closed book):\n  {by_hand(run_dir, candidates(cfg, run_dir)[best['candidate']])}"
+    print(f"\nre-run a number by hand ({best['candidate']}, closed book):\n  {by_hand(run_dir, candidates(cfg, run_dir)[best['candidate']], batch_size=cfg.eval.batch_size)}"
           + (f" --limit {args.limit}" if args.limit else ""))
     return 0
