@@ -243,7 +243,7 @@ def _stderr(p:float, n:int) -> float: return math.sqrt(max(p * (1 - p), 0.0) / n
 def lm_eval_scores(model:str|Path,       # a Hugging Face model folder
                    tasks:list[str],      # task names
                    include_path:list|str,# folder(s) of task YAML files
-                   batch_size:int=8,     # requests per forward pass
+                   batch_size:int=32,    # requests per forward pass
                    limit:int|None=None,  # score only the first `limit` items of each task (a quick look)
                   ) -> dict:             # task -> {metric: value, "n": items, "<metric>_stderr" for accuracies}
     "Score a local model on local tasks with lm-evaluation-harness (`hf`, float32, CPU; no download, no default task index)."
@@ -314,6 +314,12 @@ def centered(acc:float, chance:float) -> float:
 # %% ../nbs/44_eval.ipynb #9276405a
 def eval_dir(run_dir:str|Path) -> Path: return Path(run_dir)/"eval"
 
+def _clip(text:str, chars:int) -> str:
+    "At most `chars` characters of `text`, cut at a line end when there is one in the second half."
+    if len(text) <= chars: return text
+    cut = text.rfind("\n", 0, chars)
+    return text[:cut if cut > chars // 2 else chars]
+
 def build_benchmark(cfg:PipelineConfig,     # the run's config (its `eval` section)
                     run_dir:str|Path,       # the run directory: writes `eval/`
                     tokenizer,              # the tokenizer choices are matched under (the run's, or a candidate's)
@@ -346,7 +352,7 @@ def build_benchmark(cfg:PipelineConfig,     # the run's config (its `eval` secti
     by_src = defaultdict(list)
     for d in held: by_src[d["source"]].append(d)
     for s, ds in sorted(by_src.items()):
-        write_jsonl(b/f"bpb_{s}.jsonl", [{"id": d["id"], "text": d["text"]} for d in ds[:ev.bpb_docs]])
+        write_jsonl(b/f"bpb_{s}.jsonl", [{"id": d["id"], "text": _clip(d["text"], ev.bpb_chars)} for d in ds[:ev.bpb_docs]])
         tasks[f"forge_bpb_{s}"] = (b/f"bpb_{s}.jsonl", "bpb")
     for f in ev.include:
         rows = read_questions(f)
@@ -474,7 +480,7 @@ def add_eval_parser(sub, parents=()):
     p.add_argument("--limit", type=int, default=None, help="score only this many questions per task (a quick look)")
     p.add_argument("--rebuild", action="store_true", help="build the questions again (the split is kept) and score every candidate afresh")
 
-def by_hand(run_dir:str|Path, model:str|Path, task:str="forge_mc", batch_size:int=8) -> str:
+def by_hand(run_dir:str|Path, model:str|Path, task:str="forge_mc", batch_size:int=32) -> str:
     "The `lm_eval` command that re-runs one of the table's numbers."
     return (f"lm_eval --model hf --model_args pretrained={Path(model).resolve()},dtype=float32 --device cpu --batch_size {batch_size} "
             f"--include_path {(eval_dir(run_dir)/'tasks').resolve()} --tasks {task}")
