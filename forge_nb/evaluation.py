@@ -436,7 +436,8 @@ def decision_table(run_dir:str|Path) -> list[dict]:
     out = eval_dir(run_dir)
     bench = json.loads((out/"benchmark.json").read_text())
     chance, res = bench["chance"], {}
-    for f in sorted((out/"results").glob("*.json")): res[f.stem] = json.loads(f.read_text())
+    order = lambda n: (n != "null", n in OWN_STAGES, OWN_STAGES.index(n) if n in OWN_STAGES else 0, n)   # null, others, the run's own
+    for f in sorted((out/"results").glob("*.json"), key=lambda f: order(f.stem)): res[f.stem] = json.loads(f.read_text())
     null = res.get("null", {}).get("scores", {}).get("forge_mc", {}).get("acc")
     rows = []
     for name, r in res.items():
