@@ -136,21 +136,24 @@ def build_items(heldout:list[dict],   # held-out documents (`id`, `source`, `tex
                 max_per_doc:int=3,    # questions per document, at most
                 kinds=("number", "name", "identifier"),
                 seed:int=0,           # seed of the choice of documents, spans, distractors and order
+                match_tokens:bool=True,    # distractors as many tokens long as the answer (off: any length; only to show the artifact)
+                exclude_context:bool=True, # no choice that occurs in the question (off: only to show the artifact)
                ) -> list[dict]:       # items: id, doc_id, source, kind, context, answer, choices, gold
     "Multiple-choice (and cloze) questions from held-out documents, distractors of the answer's kind and token length."
     rng, items = random.Random(seed), []
+    by_kind = {k: [x for (kk, _), v in sorted(pool.items()) if kk == k for x in v] for k in kinds}
     docs = sorted(heldout, key=lambda d: d["id"]); rng.shuffle(docs)
     for d in docs:
         spans = find_spans(d["text"], kinds); rng.shuffle(spans)
         nt, taken = _n_tokens(tokenizer, [d["text"][a:b] for a, b, _ in spans]), 0
         for a, b, k in spans:
             ans, ctx = d["text"][a:b], _context(d["text"], a, context_chars)
-            if len(ctx) < 20 or _mentions(ctx, ans): continue
-            cands, picked = pool.get((k, nt[ans]), []), []
+            if len(ctx) < 20 or (exclude_context and _mentions(ctx, ans)): continue
+            cands, picked = pool.get((k, nt[ans]), []) if match_tokens else by_kind[k], []
             for _ in range(40 * n_choices):
                 if len(picked) == n_choices - 1 or not cands: break
                 s, src = cands[rng.randrange(len(cands))]
-                if src != d["id"] and s != ans and s not in picked and not _mentions(ctx, s): picked.append(s)
+                if src != d["id"] and s != ans and s not in picked and not (exclude_context and _mentions(ctx, s)): picked.append(s)
             if len(picked) < n_choices - 1: continue
             choices = [ans] + picked; rng.shuffle(choices)
             items.append({"id": f"{d['id']}#{a}", "doc_id": d["id"], "source": d["source"], "kind": k, "context": ctx,

@@ -83,17 +83,37 @@ def test_choices_match_the_answer_in_kind_and_token_length(run):
             if c != it["answer"]: assert any(c in t for i, t in docs.items() if i != it["doc_id"]), (c, it["id"])
 
 
-def test_null_model_scores_chance(run):
+@pytest.fixture(scope="module")
+def null(run):
+    from forge_nb.evaluation import null_model
+    return null_model(run["base"], run["dir"]/"null-test", seed=0)
+
+
+def test_null_model_scores_chance(run, null):
     "A random-weight model with the same tokenizer is within two standard errors of chance on >= 200 questions."
-    from forge_nb.evaluation import null_model, lm_eval_scores
+    from forge_nb.evaluation import lm_eval_scores
     n = len(rows(run["dir"]/"eval"/"benchmark"/"mc.jsonl"))
     assert n >= 200
-    null = null_model(run["base"], run["dir"]/"null-test", seed=0)
     r = lm_eval_scores(null, ["forge_mc"], run["dir"]/"eval"/"tasks")["forge_mc"]
     se = math.sqrt(0.25 * 0.75 / n)
     print(f"null model: accuracy {r['acc']:.4f} on {n} questions, chance 0.25, standard error {se:.4f}, z {(r['acc'] - 0.25) / se:+.2f}")
     assert r["n"] == n
     assert abs(r["acc"] - 0.25) <= 2 * se, (r, se)
+
+
+def test_the_chance_check_fails_on_naive_questions(run, null, tmp_path):
+    """The check above can fail: built without the token-length and not-in-context rules, the questions whose answer the
+    context mentions put the null model well above chance (its residual stream carries the context's embeddings)."""
+    from forge_nb.evaluation import read_split, split_dir, span_pool, build_items, write_jsonl, write_task, task_config, lm_eval_scores
+    held, know = read_split(split_dir(run["dir"]), "heldout"), read_split(split_dir(run["dir"]), "knowledge")
+    naive = build_items(held, span_pool(held + know, run["tok"]), run["tok"], n_items=2000, max_per_doc=20,
+                        match_tokens=False, exclude_context=False)
+    mentioned = [it for it in naive if re.search(r"(?<![A-Za-z0-9_])" + re.escape(it["answer"]) + r"(?![A-Za-z0-9_])", it["context"])]
+    write_jsonl(tmp_path/"naive.jsonl", mentioned); write_task(tmp_path/"tasks", task_config("naive_mc", tmp_path/"naive.jsonl", "mc"))
+    r = lm_eval_scores(null, ["naive_mc"], tmp_path/"tasks")["naive_mc"]
+    z = (r["acc"] - 0.25) / math.sqrt(0.25 * 0.75 / r["n"])
+    print(f"null model on naive questions whose answer the context mentions: accuracy {r['acc']:.4f} on {r['n']}, z {z:+.2f}")
+    assert r["n"] >= 60 and z > 2, r
 
 
 def test_forge_bpb_equals_lm_eval_bits_per_byte(run):
