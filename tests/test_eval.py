@@ -36,6 +36,8 @@ def run(tmp_path_factory):
     rd = d/"runs"/"ev"
     split_run(cfg, rd)
     tok = train_tokenizer((x["text"] for x in read_split(split_dir(rd), "knowledge")), vocab_size=1024)
+    import torch
+    torch.manual_seed(0)
     build_model(ModelConfig(depth=2, aspect_ratio=64, head_dim=64, max_seq_len=128), len(tok), bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(base)
     tok.save_pretrained(base)
