@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_parser(sub, parents=[common])
     from forge_nb.track import add_track_parser   # `forge-nb track sync RUN` (experiment trackers, forge_nb.track)
     add_track_parser(sub, parents=[common])
+    from forge_nb.evaluation import add_eval_parser   # `forge-nb eval CONFIG` (the decision table, forge_nb.evaluation)
+    add_eval_parser(sub, parents=[common])
     from forge_nb.cluster import add_profiles_parser   # `forge-nb profiles [copy NAME]` (site profiles, forge_nb.cluster)
     add_profiles_parser(sub, parents=[common])
     return ap
@@ -255,6 +257,7 @@ def main(argv:list|None=None) -> int:
             return rc
         if args.cmd == "policy": from forge_nb.rl import cli_policy; return cli_policy(args)
         if args.cmd == "track": from forge_nb.track import cli_track; return cli_track(args)
+        if args.cmd == "eval": from forge_nb.evaluation import cli_eval; return cli_eval(args)
         if args.cmd == "profiles": from forge_nb.cluster import cli_profiles; return cli_profiles(args)
         if args.cmd == "launch": return _cmd_launch(args)
         if args.cmd == "docs": return _cmd_docs(args)

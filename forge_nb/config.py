@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Literal, Optional
 
 # %% auto #0
-__all__ = ['SourceKind', 'PII_TYPES', 'TrackerName', 'STAGES', 'StageName', 'WEIGHT_FILES', 'ForgeConfig', 'SourceConfig',
-           'MixStageConfig', 'DataConfig', 'TokenizerConfig', 'ModelConfig', 'OptimConfig', 'PretrainConfig',
-           'LoraSettings', 'SFTConfig', 'RLConfig', 'ResourcesConfig', 'FilterConfig', 'CustomRecognizer',
-           'RedactConfig', 'DedupConfig', 'CurateInput', 'CurateConfig', 'TrackingConfig', 'Stage', 'register_stage',
-           'implemented_stages', 'PipelineConfig', 'curated_sources', 'with_curated_sources', 'ConfigError',
-           'validate_config', 'load_config', 'config_from_yaml', 'override', 'read_model_config', 'init_from_problems',
-           'config_schema', 'field_docs', 'show_fields']
+__all__ = ['SourceKind', 'PII_TYPES', 'TrackerName', 'EvalKind', 'STAGES', 'StageName', 'WEIGHT_FILES', 'ForgeConfig',
+           'SourceConfig', 'MixStageConfig', 'DataConfig', 'TokenizerConfig', 'ModelConfig', 'OptimConfig',
+           'PretrainConfig', 'LoraSettings', 'SFTConfig', 'RLConfig', 'ResourcesConfig', 'FilterConfig',
+           'CustomRecognizer', 'RedactConfig', 'DedupConfig', 'CurateInput', 'CurateConfig', 'TrackingConfig',
+           'EvalConfig', 'Stage', 'register_stage', 'implemented_stages', 'PipelineConfig', 'curated_sources',
+           'with_curated_sources', 'ConfigError', 'validate_config', 'load_config', 'config_from_yaml', 'override',
+           'read_model_config', 'init_from_problems', 'config_schema', 'field_docs', 'show_fields']
 
 # %% ../nbs/00_config.ipynb #aa6bff3a
 import yaml
@@ -432,6 +432,29 @@ class TrackingConfig(ForgeConfig):
         if isinstance(v, (list, tuple)): return {"sinks": list(v)}
         return v
 
+# %% ../nbs/00_config.ipynb #e7a10002
+EvalKind = Literal["number", "name", "identifier"]
+
+class EvalConfig(ForgeConfig):
+    "The internal benchmark: the document split, the questions built from held-out documents, the candidates compared."
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of each source's documents held out for evaluation (chosen by a stable hash of the document).")
+    n_items: int = Field(300, ge=1, description="Multiple-choice (and as many cloze) questions built from the held-out documents, at most.")
+    n_choices: int = Field(4, ge=2, le=10, description="Choices per multiple-choice question (the answer and distractors of the same kind and token length).")
+    kinds: list[EvalKind] = Field(default_factory=lambda: ["number", "name", "identifier"], min_length=1, description="What is masked: numbers, capitalised names/terms, code identifiers.")
+    context_chars: int = Field(300, ge=20, description="Characters of the document before the masked span given as the question.")
+    max_per_doc: int = Field(3, ge=1, description="Questions built from one document, at most.")
+    bpb_docs: int = Field(32, ge=1, description="Held-out documents per source scored for bits per byte.")
+    bpb_chars: int = Field(4000, ge=100, description="Characters of each of those documents scored (cut at a line end): long files cost time, not information.")
+    seed: int = Field(0, description="Seed of the split hash, the choice of questions and distractors, and the null model's weights.")
+    candidates: list[str] = Field(default_factory=list, description="Local Hugging Face model folders compared with the run's own models (an existing open model, a fine-tuned one).")
+    top_k: int = Field(2, ge=1, description="Passages retrieval (BM25) puts before each question.")
+    passage_chars: int = Field(400, ge=50, description="Characters per retrieval passage (documents are cut at paragraph or sentence ends).")
+    retrieval_over: Literal["knowledge", "all"] = Field("all", description="What the BM25 index holds: `knowledge` (the training split) or `all` (every document, as a deployed retrieval system would, held-out ones included).")
+    include: list[str] = Field(default_factory=list, description="Hand-written question files (JSONL in the benchmark's `mc.jsonl` format) scored alongside.")
+    tasks: list[str] = Field(default_factory=list, description="Other lm-evaluation-harness tasks to add to the table (found under `task_paths`).")
+    task_paths: list[str] = Field(default_factory=list, description="Folders of local lm-evaluation-harness task YAML files (no download: data files must be local).")
+    batch_size: int = Field(32, ge=1, description="Requests per forward pass when scoring (32 is 2-4× as fast as 8 for small models on CPU).")
+
 # %% ../nbs/00_config.ipynb #009424ca
 @dataclass(frozen=True)
 class Stage:
@@ -493,6 +516,7 @@ class PipelineConfig(ForgeConfig):
     rl: RLConfig = Field(default_factory=RLConfig, description="RL alignment.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Where the stages run.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment trackers (MLflow, W&B, trackio, TensorBoard) that also receive the records.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation: the held-out split, the internal benchmark and the candidates it compares.")
 
 # %% ../nbs/00_config.ipynb #c0a1e005
 def curated_sources(cfg:PipelineConfig, run_dir:str|Path) -> list[SourceConfig]:
