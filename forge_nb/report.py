@@ -124,6 +124,22 @@ def _passed(p) -> str:
     if isinstance(p, dict): return ", ".join(k for k, v in p.items() if v)
     return "" if p is None else ("all rules" if p else "not all rules")
 
+def _signal_html(sig:dict|None) -> str:
+    "The learning-signal check before GRPO (groups with reward spread, each rule's pass rate) and the warnings given during training."
+    if not sig: return ""
+    out, chk = [], sig.get("check")
+    if chk:
+        rates = ", ".join(f"{html.escape(n)} {v:.0%}" for n, v in (chk.get("pass_rate") or {}).items())
+        out.append(f"<p class='forge-signal-check'>learning-signal check before training: {chk.get('groups_with_spread')} of "
+                   f"{chk.get('prompts')} prompt groups ({chk.get('num_generations')} answers each) had any reward spread; "
+                   f"pass rates of the start model: {rates}</p>")
+    ws = sig.get("warnings") or []
+    out.append("<p class='forge-signal-warnings'>" + ("no learning-signal warning during training" if not ws else
+               f"<b>{len(ws)} warning{'s' * (len(ws) != 1)} during training</b>:</p><ul>" +
+               "".join(f"<li>step {w.get('step')}: <b>{html.escape(str(w.get('kind')))}</b> {html.escape(str(w.get('message')))}</li>" for w in ws)
+               + "</ul><p>") + "</p>")
+    return "".join(out)
+
 def _rl(run:RunDir) -> tuple[str, str]:
     rep = _read_json(run.stage("rl").root/"report.json")
     if not rep or "rules" not in rep: return "<p class='none'>no RL compliance report (rl/report.json)</p>", ""
@@ -137,6 +153,7 @@ def _rl(run:RunDir) -> tuple[str, str]:
     tab.append({"rule": "mean reward", "before RL": f"{rep['reward']['before']:.3f}", "after RL": f"{rep['reward']['after']:.3f}"})
     body = (f"<p>policy <b>{html.escape(str(rep['policy']))}</b>, {rep['prompts']} held-out prompts × "
             f"{rep['samples_per_prompt']} samples; each pass rate with its 95% Wilson interval and counts</p>" + str(chart) + _table(tab))
+    body += _signal_html(rep.get("signal"))
     samples = [{"model": who, "prompt": s["prompt"], "completion": s["completion"], "reward": s["reward"],
                 "passed": _passed(s.get("passed"))}
                for who in ("before", "after") for s in rep[who].get("samples", [])]
