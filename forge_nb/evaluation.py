@@ -15,7 +15,8 @@ __all__ = ['SPLITS', 'OWN_STAGES', 'doc_id', 'is_heldout', 'split_dir', 'split_d
            'split_run', 'find_spans', 'span_pool', 'build_items', 'read_questions', 'write_jsonl', 'passages',
            'retrieve', 'recall_at_k', 'with_passages', 'task_config', 'write_task', 'lm_eval_scores', 'document_bpb',
            'null_model', 'centered', 'eval_dir', 'build_benchmark', 'candidates', 'stage_cost', 'candidate_cost',
-           'evaluate_run', 'decision_table', 'format_table', 'add_eval_parser', 'by_hand', 'cli_eval']
+           'evaluate_run', 'decision_table', 'format_table', 'decision_reading', 'add_eval_parser', 'by_hand',
+           'cli_eval']
 
 # %% ../nbs/44_eval.ipynb #cc24f95c
 from .config import PipelineConfig, SourceConfig, with_curated_sources
@@ -473,6 +474,27 @@ def format_table(rows:list[dict]) -> str:
     line = lambda row: "  ".join(s.ljust(w[i]) if i < 2 else s.rjust(w[i]) for i, s in enumerate(row))
     return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
 
+# %% ../nbs/44_eval.ipynb #964178a7
+def decision_reading(rows:list,   # `forge_nb.evaluation.decision_table` rows
+                    ) -> str:      # plain words: the best candidate, the cheapest one as good, the rule and the numbers
+    "The decision table read by its stated rule: the best accuracy, then the least training compute within two standard errors of it."
+    rows = [r for r in rows if r.get("candidate") != "null" and r.get("accuracy") is not None]
+    if not rows: return "No candidate was scored: run `forge-nb eval CONFIG`."
+    name = lambda r: f"{r['candidate']} ({'closed book' if r['retrieval'] == 'none' else 'with ' + r['retrieval']})"
+    best = max(rows, key=lambda r: r["accuracy"])
+    cut = best["accuracy"] - 2 * (best.get("stderr") or 0.0)
+    good = [r for r in rows if r["accuracy"] >= cut]
+    cheap = min(good, key=lambda r: (r.get("train_seconds") or 0.0, r.get("prompt_tokens_added") or 0.0, -r["accuracy"]))
+    acc = lambda r: f"{r['accuracy']:.1%} ± {2 * (r.get('stderr') or 0):.1%} on {r.get('n')} questions"
+    null = f"; the random-weight null model scored {rows[0]['null_accuracy']:.1%}" if rows[0].get("null_accuracy") is not None else ""
+    cost = lambda r: (f"{r.get('train_seconds') or 0:,.0f} s of training compute"
+                      + (f" and {r['prompt_tokens_added']:,.0f} extra prompt tokens per query" if r.get("prompt_tokens_added") else ""))
+    text = f"Best: {name(best)}, {acc(best)}{null}. "
+    text += (f"As good within two standard errors (≥ {cut:.1%}): {len(good)} of {len(rows)} rows. "
+             f"Cheapest of those: {name(cheap)}, {acc(cheap)}, at {cost(cheap)}"
+             + ("." if cheap is best else f", against {cost(best)} for the best."))
+    return text + (" Rule: highest accuracy; among rows within two standard errors of it, least training compute, then fewest added prompt tokens.")
+
 # %% ../nbs/44_eval.ipynb #dcb35e37
 def add_eval_parser(sub, parents=()):
     "`forge-nb eval CONFIG`."
@@ -503,6 +525,7 @@ def cli_eval(args) -> int:
             elif q.exists(): q.unlink()
     rows = evaluate_run(cfg, run_dir, limit=args.limit)
     print(format_table(rows))
+    print("\n" + decision_reading(rows))
     best = max((r for r in rows if r["candidate"] != "null"), key=lambda r: r["accuracy"])
     print(f"\nre-run a number by hand ({best['candidate']}, closed book):\n  {by_hand(run_dir, candidates(cfg, run_dir)[best['candidate']], batch_size=cfg.eval.batch_size)}"
           + (f" --limit {args.limit}" if args.limit else ""))

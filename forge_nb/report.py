@@ -284,6 +284,14 @@ def _rule_samples(h:dict|None, per:int=2) -> str:
         body += f"<h3>{html.escape(r.name)} <small>({r.kind})</small></h3>" + _table(tab, ["model", "passes", "fails"])
     return body
 
+# %% ../nbs/45_report.ipynb #77feac2e
+def _decision(run:RunDir) -> str:
+    if not (run.root/"eval"/"benchmark.json").exists() or not any((run.root/"eval"/"results").glob("*.json")):
+        return "<p class='none'>no evaluation in this run: <code>forge-nb eval CONFIG</code> scores its candidates</p>"
+    from forge_nb.evaluation import decision_table, decision_reading
+    rows = decision_table(run.root)
+    return f"<p class='forge-decision'>{html.escape(decision_reading(rows))}</p>" + _table(rows)
+
 # %% ../nbs/45_report.ipynb #a949da3d
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px}td,th{border:1px solid #ccc;
@@ -303,6 +311,7 @@ def write_report(run_dir:str|Path,        # a run directory the stages wrote
             ("Citations before and after RL (held-out prompts)", "citations", _citations(held)),
             ("Passing and failing answers per rule", "rule-samples", _rule_samples(held)),
             ("Sample generations (held-out prompts)", "samples", samples or "<p class='none'>no samples</p>"),
+            ("Should we pretrain? Candidates on held-out documents", "decision", _decision(run)),
             ("Where every artifact is", "artifacts", _artifacts(run))]
     nav = "".join(f"<a href='#{sid}'>{html.escape(t)}</a>" for t, sid, _ in secs)
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>forge_nb run {html.escape(run.name)}</title>"
