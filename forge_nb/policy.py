@@ -530,14 +530,15 @@ class JudgeRule(RuleBase):
     def score_batch(self, completions:list, prompts:list) -> list[float]:
         "P(yes) of many (prompt, completion) pairs: cached ones from memory, the rest in left-padded batches."
         keys = [(self.model, self.rubric, text_of(p), text_of(c)) for p, c in zip(prompts, completions)]
-        todo = list(dict.fromkeys(k for k in keys if k not in _JUDGE_SCORES))
+        todo, new = list(dict.fromkeys(k for k in keys if k not in _JUDGE_SCORES)), {}
         for i in range(0, len(todo), self.batch_size):
             chunk = todo[i:i + self.batch_size]
-            for k, s in zip(chunk, self._forward([k[2] for k in chunk], [k[3] for k in chunk])):
-                _JUDGE_SCORES[k] = s
-                while len(_JUDGE_SCORES) > JUDGE_CACHE_SIZE: _JUDGE_SCORES.popitem(last=False)
-        out = []
-        for k in keys: _JUDGE_SCORES.move_to_end(k); out.append(_JUDGE_SCORES[k])
+            new.update(zip(chunk, self._forward([k[2] for k in chunk], [k[3] for k in chunk])))
+        for k in keys:
+            if k not in new: _JUDGE_SCORES.move_to_end(k)
+        out = [new[k] if k in new else _JUDGE_SCORES[k] for k in keys]
+        _JUDGE_SCORES.update(new)
+        while len(_JUDGE_SCORES) > JUDGE_CACHE_SIZE: _JUDGE_SCORES.popitem(last=False)
         return out
 
     def _forward(self, prompts:list, completions:list) -> list[float]:
@@ -566,9 +567,12 @@ def price_examples(n:int, seed:int=0) -> list:
     "`n` labelled (prompt, answer, mentions a price) examples for `PRICE_RUBRIC`, half of each: a tiny judge's training and test data."
     import random
     rng = random.Random(seed)
-    items, qs = ["Pro", "Basic", "Team", "the add-on", "Enterprise", "storage"], ["How much is {}?", "Tell me about {}.", "What does {} include?"]
-    said = ["{} costs ${} a month.", "You can get {} for ${}.", "{} is ${} per seat.", "The price of {} is ${}."]
-    plain = ["{} includes email support.", "{} works on every device.", "You can switch to {} at any time.", "{} has no limits on users."]
+    items = ["Pro", "Basic", "Team", "the add-on", "Enterprise", "storage", "Silver", "the mobile app", "training", "hosting"]
+    qs = ["How much is {}?", "Tell me about {}.", "What does {} include?", "Is {} worth it?"]
+    said = ["{} costs ${} a month.", "You can get {} for ${}.", "{} is ${} per seat.", "The price of {} is ${}.",
+            "At ${1}, {0} is our best deal.", "{}: ${} per year.", "Budget ${1} for {0}.", "{} runs ${} with tax."]
+    plain = ["{} includes email support.", "{} works on every device.", "You can switch to {} at any time.", "{} has no limits on users.",
+             "{} is popular with our customers.", "Ask sales about {}.", "{} comes with a free trial.", "{} is sold in every country."]
     out = []
     for i in range(n):
         it = rng.choice(items); yes = i % 2 == 0
@@ -718,7 +722,7 @@ def policy_from_yaml(text:str,                  # the policy's YAML
         if isinstance(r, CiteRule) and r.documents: errs += _check_documents(r, i, pol, base_dir)
         if isinstance(r, JudgeRule):
             p = Path(r.model)
-            if not p.is_absolute() and not p.exists() and base_dir is not None and (Path(base_dir)/p).exists(): r.model = str(Path(base_dir)/p)
+            if not p.is_absolute() and base_dir is not None and (Path(base_dir)/p).exists(): r.model = str(Path(base_dir)/p)   # the policy's folder first
             try: check_judge_folder(r.model)
             except ValueError as e: errs.append((f"rules.{i} ({r.name}).model", str(e), pol.where(i, "model")))
     if errs: raise ConfigError(errs, source)
