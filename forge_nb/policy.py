@@ -1,4 +1,4 @@
-"""Internal rules as data: a YAML file of named, weighted rules (forbidden terms, required phrases, formats, length, citations, Python functions, reward models), each scoring a completion in [0, 1] with a reason.
+"""Internal rules as data: a YAML file of named, weighted rules (forbidden terms, required phrases, formats, length, citations, Python functions, reward models, yes/no judges), each scoring a completion in [0, 1] with a reason.
 
 Docs: https://forge-nb.github.io/forge_nb/policy.html.md"""
 
