@@ -1,4 +1,4 @@
-"""Internal rules as data: a YAML file of named, weighted rules (forbidden terms, required phrases, formats, length, citations, Python functions, reward models), each scoring a completion in [0, 1] with a reason.
+"""Internal rules as data: a YAML file of named, weighted rules (forbidden terms, required phrases, formats, length, citations, Python functions, reward models, yes/no judges), each scoring a completion in [0, 1] with a reason.
 
 Docs: https://forge-nb.github.io/forge_nb/policy.html.md"""
 
@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 # %% auto #0
-__all__ = ['STOPWORDS', 'Rule', 'RULE_KINDS', 'EXAMPLE_POLICY', 'text_of', 'When', 'RuleBase', 'ForbiddenRule', 'RequiredRule',
-           'FormatRule', 'LengthRule', 'content_words', 'DocumentIndex', 'load_documents', 'grounding', 'CiteRule',
-           'resolve_function', 'PythonRule', 'check_reward_model_folder', 'RewardModelRule', 'reward_model_text',
+__all__ = ['STOPWORDS', 'YES_WORDS', 'NO_WORDS', 'JUDGE_CACHE_SIZE', 'PRICE_RUBRIC', 'Rule', 'RULE_KINDS', 'EXAMPLE_POLICY',
+           'text_of', 'When', 'RuleBase', 'ForbiddenRule', 'RequiredRule', 'FormatRule', 'LengthRule', 'content_words',
+           'DocumentIndex', 'load_documents', 'grounding', 'CiteRule', 'resolve_function', 'PythonRule',
+           'check_reward_model_folder', 'RewardModelRule', 'reward_model_text', 'check_judge_folder', 'load_judge',
+           'judge_token_ids', 'judge_question', 'judge_prompt', 'JudgeRule', 'price_examples', 'tiny_judge',
            'PolicyConfig', 'Policy', 'policy_from_yaml', 'load_policy', 'load_prompts', 'load_pairs', 'check_prompts',
            'score_rows', 'summarize', 'score_table', 'reward_functions']
 
@@ -459,10 +461,147 @@ def reward_model_text(tok, prompt, completion) -> str:
     if getattr(tok, "chat_template", None): return tok.apply_chat_template(msgs, tokenize=False)
     return "\n".join(m["content"] for m in msgs)
 
+# %% ../nbs/40_policy.ipynb #1bf4c56f
+YES_WORDS, NO_WORDS = ("yes", " yes", "Yes", " Yes", "YES"), ("no", " no", "No", " No", "NO")
+
+def check_judge_folder(path:str|Path) -> Path:
+    "Raise unless `path` is a Hugging Face causal-LM folder (config.json with a *ForCausalLM architecture, and a tokenizer)."
+    p = Path(path)
+    if not p.is_dir(): raise ValueError(f"{str(path)!r} does not exist: give a local Hugging Face causal-LM folder (relative paths: from the policy's folder)")
+    if not (p/"config.json").exists(): raise ValueError(f"{str(path)!r} is not a model folder (no config.json)")
+    archs = json.loads((p/"config.json").read_text()).get("architectures") or []
+    if not any(a.endswith("ForCausalLM") or a.endswith("ForConditionalGeneration") for a in archs):
+        raise ValueError(f"{str(path)!r} is not a causal language model (architectures {archs}); a judge answers yes/no, e.g. an instruction-tuned *ForCausalLM")
+    if not any((p/f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise ValueError(f"{str(path)!r} has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    return p
+
+_JUDGE_CACHE = {}
+
+def load_judge(path:str) -> tuple:
+    "(model, tokenizer, yes ids, no ids) of a judge folder, loaded once per process (transformers; GPU when there is one)."
+    # TODO(issue 24): a vLLM path (only when vllm imports and CUDA is available); transformers serves every device today.
+    if path not in _JUDGE_CACHE:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        m = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False).to(dev).eval()
+        t = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        if t.pad_token is None: t.pad_token = t.eos_token
+        t.padding_side = "left"
+        _JUDGE_CACHE[path] = (m, t) + judge_token_ids(t)
+    return _JUDGE_CACHE[path]
+
+def judge_token_ids(tok) -> tuple:
+    "Ids of the one-token spellings of yes and no (`YES_WORDS`, `NO_WORDS`) in this vocabulary: (yes ids, no ids)."
+    def ids(words):
+        out = sorted({e[0] for w in words if len(e := tok.encode(w, add_special_tokens=False)) == 1})
+        if not out: raise ValueError(f"the judge's tokenizer has no single token for any of {list(words)}")
+        return out
+    return ids(YES_WORDS), ids(NO_WORDS)
+
+def judge_question(rubric:str, prompt, completion) -> str:
+    "The question a judge answers, as the user's message: the rubric, the request and the answer."
+    return f"Answer yes or no. {rubric.strip()}\n\nRequest:\n{text_of(prompt).strip()}\n\nAnswer:\n{text_of(completion).strip()}"
+
+def judge_prompt(tok, rubric:str, prompt, completion) -> str:
+    "The judge's input: `judge_question` in the chat template with its generation prompt, or a plain template when the tokenizer has none."
+    q = judge_question(rubric, prompt, completion)
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+    return q + "\n\nVerdict (yes or no):"
+
+# %% ../nbs/40_policy.ipynb #bddaa105
+from collections import OrderedDict
+from pydantic import AliasChoices
+
+_JUDGE_SCORES = OrderedDict()    # (model path, rubric, prompt, completion) -> P(yes); least recently used dropped first
+JUDGE_CACHE_SIZE = 65536
+
+class JudgeRule(RuleBase):
+    "A local instruction-tuned causal LM answers a yes/no rubric about each answer; score = P(yes) / (P(yes) + P(no)) of its next token."
+    kind: Literal["judge"] = "judge"
+    model: str = Field(description="Judge model folder (Hugging Face causal LM; relative paths: from the policy's folder).")
+    rubric: str = Field(min_length=1, description="A yes/no question about the answer, in plain words (yes = compliant).")
+    pass_at: float = Field(0.5, ge=0, le=1, validation_alias=AliasChoices("threshold", "pass_at"),
+                           description="`threshold`: a P(yes) at or above this counts as passed.")
+    batch_size: int = Field(16, ge=1, description="Completions judged per forward pass.")
+
+    def score_batch(self, completions:list, prompts:list) -> list[float]:
+        "P(yes) of many (prompt, completion) pairs: cached ones from memory, the rest in left-padded batches."
+        keys = [(self.model, self.rubric, text_of(p), text_of(c)) for p, c in zip(prompts, completions)]
+        todo, new = list(dict.fromkeys(k for k in keys if k not in _JUDGE_SCORES)), {}
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i:i + self.batch_size]
+            new.update(zip(chunk, self._forward([k[2] for k in chunk], [k[3] for k in chunk])))
+        for k in keys:
+            if k not in new: _JUDGE_SCORES.move_to_end(k)
+        out = [new[k] if k in new else _JUDGE_SCORES[k] for k in keys]
+        _JUDGE_SCORES.update(new)
+        while len(_JUDGE_SCORES) > JUDGE_CACHE_SIZE: _JUDGE_SCORES.popitem(last=False)
+        return out
+
+    def _forward(self, prompts:list, completions:list) -> list[float]:
+        "One forward pass over a left-padded batch: the last position's log-probabilities of the yes and no tokens."
+        import torch
+        m, t, yes, no = load_judge(self.model)
+        enc = t([judge_prompt(t, self.rubric, p, c) for p, c in zip(prompts, completions)], return_tensors="pt",
+                padding=True, add_special_tokens=False).to(m.device)
+        pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)       # positions count real tokens only (left padding)
+        with torch.no_grad():
+            lp = torch.log_softmax(m(**enc, position_ids=pos).logits[:, -1].float(), -1)
+        ly, ln = torch.logsumexp(lp[:, yes], -1), torch.logsumexp(lp[:, no], -1)
+        return torch.sigmoid(ly - ln).tolist()
+
+    def verdict(self, s:float) -> str:
+        return f"judge {_q(self.rubric, 60)}: " + (f"yes (p={s:.2f})" if s >= 0.5 else f"no (p={1 - s:.2f})")
+
+    def check(self, completion, prompt, row):
+        s = self.score_batch([completion], [prompt])[0]
+        return s, self.verdict(s)
+
+# %% ../nbs/40_policy.ipynb #56a5a4f3
+PRICE_RUBRIC = "Does the answer mention a price?"
+
+def price_examples(n:int, seed:int=0) -> list:
+    "`n` labelled (prompt, answer, mentions a price) examples for `PRICE_RUBRIC`, half of each: a tiny judge's training and test data."
+    import random
+    rng = random.Random(seed)
+    items = ["Pro", "Basic", "Team", "the add-on", "Enterprise", "storage", "Silver", "the mobile app", "training", "hosting"]
+    qs = ["How much is {}?", "Tell me about {}.", "What does {} include?", "Is {} worth it?"]
+    said = ["{} costs ${} a month.", "You can get {} for ${}.", "{} is ${} per seat.", "The price of {} is ${}.",
+            "At ${1}, {0} is our best deal.", "{}: ${} per year.", "Budget ${1} for {0}.", "{} runs ${} with tax."]
+    plain = ["{} includes email support.", "{} works on every device.", "You can switch to {} at any time.", "{} has no limits on users.",
+             "{} is popular with our customers.", "Ask sales about {}.", "{} comes with a free trial.", "{} is sold in every country."]
+    out = []
+    for i in range(n):
+        it = rng.choice(items); yes = i % 2 == 0
+        a = rng.choice(said).format(it, rng.randint(2, 999)) if yes else rng.choice(plain).format(it)
+        out.append((rng.choice(qs).format(it), a[0].upper() + a[1:], yes))
+    return out
+
+# %% ../nbs/40_policy.ipynb #8ed890b7
+def tiny_judge(out:str|Path,          # model folder to write
+               rubric:str,            # the yes/no question it learns to answer
+               examples:list,         # (prompt, completion, yes: bool) labelled examples
+               steps:int=60,          # SFT optimizer steps
+               seed:int=0,
+               **kw,                  # passed to `trl_stage.tiny_chat_model` (depth, lr, batch_size, ...)
+              ) -> Path:
+    "A small judge for tests and demos: `tiny_chat_model` tuned to answer `judge_prompt`s on labelled examples with yes or no."
+    import tempfile
+    from forge_nb.trl_stage import tiny_chat_model   # a stage-level helper, imported only here (tests and demos)
+    rows = [{"messages": [{"role": "user", "content": judge_question(rubric, p, c)},
+                          {"role": "assistant", "content": "yes" if y else "no"}]} for p, c, y in examples]
+    f = Path(tempfile.mkdtemp())/"judge_chat.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tiny_chat_model(out, f, steps=steps, seed=seed, **kw)
+
 # %% ../nbs/40_policy.ipynb #5efae9d2
-Rule = Annotated[Union[ForbiddenRule, RequiredRule, FormatRule, LengthRule, CiteRule, PythonRule, RewardModelRule],
+Rule = Annotated[Union[ForbiddenRule, RequiredRule, FormatRule, LengthRule, CiteRule, PythonRule, RewardModelRule,
+                       JudgeRule],
                  Field(discriminator="kind")]
-RULE_KINDS = ("forbidden", "required", "format", "length", "cite", "python", "reward_model")
+RULE_KINDS = ("forbidden", "required", "format", "length", "cite", "python", "reward_model", "judge")
 
 class PolicyConfig(ForgeConfig):
     "A policy file: a name and its rules."
@@ -559,7 +698,7 @@ def _check_documents(r:CiteRule, i:int, pol:Policy, base_dir) -> list:
 
 def policy_from_yaml(text:str,                  # the policy's YAML
                      source:str="<policy>",     # file name for errors
-                     base_dir:str|Path|None=None, # folder relative reward-model paths may be in
+                     base_dir:str|Path|None=None, # folder relative model / document paths are read from
                     ) -> Policy:
     "Parse and validate a policy; every error names the rule, the file and the line."
     try: data = yaml.safe_load(text)
@@ -581,6 +720,11 @@ def policy_from_yaml(text:str,                  # the policy's YAML
             try: check_reward_model_folder(r.path)
             except ValueError as e: errs.append((f"rules.{i} ({r.name}).path", str(e), pol.where(i, "path")))
         if isinstance(r, CiteRule) and r.documents: errs += _check_documents(r, i, pol, base_dir)
+        if isinstance(r, JudgeRule):
+            p = Path(r.model)
+            if not p.is_absolute() and base_dir is not None and (Path(base_dir)/p).exists(): r.model = str(Path(base_dir)/p)   # the policy's folder first
+            try: check_judge_folder(r.model)
+            except ValueError as e: errs.append((f"rules.{i} ({r.name}).model", str(e), pol.where(i, "model")))
     if errs: raise ConfigError(errs, source)
     return pol
 
@@ -663,14 +807,20 @@ def score_rows(policy:Policy,
                completions:list,           # one completion per prompt, or a list of completions per prompt
               ) -> list[dict]:             # one record per completion
     "Score completions: {prompt, completion, scores: {rule: (score, reason)|None}, reward, passed}."
-    out = []
+    pairs = []
     for p, cs in zip(prompts, completions):
         row = p if isinstance(p, dict) else {"prompt": p}
-        for c in ([cs] if isinstance(cs, (str, dict)) or (isinstance(cs, list) and cs and isinstance(cs[0], dict)) else cs):
-            sc = policy.score(c, row["prompt"], row)
-            ok = [v for v in policy.passed(sc).values() if v is not None]
-            out.append({"prompt": text_of(row["prompt"]), "completion": text_of(c), "scores": sc,
-                        "reward": policy.reward(sc), "passed": all(ok)})
+        pairs += [(row, c) for c in ([cs] if isinstance(cs, (str, dict)) or (isinstance(cs, list) and cs and isinstance(cs[0], dict)) else cs)]
+    for r in policy.rules:                 # judges score in batches first; the loop below then reads their cache
+        if isinstance(r, JudgeRule):
+            todo = [(row["prompt"], c) for row, c in pairs if r.applies(text_of(row["prompt"]), row)]
+            if todo: r.score_batch([c for _, c in todo], [p for p, _ in todo])
+    out = []
+    for row, c in pairs:
+        sc = policy.score(c, row["prompt"], row)
+        ok = [v for v in policy.passed(sc).values() if v is not None]
+        out.append({"prompt": text_of(row["prompt"]), "completion": text_of(c), "scores": sc,
+                    "reward": policy.reward(sc), "passed": all(ok)})
     return out
 
 def summarize(policy:Policy, records:list[dict]) -> dict:
@@ -709,7 +859,7 @@ def reward_functions(policy:Policy) -> list:
     "One TRL reward function per rule: `f(prompts, completions, **columns) -> list[float|None]`, named after the rule."
     fns = []
     for rule in policy.rules:
-        batched = isinstance(rule, RewardModelRule)
+        batched = isinstance(rule, (RewardModelRule, JudgeRule))   # scored in batches
         def f(prompts, completions, _rule=rule, _batched=batched, **kw):
             cols = {k: v for k, v in kw.items() if isinstance(v, list) and len(v) == len(completions)}
             rows = [{k: v[i] for k, v in cols.items()} for i in range(len(completions))]
