@@ -32,7 +32,7 @@ def _check_regex(p:str) -> str:
     return p
 
 @functools.lru_cache(maxsize=4096)
-def _rx(pattern:str, flags:int=0) -> re.Pattern: return re.compile(pattern, flags)
+def _regex(pattern:str, flags:int=0) -> re.Pattern: return re.compile(pattern, flags)
 
 def text_of(x) -> str:
     "Plain text of a prompt or completion: a string, or the contents of a list of chat messages joined by newlines."
@@ -60,7 +60,7 @@ class When(ForgeConfig):
 
     def applies(self, prompt:str, row:dict) -> bool:
         "Does a rule with this scope apply to this prompt (text) and row?"
-        if self.prompt is not None and not _rx(self.prompt).search(prompt): return False
+        if self.prompt is not None and not _regex(self.prompt).search(prompt): return False
         if self.column is not None:
             v = row.get(self.column)
             if self.has is None: return bool(v)
@@ -95,7 +95,8 @@ def _term_rx(term:str) -> str:
     b1 = r"\b" if re.search(r"\w$", term) else ""
     return b0 + re.escape(term) + b1
 
-def _q(s:str, n:int=40) -> str:
+def _quoted(s:str, n:int=40) -> str:
+    "A matched value as a reason shows it: on one line, quoted, cut to `n` characters."
     s = s.replace("\n", " ")
     return repr(s if len(s) <= n else s[:n-1] + "…")
 
@@ -117,8 +118,8 @@ class ForbiddenRule(RuleBase):
 
     def check(self, completion, prompt, row):
         fl = re.I if self.ignore_case else 0
-        hits = [_q(m.group(0)) for t in self.terms if (m := _rx(_term_rx(t), fl).search(completion))]
-        hits += [_q(m.group(0)) for p in self.regex if (m := _rx(p, fl).search(completion))]
+        hits = [_quoted(m.group(0)) for t in self.terms if (m := _regex(_term_rx(t), fl).search(completion))]
+        hits += [_quoted(m.group(0)) for p in self.regex if (m := _regex(p, fl).search(completion))]
         return (0.0, "contains forbidden " + ", ".join(hits)) if hits else (1.0, "no forbidden term")
 
 # %% ../nbs/40_policy.ipynb #f32c2233
@@ -140,7 +141,7 @@ class RequiredRule(RuleBase):
 
     def check(self, completion, prompt, row):
         fl = re.I if self.ignore_case else 0
-        items = [(_q(p), _rx(re.escape(p), fl)) for p in self.phrases] + [(f"/{p}/", _rx(p, fl)) for p in self.regex]
+        items = [(_quoted(p), _regex(re.escape(p), fl)) for p in self.phrases] + [(f"/{p}/", _regex(p, fl)) for p in self.regex]
         missing = [label for label, rx in items if not rx.search(completion)]
         found = len(items) - len(missing)
         if self.mode == "any":
@@ -177,12 +178,12 @@ class FormatRule(RuleBase):
 
     def check(self, completion, prompt, row):
         if self.format == "regex":
-            ok = _rx(self.pattern, re.S).fullmatch(completion.strip()) is not None
+            ok = _regex(self.pattern, re.S).fullmatch(completion.strip()) is not None
             return (1.0, "matches the pattern") if ok else (0.0, f"does not match /{self.pattern}/")
         if self.format == "sections":
             pos, missing = 0, []
             for s in self.sections:
-                m = _rx(r"^[ \t]*(?:#+[ \t]*)?" + re.escape(s) + r"\b", re.M | re.I).search(completion, pos)
+                m = _regex(r"^[ \t]*(?:#+[ \t]*)?" + re.escape(s) + r"\b", re.M | re.I).search(completion, pos)
                 if m: pos = m.end()
                 else: missing.append(s)
             n = len(self.sections)
@@ -338,7 +339,7 @@ class CiteRule(RuleBase):
     def audit(self, completion, prompt="", row:dict|None=None) -> dict:
         """The ids the prompt gives and the completion cites, sorted: `missing` (not in the index), `other` (not one given,
         with `must_match: prompt`), `ok`; `fabricated`: cited ids that are not real (with an index: `missing`; without: `other`)."""
-        rx, row, idx = _rx(self.id_pattern), row or {}, self.index()
+        rx, row, idx = _regex(self.id_pattern), row or {}, self.index()
         src = text_of(prompt) + ("\n" + text_of(row.get(self.context_column)) if self.context_column else "")
         given = list(dict.fromkeys(m.group(1) for m in rx.finditer(src)))
         cited = list(dict.fromkeys(m.group(1) for m in rx.finditer(text_of(completion))))
@@ -363,7 +364,7 @@ class CiteRule(RuleBase):
             return self.no_citation_score, "cites no source" + (f" (given: {srcs})" if srcs else f" of {idx.name}")
         s, why = (1.0, "cites " + ", ".join(good)) if not bad else (0.5, f"cites {', '.join(good)} but " + "; ".join(bad))
         if self.min_grounding is not None:
-            g, out = grounding(_rx(self.id_pattern).sub(" ", text_of(completion)), frozenset().union(*(idx.words(c) for c in good)))
+            g, out = grounding(_regex(self.id_pattern).sub(" ", text_of(completion)), frozenset().union(*(idx.words(c) for c in good)))
             if g >= self.min_grounding: why += f"; grounding {g:.2f}"
             else:
                 s *= g / self.min_grounding
@@ -554,7 +555,7 @@ class JudgeRule(RuleBase):
         return torch.sigmoid(ly - ln).tolist()
 
     def verdict(self, s:float) -> str:
-        return f"judge {_q(self.rubric, 60)}: " + (f"yes (p={s:.2f})" if s >= 0.5 else f"no (p={1 - s:.2f})")
+        return f"judge {_quoted(self.rubric, 60)}: " + (f"yes (p={s:.2f})" if s >= 0.5 else f"no (p={1 - s:.2f})")
 
     def check(self, completion, prompt, row):
         s = self.score_batch([completion], [prompt])[0]
