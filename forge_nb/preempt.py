@@ -15,6 +15,7 @@ __all__ = ['preempt_signal', 'slurm_end_time', 'grace_deadline', 'save_fits', 'a
 
 # %% ../nbs/04_preempt.ipynb #92d33108
 from .distributed import dist_env
+from fastcore.basics import patch
 
 # %% ../nbs/04_preempt.ipynb #0c0399e0
 def preempt_signal() -> signal.Signals:
@@ -126,63 +127,72 @@ class PreemptionGuard:
             try: os.kill(os.getpid(), self.sig)   # still not at a step boundary: the handler exits now
             except OSError: pass
 
-    def requested(self, step:int|None=None) -> bool:
-        "Has any rank been told to stop? (Call at every step boundary, on every rank; `step`: the step just finished.)"
-        self.step = step if step is not None else self.step
-        if agree_max(1.0 if self.at is not None else 0.0) == 0: return False
-        if self.at is None: self.request(self.sig)   # signalled on another rank only: a notice here too (finds the deadline)
-        return True
+# %% ../nbs/04_preempt.ipynb #5f2c6738
+@patch
+def requested(self:PreemptionGuard, step:int|None=None) -> bool:
+    "Has any rank been told to stop? (Call at every step boundary, on every rank; `step`: the step just finished.)"
+    self.step = step if step is not None else self.step
+    if agree_max(1.0 if self.at is not None else 0.0) == 0: return False
+    if self.at is None: self.request(self.sig)   # signalled on another rank only: a notice here too (finds the deadline)
+    return True
 
-    def grace_left(self) -> float|None:
-        "Seconds until the job is stopped, if known."
-        if self._timer is not None: self._known.wait(timeout=20)   # the watchdog thread looks the deadline up
-        return None if self.deadline is None else self.deadline - time.time()
+@patch
+def grace_left(self:PreemptionGuard) -> float|None:
+    "Seconds until the job is stopped, if known."
+    if self._timer is not None: self._known.wait(timeout=20)   # the watchdog thread looks the deadline up
+    return None if self.deadline is None else self.deadline - time.time()
 
-    def decide(self, estimate_s:float|None) -> bool:
-        "Will a checkpoint of `estimate_s` seconds fit? Rank 0 decides; every rank gets its answer."
-        ok = save_fits(self.grace_left(), estimate_s, margin_s=self.margin_s) if dist_env().is_main else True
-        return agree_max(0.0 if ok else 1.0) == 0.0
+@patch
+def decide(self:PreemptionGuard, estimate_s:float|None) -> bool:
+    "Will a checkpoint of `estimate_s` seconds fit? Rank 0 decides; every rank gets its answer."
+    ok = save_fits(self.grace_left(), estimate_s, margin_s=self.margin_s) if dist_env().is_main else True
+    return agree_max(0.0 if ok else 1.0) == 0.0
 
-    def stop(self, step:int,                  # the step just finished
-             save:Callable|None,              # writes the checkpoint (every rank calls it); returns where
-             estimate_s:float|None=None,      # seconds the last checkpoint took
-             previous:str|None=None):         # the checkpoint a requeued job would otherwise resume from (for the log)
-        "At a step boundary after `requested()`: save if it fits, record what happened, exit for requeue."
-        if save is not None and self.decide(estimate_s):
-            self.saving = True
-            t = time.perf_counter(); where = save(); dt = time.perf_counter() - t
-            self.finish(step, True, save_s=dt, where=where, estimate_s=estimate_s)
-        self.finish(step, False, estimate_s=estimate_s, where=previous)
-
-    def finish(self, step:int, saved:bool, save_s:float|None=None, where=None, estimate_s:float|None=None):
-        "Log and record the preemption at `step` (checkpoint written or not), then exit for requeue."
-        left = self.grace_left()
-        sig = signal.Signals(self.signum).name if self.signum else "?"
-        grace = "unknown grace" if left is None else f"{left:.1f} s of grace left"
-        if saved: msg = f"checkpoint {where} written in {save_s:.2f} s ({grace}); exiting for requeue"
-        else: msg = (f"NOT saving: a checkpoint takes ~{estimate_s or 0:.2f} s and only {grace}; exiting at once, "
-                     f"the requeued job resumes from {where or 'the previous checkpoint'}")
-        self.log(f"{self.name}: preempted ({sig}) at step {step}: {msg}")
-        self._record(step, saved, save_s=save_s, estimate_s=estimate_s)
-        self.exit_for_requeue()
-
-    def _record(self, step, saved:bool, **extra):
-        left = None if self.deadline is None else self.deadline - time.time()
-        rec = dict(step=step, event="preempted", signal=signal.Signals(self.signum).name if self.signum else None,
-                   signalled_at=round(self.at or 0.0, 3), checkpoint=saved, grace_left_s=None if left is None else round(left, 2),
-                   deadline_from=self.deadline_from, **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in extra.items()})
-        if self.metrics is not None: self.metrics.log(**rec)
-
-    def exit_for_requeue(self):
-        "Hand over to the replaced handler (submitit's checkpoint-and-requeue); without one, raise `Preempted`."
-        prev, signum = self._prev, self.signum or self.sig
+@patch
+def stop(self:PreemptionGuard, step:int,                  # the step just finished
+         save:Callable|None,              # writes the checkpoint (every rank calls it); returns where
+         estimate_s:float|None=None,      # seconds the last checkpoint took
+         previous:str|None=None):         # the checkpoint a requeued job would otherwise resume from (for the log)
+    "At a step boundary after `requested()`: save if it fits, record what happened, exit for requeue."
+    if save is not None and self.decide(estimate_s):
         self.saving = True
-        self._restore()
-        if callable(prev):
-            prev(signum, None)             # submitit: checkpoint(), `scontrol requeue` (rank 0), sys.exit
-            if not dist_env().is_main:     # submitit requeues from rank 0 only; the others wait for SLURM to end them
-                for _ in range(600): time.sleep(0.1)
-        raise Preempted(f"{self.name}: preempted; start the run again to resume from its latest checkpoint")
+        t = time.perf_counter(); where = save(); dt = time.perf_counter() - t
+        self.finish(step, True, save_s=dt, where=where, estimate_s=estimate_s)
+    self.finish(step, False, estimate_s=estimate_s, where=previous)
+
+# %% ../nbs/04_preempt.ipynb #a881006c
+@patch
+def finish(self:PreemptionGuard, step:int, saved:bool, save_s:float|None=None, where=None, estimate_s:float|None=None):
+    "Log and record the preemption at `step` (checkpoint written or not), then exit for requeue."
+    left = self.grace_left()
+    sig = signal.Signals(self.signum).name if self.signum else "?"
+    grace = "unknown grace" if left is None else f"{left:.1f} s of grace left"
+    if saved: msg = f"checkpoint {where} written in {save_s:.2f} s ({grace}); exiting for requeue"
+    else: msg = (f"NOT saving: a checkpoint takes ~{estimate_s or 0:.2f} s and only {grace}; exiting at once, "
+                 f"the requeued job resumes from {where or 'the previous checkpoint'}")
+    self.log(f"{self.name}: preempted ({sig}) at step {step}: {msg}")
+    self._record(step, saved, save_s=save_s, estimate_s=estimate_s)
+    self.exit_for_requeue()
+
+@patch
+def _record(self:PreemptionGuard, step, saved:bool, **extra):
+    left = None if self.deadline is None else self.deadline - time.time()
+    rec = dict(step=step, event="preempted", signal=signal.Signals(self.signum).name if self.signum else None,
+               signalled_at=round(self.at or 0.0, 3), checkpoint=saved, grace_left_s=None if left is None else round(left, 2),
+               deadline_from=self.deadline_from, **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in extra.items()})
+    if self.metrics is not None: self.metrics.log(**rec)
+
+@patch
+def exit_for_requeue(self:PreemptionGuard):
+    "Hand over to the replaced handler (submitit's checkpoint-and-requeue); without one, raise `Preempted`."
+    prev, signum = self._prev, self.signum or self.sig
+    self.saving = True
+    self._restore()
+    if callable(prev):
+        prev(signum, None)             # submitit: checkpoint(), `scontrol requeue` (rank 0), sys.exit
+        if not dist_env().is_main:     # submitit requeues from rank 0 only; the others wait for SLURM to end them
+            for _ in range(600): time.sleep(0.1)
+    raise Preempted(f"{self.name}: preempted; start the run again to resume from its latest checkpoint")
 
 # %% ../nbs/04_preempt.ipynb #af560abe
 def preempt_now(signum=None):

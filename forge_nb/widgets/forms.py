@@ -362,6 +362,7 @@ def model_size_note(cfg:PipelineConfig) -> str:
                 f"except max_seq_len (the training context, at most {d['max_seq_len']})</div>")
     return f"<div class='forge-model-size'><b>Dialled model</b>: {size} (vocab {V:,}: tokenizer.vocab_size)</div>"
 
+# %% ../../nbs/widgets/60_forms.ipynb #923f5930
 def _split_loc(loc:str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in loc.split(".")) if loc not in ("", "(top)") else ()
 

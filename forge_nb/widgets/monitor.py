@@ -108,6 +108,7 @@ def dependency_failure(job) -> str|None:
             return f"cancelled because the {dj.stage} job {dj.job_id} it waited on ended {st}: {job_error(dj)}"
     return None
 
+# %% ../../nbs/widgets/63_monitor.ipynb #502924b7
 class _JobCard:
     "State, log tail and Cancel for one job; keeps the job's metrics records read so far."
     def __init__(self, job, on_cancel):
@@ -178,6 +179,7 @@ class _JobCard:
         if value != self.log.value: self.log.value = value   # unchanged: leave the DOM (and the user's scroll) alone
         self.cancel_button.disabled = self.finished
 
+# %% ../../nbs/widgets/63_monitor.ipynb #b7da0756
 def _stage_total(job) -> int|None:
     "The total steps of the job's stage, from its run's saved config (None: unknown, e.g. SFT by epochs)."
     rd = getattr(job, "run_dir", None)
