@@ -6,12 +6,13 @@ against 4 shards over 2 worker processes.
 
     .venv/bin/python bench/bench_curate.py            # 60 files per type, 5 rounds
     .venv/bin/python bench/bench_curate.py --quick    # what `bench/run --quick` runs: 15 files per type, 3 rounds
+    .venv/bin/python bench/bench_curate.py --slurm    # also: the stage on the local SLURM cluster, 1 task vs a 4-task array
 
 Target: forge_nb / direct >= 0.9 for every type. The files are generated here (from Python's documentation topics)
 under bench/out/curate/. Until branch `filters` is merged, the stage's filters, redaction and MinHash are the test
 stand-ins (tests/curate_standins.py) and the stage figure says so.
 """
-import argparse, email, email.policy, io, json, os, shutil, statistics, sys, time
+import argparse, email, email.policy, io, os, shutil, statistics, sys, time
 from pathlib import Path
 
 from benchlib import emit, figure
@@ -88,9 +89,25 @@ def stage_wall(share: Path, shards: int, workers: int) -> float:
     return time.perf_counter() - t0
 
 
+def slurm_wall(share: Path, shards: int) -> tuple[float, dict]:
+    """The stage as SLURM jobs on the local cluster (`curate.shards` > 1: a job array of one task per shard, then the
+    stage's job): seconds from submitting to COMPLETED, and the curated sources' bytes."""
+    from forge_nb import launch as L
+    from forge_nb.config import PipelineConfig, ResourcesConfig
+    runs = OUT/"slurm-runs"
+    shutil.rmtree(runs/f"s{shards}", ignore_errors=True)
+    cfg = PipelineConfig(name=f"s{shards}", runs_dir=str(runs), stages=["curate"], resources=ResourcesConfig(cluster="slurm", partition="cpu", time_min=20),
+                         curate={"inputs": [{"name": "kb", "path": str(share)}], "shards": shards, "filters": {"min_words": 20}})
+    t0 = time.perf_counter(); job = L.launch(cfg, "curate")
+    state = job.wait(timeout_s=1800)
+    if state != "COMPLETED": raise SystemExit(f"slurm run with {shards} shards ended {state}: {job.stderr(tail=20)}")
+    return time.perf_counter() - t0, {f.name: f.read_bytes() for f in (runs/f"s{shards}"/"curate"/"sources").glob("*.jsonl")}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true"); ap.add_argument("--files", type=int); ap.add_argument("--rounds", type=int)
+    ap.add_argument("--slurm", action="store_true", help="also time the stage on the local SLURM cluster: 1 task vs a 4-task job array")
     a = ap.parse_args()
     n, rounds = a.files or (15 if a.quick else 60), a.rounds or (3 if a.quick else 5)
     import importlib.util
@@ -130,6 +147,16 @@ def main():
           f"(speed-up {statistics.median(w1) / statistics.median(w4):.2f}x); outputs identical: {same}; load average now {os.getloadavg()[0]:.1f}")
     figs.append(figure("curate stage wall clock, 4 shards / 2 workers", statistics.median(w4), "s", "1 shard, 1 process",
                        statistics.median(w1), better="lower", note="stand-in filters" if standin else ""))
+    if a.slurm:   # the same share as SLURM jobs: 1 task, then 4 array tasks (+ the stage's reduce job), twice each, interleaved
+        s1, s4, b1, b4 = [], [], None, None
+        for _ in range(2):
+            t, b1 = slurm_wall(share, 1); s1.append(t)
+            t, b4 = slurm_wall(share, 4); s4.append(t)
+        print(f"on the local SLURM cluster (2 nodes on this one {os.cpu_count()}-core host): 1 task {statistics.median(s1):.1f} s, "
+              f"4 array tasks + reduce {statistics.median(s4):.1f} s (ratio 4/1 {statistics.median(s4) / statistics.median(s1):.2f}); "
+              f"outputs identical: {b1 == b4}")
+        figs.append(figure("curate on SLURM, 4-task array + reduce", statistics.median(s4), "s", "1 task", statistics.median(s1),
+                           better="lower", note="2 nodes on one host: job start-up dominates"))
     emit("curate", figs, quick=a.quick, files_per_type=n, rounds=rounds, cpu_capability=cap, identical=same)
 
 
