@@ -304,11 +304,11 @@ def null_model(model_dir:str|Path,   # a Hugging Face model folder (its config a
     "A random-weight model with the same architecture and tokenizer as `model_dir`, saved to `dest`."
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    cfg = AutoConfig.from_pretrained(model_dir)
+    cfg = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     torch.manual_seed(seed)
     m = AutoModelForCausalLM.from_config(cfg)
     with atomic_dir(dest) as tmp:
-        m.save_pretrained(tmp); AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+        m.save_pretrained(tmp); AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False).save_pretrained(tmp)
     return Path(dest)
 
 def centered(acc:float, chance:float) -> float:
@@ -422,7 +422,7 @@ def evaluate_run(cfg:PipelineConfig,   # the run's config (`eval`)
     if tokenizer is None:
         from transformers import AutoTokenizer
         own = Path(run_dir)/"data"/"tokenizer"
-        tokenizer = AutoTokenizer.from_pretrained(own if (own/"tokenizer.json").is_file() else first)
+        tokenizer = AutoTokenizer.from_pretrained(own if (own/"tokenizer.json").is_file() else first, local_files_only=True, trust_remote_code=False)
     if not (out/"benchmark.json").is_file(): build_benchmark(cfg, run_dir, tokenizer, log=log)
     bench = json.loads((out/"benchmark.json").read_text())
     if not (out/"null"/"config.json").is_file(): null_model(first, out/"null", ev.seed)
