@@ -15,7 +15,7 @@ def pytest_configure(config):
                    ("bad_input", "asserts what a user sees on bad input (the `bad_input` fixture; the docs' catalogue page)"),
                    ("soak", "long fault-injection runs (>= 50 faults); deselected unless -m names soak"),
                    ("full_demo", "the whole `forge-nb demo` at its own settings (its time: bench/bench_demo.py); deselected unless -m names full_demo"),
-                   ("heavy", "minutes each (the executed full docs site, 800 pretraining steps): scripts/test.sh --heavy; deselected unless -m names heavy")]:
+                   ("heavy", "minutes each (the executed full docs site, 800 pretraining steps, the gpu.sh dry run): scripts/test.sh --heavy; deselected unless -m names heavy")]:
         config.addinivalue_line("markers", f"{m}: {doc}")
 
 # The browser the browser tests drive: Debian's `chromium` package, the one `scripts/setup.sh --system` installs.

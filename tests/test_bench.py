@@ -119,6 +119,7 @@ def dry_run(tmp_path: Path, parts: list) -> dict:
     return res
 
 
+@pytest.mark.heavy          # ~50 s on 2 cores: scripts/test.sh --heavy, beside the SFT and GRPO parts
 def test_gpu_sh_dry_run_pretraining_parts(tmp_path):
     "bench/gpu.sh --dry-run, pretraining: bf16 autocast, compile (aot_eager), FSDP2 on 2 gloo ranks, flex vs SDPA masking."
     res = dry_run(tmp_path, ["pretrain_eager", "pretrain_compile", "pretrain_fsdp"])

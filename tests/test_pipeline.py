@@ -208,7 +208,7 @@ def test_tiny_pipeline_on_slurm_matches_local(slurm_cluster, tmp_path):
     finish(loc, tmp_path/"local.log", timeout=900)
     t_both = time.time() - t0
     a, b = report_figures(tmp_path/"local"), report_figures(tmp_path/"slurm")
-    assert a.keys() == {"bpb", "sft", "rl"} and len(a["bpb"]) == 2, a
+    assert a.keys() == {"bpb", "sft", "rl", "citations"} and len(a["bpb"]) == 2, a    # citations: recounted per cite rule, compared below too
     assert {r["cluster"] for r in read_registry(tmp_path/"local")} == {"local"}, read_registry(tmp_path/"local")
     assert differences(a, b) == [], differences(a, b)                      # bit for bit: every figure of both reports
     n = len(json.dumps(a).split(","))
