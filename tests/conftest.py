@@ -184,3 +184,17 @@ def bad_input(request, tmp_path_factory):
                 f"{catalogue_entry(entry)}\n\nrun `forge-nb docs catalogue` and commit the page")
         return line
     return check
+
+
+# The RL tests' inputs (tests/test_rl.py, tests/test_rl_signal.py), built once per session: the demo's support task and a
+# tiny chat model a few SFT steps in (the tests need a model that samples, not a good one).
+@pytest.fixture(scope="session")
+def task(tmp_path_factory):
+    from forge_nb.demo import demo_task
+    return demo_task(tmp_path_factory.mktemp("task"), n_chat=300, n_prompts=32, n_heldout=8)
+
+
+@pytest.fixture(scope="session")
+def base_model(task, tmp_path_factory):
+    from forge_nb.trl_stage import tiny_chat_model
+    return tiny_chat_model(tmp_path_factory.mktemp("m") / "sft", task["chat"], steps=20)

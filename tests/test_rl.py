@@ -43,17 +43,7 @@ def tagged_one(completion, prompt, row): CALLS.append(("tagged", row.get("tags")
 def const_zero(completion, prompt, row): return 0.0, "zero"
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    from forge_nb.demo import demo_task
-    return demo_task(tmp_path_factory.mktemp("task"), n_chat=300, n_prompts=32, n_heldout=8)
-
-
-@pytest.fixture(scope="module")
-def base_model(task, tmp_path_factory):
-    "A tiny chat model (a few SFT steps): wiring and resume need a model, not a good one."
-    from forge_nb.trl_stage import tiny_chat_model
-    return tiny_chat_model(tmp_path_factory.mktemp("m") / "sft", task["chat"], steps=20)
+# `task` and `base_model`: the demo's RL task and a tiny chat model, built once per session (conftest.py)
 
 
 def _cfg(tmp: Path, name: str, **rl) -> PipelineConfig:
